@@ -1,0 +1,119 @@
+"""The shared LightningModule: steps, metrics and optimizer for the three study networks.
+
+A subclass only builds `self.features` (image -> penultimate activations) and `self.classifier`
+(penultimate -> logits). The softmax of the Keras models is folded into the loss, since
+`CrossEntropyLoss` on logits is exactly Keras's softmax + categorical cross-entropy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from fmnist.data import CLASS_NAMES
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def optimizer_spec(optimizer: OptimizerFactory | dict | DictConfig) -> dict[str, Any]:
+    """A plain `{"_target_": "module.Class", **kwargs}` dict describing an optimizer factory."""
+    if isinstance(optimizer, DictConfig):
+        optimizer = OmegaConf.to_container(optimizer, resolve=True)
+    if isinstance(optimizer, dict):
+        return {k: v for k, v in optimizer.items() if k != "_partial_"}
+    if isinstance(optimizer, functools.partial) and not optimizer.args:
+        target = f"{optimizer.func.__module__}.{optimizer.func.__qualname__}"
+        return {"_target_": target, **optimizer.keywords}
+    raise TypeError(f"optimizer must be a functools.partial or a dict with _target_, not {optimizer!r}")
+
+
+def optimizer_factory(spec: dict[str, Any]) -> OptimizerFactory:
+    """The callable `params -> Optimizer` that a spec from `optimizer_spec` describes."""
+    return hydra.utils.instantiate({**spec, "_partial_": True})
+
+
+class FashionClassifier(L.LightningModule):
+    """Base class: cross-entropy on logits, torchmetrics accuracy, optimizer from a partial."""
+
+    default_optimizer: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+    features: nn.Module
+    classifier: nn.Module
+
+    def __init__(self, optimizer: OptimizerFactory | dict | None = None):
+        super().__init__()
+        # Checkpoints keep plain values only: the optimizer is stored as its spec, not a partial.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.hparams["optimizer"] = optimizer_spec(optimizer or self.default_optimizer)
+        self.class_names = CLASS_NAMES
+        num_classes = len(CLASS_NAMES)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_f1 = MulticlassF1Score(num_classes, average=None)
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 10) for images (B, 1, 28, 28) in [0, 1]."""
+        return self.classifier(self.features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer activations: what the network groups garments by."""
+        return self.features(x)
+
+    def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self(images)
+        return F.cross_entropy(logits, labels), logits, labels
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self._step(batch)
+        # Metric objects accumulate on the device: no host sync per step.
+        self.train_loss(loss)
+        self.train_acc(logits, labels)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # forget the sanity check's figures
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.val_loss(loss, weight=len(labels))
+        self.val_acc(logits, labels)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.test_loss(loss, weight=len(labels))
+        self.test_acc(logits, labels)
+        self.test_f1(logits, labels)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_f1.compute()
+        self.log("test/macro_f1", per_class.mean(), sync_dist=True)
+        for name, value in zip(self.class_names, per_class):
+            self.log(f"test/f1/{name}", value, sync_dist=True)
+        self.test_f1.reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Frozen parameters (the recurrent layers' zero bias_hh) are left out of the optimizer.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return optimizer_factory(self.hparams["optimizer"])(trainable)

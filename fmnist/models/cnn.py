@@ -1,0 +1,38 @@
+"""The study's convolutional network (Model A): six tanh convolutions with BatchNorm, 306,906 params."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from fmnist.models.base import FashionClassifier
+from fmnist.models.layers import batch_norm, glorot_
+
+
+def conv_block(in_channels: int, out_channels: int, dropout: float) -> list[nn.Module]:
+    """Conv-tanh-BN, Conv-tanh-BN, MaxPool 2x2, Dropout: one stage of the study's CNN."""
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding="same"), nn.Tanh(), batch_norm(out_channels, 2),
+        nn.Conv2d(out_channels, out_channels, 3, padding="same"), nn.Tanh(), batch_norm(out_channels, 2),
+        nn.MaxPool2d(2), nn.Dropout(dropout),
+    ]
+
+
+class CNN(FashionClassifier):
+    """Keras: 3 x [Conv2D x2 + BN, MaxPool, Dropout] (32/64/128 filters), Dense(16, relu), BN,
+    Dropout, Dense(10). Trained in the study with RMSprop lr 1e-4, batch 100, 150 epochs."""
+
+    default_optimizer = {"_target_": "fmnist.optim.KerasRMSprop", "lr": 1e-4}
+
+    def __init__(self, optimizer=None, conv_dropout: Sequence[float] = (0.2, 0.3, 0.4),
+                 dense_dropout: float = 0.5):
+        super().__init__(optimizer)
+        self.features = glorot_(nn.Sequential(
+            *conv_block(1, 32, conv_dropout[0]),
+            *conv_block(32, 64, conv_dropout[1]),
+            *conv_block(64, 128, conv_dropout[2]),
+            nn.Flatten(),
+            nn.Linear(128 * 3 * 3, 16), nn.ReLU(), batch_norm(16), nn.Dropout(dense_dropout),
+        ))
+        self.classifier = glorot_(nn.Linear(16, 10))

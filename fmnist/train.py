@@ -1,0 +1,121 @@
+"""Train one of the study's networks: `python -m fmnist.train model=cnn|rnn|bilstm [key=value ...]`.
+
+Fits with Lightning, tests the best checkpoint, and leaves in the run folder `.hydra/`,
+`checkpoints/`, TensorBoard event files, `model_summary.md` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist.callbacks import EpochTimer
+from fmnist.errors import FmnistError
+from fmnist.summary import keras_param_counts
+
+# The splits live in memory as tensors, so loader workers would only add overhead.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Lightning 2.6 on torch >= 2.9 warns about its own use of a torch API; nothing for users to do.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not ok(value):
+        raise FmnistError(f"{key}={value} is out of range: {allowed}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject out-of-range values with one line naming the key, before any data is loaded."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    _check(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "must be an integer >= 1 (or null)")
+    _check(cfg, "data.val_fraction", lambda v: isinstance(v, (int, float)) and 0 < v < 1,
+           "must be a number strictly between 0 and 1")
+    _check(cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "must be an integer >= 0")
+    _check(cfg, "trainer.max_epochs", lambda v: is_int(v) and (v >= 1 or v == -1),
+           "must be an integer >= 1 (or -1 for no limit)")
+    _check(cfg, "model.optimizer.lr", lambda v: isinstance(v, (int, float)) and v > 0, "must be a number > 0")
+    _check(cfg, "seed", is_int, "must be an integer")
+
+
+def describe_device(trainer: L.Trainer) -> str:
+    """A short human description of where training ran, e.g. 'NVIDIA H200' or 'cpu (2 threads)'."""
+    device = trainer.strategy.root_device
+    count = f"{trainer.world_size}x " if trainer.world_size > 1 else ""
+    if device.type == "cuda":
+        return count + torch.cuda.get_device_name(device)
+    return count + f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, write `metrics.json`; return the metrics."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()  # fail on missing data now, with one clear message
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    timer = EpochTimer()
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [timer]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    fit_metrics = {k: _plain(v) for k, v in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+
+    counts = keras_param_counts(model)
+    metrics = {
+        "model": cfg.get("name") or type(model).__name__,
+        "model_class": type(model).__name__,
+        "seed": cfg.seed,
+        "device": describe_device(trainer),
+        "epochs": trainer.current_epoch,
+        "batch_size": datamodule.batch_size,
+        "optimizer": model.hparams["optimizer"],
+        **{k: fit_metrics[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+           if k in fit_metrics},
+        **{k: _plain(v) for k, v in test_results[0].items()},
+        "train_seconds": train_seconds,
+        "epoch_seconds": timer.epoch_seconds,
+        "params_trainable": counts["trainable"],
+        "params_total_keras": counts["total"],
+        "best_checkpoint": best,
+    }
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns `val/acc_best` for sweepers."""
+    try:
+        metrics = train(cfg)
+    except FmnistError as error:
+        raise SystemExit(f"error: {error}") from None
+    return metrics.get("val/acc_best", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
