@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from fmnist.summary import keras_summary_markdown
 
@@ -40,6 +40,28 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._stop(trainer)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training when an epoch's mean training loss is NaN or infinite (a diverged network).
+
+    Checked once per epoch on the logged epoch mean, so there is no host sync per step. The best
+    checkpoint from before the divergence is what the run then tests.
+    """
+
+    def __init__(self, monitor: str = "train/loss"):
+        self.monitor = monitor
+        self.diverged_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get(self.monitor)
+        if loss is None or torch.isfinite(loss).all():
+            return
+        self.diverged_epoch = trainer.current_epoch + 1
+        trainer.should_stop = True
+        rank_zero_warn(
+            f"epoch {self.diverged_epoch}: {self.monitor} is {loss.item()}, training diverged and stops here. "
+            "Fix: clip gradients (trainer.gradient_clip_val=1.0) or lower model.optimizer.lr.")
 
 
 class KerasModelSummary(L.Callback):

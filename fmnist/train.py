@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.callbacks import EpochTimer
+from fmnist.callbacks import EpochTimer, StopOnNonFiniteLoss
 from fmnist.errors import FmnistError
 from fmnist.summary import keras_param_counts
 
@@ -102,6 +102,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params_total_keras": counts["total"],
         "best_checkpoint": best,
     }
+    guards = [c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss) and c.diverged_epoch]
+    if guards:
+        metrics["diverged_epoch"] = guards[0].diverged_epoch
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -1,0 +1,47 @@
+# fmnist: `make help` lists the targets. Everything runs inside .venv, created by `make install`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+MODEL ?= cnn
+ARGS ?=
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train sweep tensorboard test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: MODEL=cnn|rnn|bilstm  ARGS='hydra overrides'  TORCH='torch pip spec'"
+
+install: $(VENV)/.installed ## set up: Fashion-MNIST (apt), .venv with torch, fmnist and its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(MAKE) data
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+data: ## install the original Fashion-MNIST files (Debian package dataset-fashion-mnist)
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is in $(DATA_DIR)"; \
+	else $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist \
+	|| echo "apt-get failed: train with data.download=true to let torchvision download the data"; fi
+
+train: install ## train MODEL with the study's recipe (ARGS: extra overrides, e.g. trainer.max_epochs=2)
+	$(PY) -m fmnist.train model=$(MODEL) $(ARGS)
+
+sweep: install ## one multirun of the three models (ARGS: extra overrides)
+	$(PY) -m fmnist.train -m model=cnn,rnn,bilstm $(ARGS)
+
+tensorboard: install ## serve TensorBoard on every run under outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+test: install ## run the test suite
+	$(PY) -m pytest
+
+clean: ## delete run outputs and caches (keeps .venv and data/)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +

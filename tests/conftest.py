@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny self-written Fashion-MNIST in IDX format, and the real Hydra config."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+N_TRAIN, N_TEST = 400, 120
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file (the format of the original Fashion-MNIST files) holding a uint8 array."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise images whose class c shows as a bright band on rows 2c..2c+4: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, c in enumerate(labels):
+        images[i, 2 * c + 2: 2 * c + 6, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_tiny_fashion_mnist(folder: Path, gz: bool = False) -> Path:
+    """The four Fashion-MNIST files, tiny, in `folder` (gzipped like Debian's when `gz`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, (images, labels) in {"train": tiny_split(N_TRAIN, 0), "t10k": tiny_split(N_TEST, 1)}.items():
+        for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A data root with the tiny dataset already where torchvision looks."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_tiny_fashion_mnist(root / "FashionMNIST" / "raw")
+    return root
+
+
+def compose_train(overrides: list[str]):
+    """The real `conf/train.yaml` composed with overrides, with Hydra's runtime config set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path, tiny_root):
+    """A factory: the composed config for a tiny CPU run writing into tmp_path."""
+    def make(model: str = "cnn", *extra: str):
+        return compose_train([
+            f"model={model}", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={tmp_path}",
+            "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "data.batch_size=50", *extra])
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m fmnist.<args>` in a subprocess, as a user would type it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)

@@ -1,0 +1,111 @@
+"""Training through the real Hydra config: run folder contents, checkpoints, CLI errors, multirun."""
+
+import json
+
+import pytest
+import torch
+
+from fmnist.errors import FmnistError
+from fmnist.models import BiLSTM, CNN, SimpleRNN
+from fmnist.train import train
+from tests.conftest import compose_train, run_cli, write_tiny_fashion_mnist
+
+METRIC_KEYS = {"model", "seed", "device", "epochs", "test/acc", "test/loss", "val/acc_best", "train_seconds",
+               "epoch_seconds", "params_trainable", "params_total_keras"}
+
+
+@pytest.mark.parametrize("name, cls, trainable", [("cnn", CNN, 305_978), ("rnn", SimpleRNN, 135_370),
+                                                 ("bilstm", BiLSTM, 1_340_042)])
+def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_path, name, cls, trainable):
+    cfg = train_cfg(name, "trainer.max_epochs=2")
+    metrics = train(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert METRIC_KEYS <= saved.keys() and saved == json.loads(json.dumps(metrics))
+    assert saved["model"] == name and saved["epochs"] == 2 and len(saved["epoch_seconds"]) == 2
+    assert saved["params_trainable"] == trainable
+    assert 0 <= saved["test/acc"] <= 1 and saved["val/acc_best"] >= saved["val/acc"] - 1e-6
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and saved["best_checkpoint"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "model_summary.md").read_text().count("|") > 10
+    # checkpoints hold plain values: loadable with weights_only=True and without Hydra
+    checkpoint = torch.load(saved["best_checkpoint"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == cfg.model.optimizer.lr
+    model = cls.load_from_checkpoint(saved["best_checkpoint"])
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_tiny_task_is_learned(train_cfg, tmp_path):
+    metrics = train(train_cfg("bilstm", "trainer.max_epochs=3"))
+    assert metrics["test/acc"] > 0.5  # bands per class: chance is 0.1
+
+
+def test_trainer_config_lists_every_trainer_argument():
+    import inspect
+
+    import lightning as L
+    names = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    cfg = compose_train([])
+    assert names <= set(cfg.trainer), "trainer.<arg>= must override any Trainer argument"
+    assert compose_train(["trainer.limit_train_batches=3"]).trainer.limit_train_batches == 3
+
+
+def test_recipes_come_with_each_model():
+    for name, batch, epochs, optimizer, lr in [("cnn", 100, 150, "fmnist.optim.KerasRMSprop", 1e-4),
+                                               ("rnn", 65, 25, "torch.optim.SGD", 0.01),
+                                               ("bilstm", 64, 20, "fmnist.optim.KerasAdam", 1e-3),
+                                               ("bilstm_stated", 64, 20, "fmnist.optim.KerasAdam", 1e-2)]:
+        cfg = compose_train([f"model={name}"])
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (batch, epochs)
+        assert (cfg.model.optimizer._target_, cfg.model.optimizer.lr) == (optimizer, lr)
+    cfg = compose_train(["model=cnn", "optimizer=adam", "data.batch_size=7"])
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.data.batch_size == 7
+
+
+@pytest.mark.parametrize("override, key", [("data.batch_size=0", "data.batch_size"),
+                                           ("data.val_fraction=1.5", "data.val_fraction"),
+                                           ("trainer.max_epochs=0", "trainer.max_epochs")])
+def test_out_of_range_values_are_rejected_before_loading_data(train_cfg, override, key):
+    cfg = train_cfg("rnn", override, "data.root=/nonexistent")
+    with pytest.raises(FmnistError, match=f"^{key}=.* is out of range: must be"):
+        train(cfg)
+
+
+def test_cli_bad_values_print_one_line(tmp_path):
+    result = run_cli("fmnist.train", "data.batch_size=0", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: data.batch_size=0 is out of range: must be an integer >= 1"
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_unknown_model_names_the_choices(tmp_path):
+    result = run_cli("fmnist.train", "model=nope", cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "model/nope" in result.stderr and all(m in result.stderr for m in ("cnn", "rnn", "bilstm"))
+
+
+def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
+    result = run_cli("fmnist.train", "model=rnn", "data.search_dirs=[]", cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Fashion-MNIST not found in") and "data.download=true" in last
+
+
+def test_cli_multirun_gives_each_job_its_folder_and_metrics(tmp_path, tiny_root):
+    result = run_cli("fmnist.train", "-m", "model=cnn,rnn", f"data.root={tiny_root}", "data.search_dirs=[]",
+                     "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/metrics.json"))
+    assert [json.loads(p.read_text())["model"] for p in jobs] == ["cnn", "rnn"]
+    assert all((p.parent / ".hydra" / "overrides.yaml").exists() for p in jobs)
+
+
+def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
+    write_tiny_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
+    result = run_cli("fmnist.train", "model=rnn", "trainer.max_epochs=1", "data.search_dirs=[]",
+                     "trainer.accelerator=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "rnn").iterdir()
+    assert len(run.name.split("_")[-1]) == 6  # microseconds: two runs in the same second never share a folder
+    assert {"metrics.json", "checkpoints", "tensorboard", ".hydra"} <= {p.name for p in run.iterdir()}
