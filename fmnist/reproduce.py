@@ -26,16 +26,16 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def results_table(rows: list[dict]) -> str:
     """Markdown: each measured (model, epochs) row next to the study's figures."""
-    lines = ["| model | epochs | seeds | test accuracy (mean ± std) | macro F1 | params (Keras) | "
+    lines = ["| model | recipe | epochs | seeds | test accuracy (mean ± std) | macro F1 | params (Keras) | "
              "training time (mean) | device | study: accuracy, time |",
-             "|---|---|---|---|---|---:|---|---|---|"]
+             "|---|---|---|---|---|---|---:|---|---|---|"]
     for row in rows:
         study = STUDY.get(row["model"], {})
         recipe = study.get("epochs")
         epochs = f"{row['epochs']}" + (f" of {recipe} (reduced)" if recipe and row["epochs"] < recipe else "")
         reference = (f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "")
         lines.append(
-            f"| {row['model']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
+            f"| {row['model']} | {row['recipe']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
             f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {row['params_total_keras']:,} | "
             f"{format_seconds(row['train_seconds_mean'])} | {row['device']} | {reference} |")
     return "\n".join(lines)
@@ -47,7 +47,8 @@ def results_json(rows: list[dict]) -> dict:
     for row in rows:
         recipe = STUDY.get(row["model"], {}).get("epochs")
         key = row["model"] if row["epochs"] == recipe else f"{row['model']}@{row['epochs']}ep"
-        out[key] = {k: row[k] for k in ("model", "test_acc_mean", "test_acc_std", "macro_f1_mean", "seeds",
+        key += "" if key not in out else f" ({row['recipe']})"
+        out[key] = {k: row[k] for k in ("model", "recipe", "test_acc_mean", "test_acc_std", "macro_f1_mean", "seeds",
                                          "epochs", "train_seconds_mean", "device", "batch_size", "optimizer",
                                          "params_total_keras")}
         out[key]["full_recipe"] = row["epochs"] == recipe

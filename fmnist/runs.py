@@ -32,19 +32,26 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def recipe(run: dict) -> str:
+    """The training recipe of a run in a few words, e.g. 'KerasRMSprop lr=0.0001, batch 100'."""
+    optimizer = run.get("optimizer") or {}
+    name = str(optimizer.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name} lr={optimizer.get('lr')}, batch {run.get('batch_size')}"
+
+
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (model, epochs): test accuracy and macro F1 as mean and std over seeds."""
+    """One row per (model, epochs, recipe): test accuracy and macro F1 as mean and std over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["model"], run["epochs"])].append(run)
+        groups[(run["model"], run["epochs"], recipe(run))].append(run)
     rows = []
-    for (model, epochs), members in sorted(groups.items()):
+    for (model, epochs, variant), members in sorted(groups.items()):
         acc_mean, acc_std = _mean_std([r["test/acc"] for r in members])
         f1 = [r["test/macro_f1"] for r in members if "test/macro_f1" in r]
         f1_mean, f1_std = _mean_std(f1) if f1 else (float("nan"), float("nan"))
         class_names = [k[len("test/f1/"):] for k in members[0] if k.startswith("test/f1/")]
         rows.append({
-            "model": model, "epochs": epochs, "seeds": sorted(r["seed"] for r in members),
+            "model": model, "epochs": epochs, "recipe": variant, "seeds": sorted(r["seed"] for r in members),
             "test_acc_mean": acc_mean, "test_acc_std": acc_std, "macro_f1_mean": f1_mean, "macro_f1_std": f1_std,
             "class_f1": {c: statistics.fmean(r[f"test/f1/{c}"] for r in members) for c in class_names},
             "params_total_keras": members[0].get("params_total_keras"),

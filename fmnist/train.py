@@ -16,10 +16,12 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist.callbacks import EpochTimer, StopOnNonFiniteLoss
 from fmnist.errors import FmnistError
+from fmnist.reports import write_reports
 from fmnist.summary import keras_param_counts
 
 # The splits live in memory as tensors, so loader workers would only add overhead.
@@ -107,7 +109,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["diverged_epoch"] = guards[0].diverged_epoch
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        report_run(cfg, trainer, model, datamodule, metrics)
     return metrics
+
+
+def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
+    """The run's hyperparameters as flat scalars/strings for TensorBoard's HPARAMS tab."""
+    params = {"model": cfg.get("name"), "seed": cfg.seed, "batch_size": cfg.data.batch_size,
+              "max_epochs": cfg.trainer.max_epochs, "val_fraction": cfg.data.val_fraction}
+    for key, value in model.hparams["optimizer"].items():
+        params[f"optimizer/{key.strip('_')}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    for key, value in model.hparams.items():
+        if key != "optimizer":
+            params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return params
+
+
+def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule, metrics: dict) -> None:
+    """Reports of the tested (best) weights in the run folder and TensorBoard, plus the HPARAMS entry."""
+    tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if tensorboard is not None:
+        tensorboard.experiment.flush()
+    write_reports(model, datamodule.test_dataloader(), datamodule.class_names, cfg.output_dir,
+                  device=trainer.strategy.root_device, title=str(metrics["model"]),
+                  tensorboard_dir=tensorboard.log_dir if tensorboard else None,
+                  writer=tensorboard.experiment if tensorboard else None, step=trainer.global_step)
+    if tensorboard is not None:
+        final = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/macro_f1", "train_seconds") if k in metrics}
+        tensorboard.log_hyperparams(hparams_for_tensorboard(cfg, model), metrics=final)
+        tensorboard.experiment.flush()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -88,3 +88,16 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_root) -> Path:
+    """One short CNN training on the tiny dataset, shared by the tests that need a finished run."""
+    from fmnist.train import train
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_train(["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={run_dir}",
+                         "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                         "data.batch_size=50"])
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir

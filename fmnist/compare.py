@@ -1,0 +1,170 @@
+"""Compare runs side by side: `python -m fmnist.compare RUN_OR_SWEEP_DIR... [--out DIR]`.
+
+One row per model (mean ± std over seeds), with the study's figures as reference rows; writes
+`comparison.md`, a self-contained `comparison.html`, `per_class_f1.png` and `acc_vs_time.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fmnist.data import CLASS_NAMES  # noqa: E402
+from fmnist.errors import FmnistError  # noqa: E402
+from fmnist.runs import aggregate, find_runs, format_seconds  # noqa: E402
+from fmnist.study import STUDY  # noqa: E402
+
+WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard classes
+STUDY_COLORS = {"cnn": "black", "rnn": "saddlebrown", "bilstm": "purple"}
+
+
+def _label(row: dict) -> str:
+    return f"{row['model']} ({row['epochs']} ep, {row['recipe']})"
+
+
+def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the comparison table: measured rows, then the study's reference rows."""
+    header = ["model", "recipe", "runs", "test accuracy", "macro F1", *CLASS_NAMES, "params (Keras)", "epochs",
+              "training time", "device"]
+    cells = []
+    for row in rows:
+        std = lambda key: f" ± {row[key]:.4f}" if len(row["seeds"]) > 1 else ""  # noqa: E731
+        cells.append([row["model"], row["recipe"], str(len(row["seeds"])), f"{row['test_acc_mean']:.4f}{std('test_acc_std')}",
+                      f"{row['macro_f1_mean']:.4f}{std('macro_f1_std')}",
+                      *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
+                      f"{row['params_total_keras']:,}", str(row["epochs"]),
+                      format_seconds(row["train_seconds_mean"]), row["device"]])
+    for name in dict.fromkeys(r["model"] for r in rows):
+        study = STUDY.get(name)
+        if study and name != "bilstm_stated":
+            cells.append([f"study: {name}", "as published", "1", f"{study['test_acc']:.4f}", f"{study['macro_f1']:.3f}",
+                          *[f"{study['class_f1'][c]:.3f}" if c in study["class_f1"] else "" for c in CLASS_NAMES],
+                          f"{study['params_total_keras']:,}", str(study["epochs"]),
+                          format_seconds(study["train_seconds"]), "not stated"])
+    return header, cells
+
+
+def markdown_table(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def per_class_f1_figure(rows: list[dict]):
+    """Grouped bars of per-class F1, one bar per model; the study's weak classes marked in red."""
+    fig, ax = plt.subplots(figsize=(15, 4.8))
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(CLASS_NAMES))
+    for i, row in enumerate(rows):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row["class_f1"].get(c, np.nan) for c in CLASS_NAMES],
+               width, label=_label(row))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        study = STUDY.get(name)
+        if study and name != "bilstm_stated":
+            known = [(j, study["class_f1"][c]) for j, c in enumerate(CLASS_NAMES) if c in study["class_f1"]]
+            ax.scatter([j for j, _ in known], [v for _, v in known], marker="_", s=500, linewidths=2.5,
+                       color=STUDY_COLORS.get(name, "black"), label=f"study: {name}", zorder=3)
+    ax.set_xticks(x, CLASS_NAMES, rotation=20)
+    for tick in ax.get_xticklabels():
+        if tick.get_text() in WEAK_CLASSES:
+            tick.set_color("crimson")
+            tick.set_fontweight("bold")
+    low = min([v for r in rows for v in r["class_f1"].values()] + [0.6])
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_ylabel("F1")
+    ax.set_title("Per-class F1 on the test set (the study's hard classes in red)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def acc_vs_time_figure(rows: list[dict]):
+    """Test accuracy against training time (log scale), measured runs and the study's."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for row in rows:
+        ax.errorbar(row["train_seconds_mean"], row["test_acc_mean"], yerr=row["test_acc_std"], fmt="o",
+                    capsize=4, label=_label(row))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        study = STUDY.get(name)
+        if study and name != "bilstm_stated":
+            ax.scatter(study["train_seconds"], study["test_acc"], marker="*", s=160, facecolors="none",
+                       edgecolors="black")
+            ax.annotate(f"study: {name}", (study["train_seconds"], study["test_acc"]), fontsize=8,
+                        textcoords="offset points", xytext=(6, -10))
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (s, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy vs training time")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def html_page(header, cells, images: dict[str, Path]) -> str:
+    """One self-contained page: the table and the figures embedded as base64 PNGs."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr" + (' class="study"' if row[0].startswith("study") else "") + ">"
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    figures = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{name}</figcaption></figure>" for name, path in images.items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>fmnist comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+tr.study{{color:#555;font-style:italic;background:#f6f6f6}}img{{max-width:100%}}figure{{margin:2em 0}}</style>
+</head><body><h1>fmnist: model comparison</h1>
+<p>Test-set accuracy and F1 per model (mean ± std over seeds); italic rows are the study's reported figures.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figures}</body></html>
+"""
+
+
+def compare(paths: list[str], out: str | None = None) -> Path:
+    """Write the comparison files for the runs found under `paths`; return the output folder."""
+    runs = find_runs(paths)
+    if not runs:
+        raise FmnistError(f"no runs (folders with metrics.json) found in {', '.join(paths)}")
+    rows = aggregate(runs)
+    out_dir = Path(out or paths[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, cells = comparison_rows(rows)
+    images = {"per_class_f1": out_dir / "per_class_f1.png", "acc_vs_time": out_dir / "acc_vs_time.png"}
+    for name, make in (("per_class_f1", per_class_f1_figure), ("acc_vs_time", acc_vs_time_figure)):
+        fig = make(rows)
+        fig.savefig(images[name], dpi=110)
+        plt.close(fig)
+    table = markdown_table(header, cells)
+    (out_dir / "comparison.md").write_text(
+        f"# Model comparison\n\n{len(runs)} runs from {', '.join(paths)}.\n\n{table}\n\n"
+        "![per-class F1](per_class_f1.png)\n\n![accuracy vs time](acc_vs_time.png)\n")
+    (out_dir / "comparison.html").write_text(html_page(header, cells, images))
+    print(table)
+    print(f"wrote {out_dir}/comparison.md, comparison.html, per_class_f1.png, acc_vs_time.png")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run folders or multirun folders")
+    parser.add_argument("--out", help="where to write (default: the first folder given)")
+    args = parser.parse_args(argv)
+    try:
+        compare(args.paths, args.out)
+    except FmnistError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

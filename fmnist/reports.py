@@ -1,0 +1,176 @@
+"""The study's tables and plots for one model: classification report, confusion matrix,
+most confident mistakes, training curves. Numbers come from torchmetrics, plots from matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import torch  # noqa: E402
+from torchmetrics.functional.classification import (  # noqa: E402
+    multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision,
+    multiclass_recall, multiclass_stat_scores)
+
+from fmnist.data import to_unit_float  # noqa: E402
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu"):
+    """(logits (N, C), labels (N,), uint8 images (N, 1, 28, 28)) over a whole loader."""
+    model.eval().to(device)
+    logits, labels, images = [], [], []
+    for x, y in loader:
+        logits.append(model(to_unit_float(x.to(device))).float().cpu())
+        labels.append(y)
+        images.append(x)
+    return torch.cat(logits), torch.cat(labels), torch.cat(images)
+
+
+def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """Per class precision, recall, F1 and support, then accuracy, macro avg and weighted avg."""
+    n = len(class_names)
+    scores = {avg: {"precision": multiclass_precision(probs, labels, n, average=avg),
+                    "recall": multiclass_recall(probs, labels, n, average=avg),
+                    "f1-score": multiclass_f1_score(probs, labels, n, average=avg)}
+              for avg in (None, "macro", "weighted")}
+    support = multiclass_stat_scores(probs, labels, n, average=None)[:, 4]
+    total = int(support.sum())
+    report = {name: {k: float(v[i]) for k, v in scores[None].items()} | {"support": int(support[i])}
+              for i, name in enumerate(class_names)}
+    report["accuracy"] = {"precision": None, "recall": None,
+                          "f1-score": float(multiclass_accuracy(probs, labels, n, average="micro")),
+                          "support": total}
+    for avg in ("macro", "weighted"):
+        report[f"{avg} avg"] = {k: float(v) for k, v in scores[avg].items()} | {"support": total}
+    return report
+
+
+def report_markdown(report: dict, title: str = "Classification report") -> str:
+    """The report as a Markdown table laid out like the study's (and scikit-learn's) tables."""
+    lines = [f"# {title}", "", "| | precision | recall | f1-score | support |", "|---|---:|---:|---:|---:|"]
+    for name, row in report.items():
+        cells = ["" if row[k] is None else f"{row[k]:.3f}" for k in ("precision", "recall", "f1-score")]
+        lines.append(f"| {'**' + name + '**' if name in ('accuracy', 'macro avg', 'weighted avg') else name} | "
+                     f"{' | '.join(cells)} | {row['support']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_text(report: dict) -> str:
+    """The report as an aligned plain-text table for the terminal."""
+    width = max(map(len, report)) + 2
+    lines = [f"{'':>{width}}{'precision':>11}{'recall':>11}{'f1-score':>11}{'support':>10}"]
+    for name, row in report.items():
+        if name == "accuracy":
+            lines.append("")
+        cells = "".join(f"{'' if row[k] is None else format(row[k], '.3f'):>11}"
+                        for k in ("precision", "recall", "f1-score"))
+        lines.append(f"{name:>{width}}{cells}{row['support']:>10,}")
+    return "\n".join(lines)
+
+
+def confusion_matrix_figure(probs, labels, class_names: Sequence[str]):
+    """Counts and row-normalised confusion matrices side by side."""
+    n = len(class_names)
+    counts = multiclass_confusion_matrix(probs, labels, n).numpy()
+    rates = multiclass_confusion_matrix(probs, labels, n, normalize="true").numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(17, 7.5))
+    for ax, matrix, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], rates, "Row-normalised (recall)", ".2f")):
+        image = ax.imshow(matrix, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(probs, labels, images, class_names: Sequence[str], count: int = 25):
+    """A grid of the test images the model got wrong with the highest confidence."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:count]
+    cols = 5
+    rows = max(1, (len(order) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order.tolist()):
+        ax.imshow(images[i, 0].numpy(), cmap="gray_r")
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})",
+                     fontsize=8)
+    fig.suptitle(f"Most confident mistakes ({len(wrong):,} wrong of {len(labels):,})")
+    fig.tight_layout()
+    return fig
+
+
+def read_curves(tensorboard_dir: str | Path) -> dict[str, list[float]]:
+    """Per-epoch train/val accuracy and loss as logged to TensorBoard by a training run."""
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs each file it opens
+    accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    tags = set(accumulator.Tags().get("scalars", []))
+    return {tag: [event.value for event in accumulator.Scalars(tag)]
+            for tag in ("train/acc", "val/acc", "train/loss", "val/loss") if tag in tags}
+
+
+def curves_figure(curves: dict[str, list[float]], title: str = ""):
+    """Accuracy and loss per epoch, training and validation, in two panels like the study's figures."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, ("acc", "loss")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = curves.get(f"{split}/{metric}", [])
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel({"acc": "accuracy", "loss": "loss"}[metric])
+        ax.set_title(f"{title} {'accuracy' if metric == 'acc' else 'loss'}".strip())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_reports(model: torch.nn.Module, loader, class_names: Sequence[str], output_dir: str | Path,
+                  device="cpu", tensorboard_dir: str | Path | None = None, writer=None, step: int = 0,
+                  title: str = "") -> dict:
+    """Predict over `loader` and write the report files; log the figures to `writer` if given.
+
+    Returns (classification report, mean cross-entropy). Also writes `curves.png` when
+    `tensorboard_dir` holds curves.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logits, labels, images = predict(model, loader, device)
+    probs = logits.softmax(dim=1)
+    report = classification_report(probs, labels, class_names)
+    (output_dir / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "classification_report.md").write_text(report_markdown(report, f"Classification report {title}".strip()))
+    print(report_text(report))
+    figures = {"confusion_matrix": confusion_matrix_figure(probs, labels, class_names),
+               "misclassified": misclassified_figure(probs, labels, images, class_names)}
+    curves = read_curves(tensorboard_dir) if tensorboard_dir and Path(tensorboard_dir).exists() else {}
+    if curves:
+        figures["curves"] = curves_figure(curves, title)
+    for name, fig in figures.items():
+        fig.savefig(output_dir / f"{name}.png", dpi=110)
+        if writer is not None:
+            writer.add_figure(f"reports/{name}", fig, global_step=step, close=False)
+        plt.close(fig)
+    return report, float(torch.nn.functional.cross_entropy(logits, labels))
