@@ -101,3 +101,19 @@ def trained_run(tmp_path_factory, tiny_root) -> Path:
     train(cfg)
     GlobalHydra.instance().clear()
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def real_bilstm(tmp_path_factory) -> Path:
+    """A BiLSTM trained a little (200 batches) on the real Fashion-MNIST; its best checkpoint."""
+    if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist")
+    from fmnist.train import train
+    run_dir = tmp_path_factory.mktemp("real_bilstm")
+    cfg = compose_train(["model=bilstm", f"data.root={tmp_path_factory.mktemp('real_data')}",
+                         f"output_dir={run_dir}", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+                         "trainer.limit_train_batches=200", "trainer.limit_val_batches=10",
+                         "trainer.limit_test_batches=10", "trainer.enable_progress_bar=false", "logger={}"])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    return Path(metrics["best_checkpoint"])

@@ -1,0 +1,158 @@
+"""Group garments by learned similarity: `python -m fmnist.cluster ckpt_path=PATH [k=10]`.
+
+Embeds the test set with the network's penultimate layer (`model.embed`) and, as the baseline,
+with raw pixels (PCA-reduced); runs k-means on each; scores the clusters against the true classes
+(NMI, ARI, purity); writes `clusters.json`, `clusters.md`, `clusters.png` and a TensorBoard
+projector (embedding, sprite of garments, class and cluster as metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.metrics.cluster import contingency_matrix  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
+
+from fmnist.checkpoints import load_model  # noqa: E402
+from fmnist.data import CLASS_NAMES, to_unit_float  # noqa: E402
+from fmnist.errors import FmnistError  # noqa: E402
+from fmnist.evaluate import pick_device  # noqa: E402
+
+# torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
+warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
+
+
+@torch.inference_mode()
+def embed_all(model, loader, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(embeddings (N, D), labels (N,), uint8 images (N, 1, 28, 28)) over a loader."""
+    model.eval().to(device)
+    out, labels, images = [], [], []
+    for x, y in loader:
+        out.append(model.embed(to_unit_float(x.to(device))).float().cpu())
+        labels.append(y)
+        images.append(x)
+    return torch.cat(out), torch.cat(labels), torch.cat(images)
+
+
+def cluster_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
+    """NMI and ARI (torchmetrics) and purity (share of each cluster's majority class)."""
+    t_labels, t_clusters = torch.as_tensor(labels), torch.as_tensor(clusters)
+    contingency = contingency_matrix(labels, clusters)  # classes x clusters
+    return {"nmi": float(normalized_mutual_info_score(t_clusters, t_labels)),
+            "ari": float(adjusted_rand_score(t_clusters, t_labels)),
+            "purity": float(contingency.max(axis=0).sum() / contingency.sum())}
+
+
+def class_mix(labels: np.ndarray, clusters: np.ndarray, top: int = 3) -> list[dict]:
+    """Per cluster: its size and its most common classes with their shares."""
+    mix = []
+    for c in np.unique(clusters):
+        members = labels[clusters == c]
+        counts = np.bincount(members, minlength=len(CLASS_NAMES))
+        order = counts.argsort()[::-1][:top]
+        mix.append({"cluster": int(c), "size": int(len(members)),
+                    "classes": {CLASS_NAMES[i]: round(float(counts[i] / len(members)), 3) for i in order if counts[i]}})
+    return sorted(mix, key=lambda m: -m["size"])
+
+
+def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
+
+
+def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], scores: dict[str, dict]):
+    """2-D PCA maps of each representation, points coloured by their k-means cluster."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 6.2), squeeze=False)
+    for ax, (name, points) in zip(axes[0], maps.items()):
+        ax.scatter(points[:, 0], points[:, 1], c=clusters[name], cmap="tab10", s=3, alpha=0.6)
+        s = scores[name]
+        ax.set_title(f"{name}: NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}, purity {s['purity']:.3f}")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    fig.suptitle("k-means clusters of the test set on a 2-D PCA map (colour = cluster)")
+    fig.tight_layout()
+    return fig
+
+
+def write_projector(log_dir: Path, embeddings: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
+                    clusters: np.ndarray) -> None:
+    """TensorBoard projector: embeddings with a garment sprite and class / cluster metadata."""
+    metadata = [[CLASS_NAMES[y], str(c)] for y, c in zip(labels.tolist(), clusters.tolist())]
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_embedding(embeddings, metadata=metadata, metadata_header=["class", "cluster"],
+                             label_img=images.float() / 255, tag="test_embedding")
+
+
+def cluster(cfg: DictConfig) -> dict:
+    """Run the whole comparison for `cfg.ckpt_path`; return the contents of clusters.json."""
+    if cfg.k < 2:
+        raise FmnistError(f"k={cfg.k} is out of range: must be an integer >= 2")
+    model = load_model(cfg.ckpt_path)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.ckpt_path).parent / "clusters"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    embeddings, labels, images = embed_all(model, datamodule.test_dataloader(), pick_device(cfg.device))
+    pixels = images.flatten(1).float().numpy() / 255
+    if cfg.pixels_pca:
+        pixels = PCA(n_components=cfg.pixels_pca, random_state=cfg.seed).fit_transform(pixels)
+    representations = {"embedding": embeddings.numpy(), "pixels": pixels}
+    y = labels.numpy()
+    result, assignments, maps = {}, {}, {}
+    for name, features in representations.items():
+        assignments[name] = kmeans(features, cfg.k, cfg.seed)
+        result[name] = cluster_scores(y, assignments[name]) | {"dims": int(features.shape[1])}
+        result[name]["clusters"] = class_mix(y, assignments[name])
+        maps[name] = PCA(n_components=2, random_state=cfg.seed).fit_transform(features)
+    result["k"] = cfg.k
+    result["checkpoint"] = str(cfg.ckpt_path)
+    (output_dir / "clusters.json").write_text(json.dumps(result, indent=2) + "\n")
+    fig = map_figure(maps, assignments, result)
+    fig.savefig(output_dir / "clusters.png", dpi=100)
+    plt.close(fig)
+    text = clusters_markdown(result)
+    (output_dir / "clusters.md").write_text(text)
+    print(text)
+    if cfg.projector:
+        write_projector(output_dir / "projector", embeddings, labels, images, assignments["embedding"])
+    print(f"wrote {output_dir} (projector: tensorboard --logdir {output_dir / 'projector'})")
+    return result
+
+
+def clusters_markdown(result: dict) -> str:
+    """The scores side by side, then each embedding cluster's class mix."""
+    lines = [f"# k-means with k={result['k']} on the test set", "",
+             "| representation | dims | NMI | ARI | purity |", "|---|---:|---:|---:|---:|"]
+    for name in ("embedding", "pixels"):
+        r = result[name]
+        lines.append(f"| {name} | {r['dims']} | {r['nmi']:.3f} | {r['ari']:.3f} | {r['purity']:.3f} |")
+    lines += ["", "Class mix of each cluster of the trained embedding (largest first):", ""]
+    lines += [f"- cluster {m['cluster']} ({m['size']:,} images): "
+              + ", ".join(f"{c} {share:.0%}" for c, share in m["classes"].items())
+              for m in result["embedding"]["clusters"]]
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="cluster")
+def main(cfg: DictConfig) -> None:
+    try:
+        cluster(cfg)
+    except FmnistError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Export a checkpoint for deployment: `python -m fmnist.export ckpt_path=PATH format=onnx|torchscript`.
+
+The exported model maps images (B, 1, 28, 28) in [0, 1] to logits (B, 10), any batch size. After
+writing, it checks itself: on a test batch its outputs must match PyTorch's within `tolerance`
+(ONNX is run with onnxruntime).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from fmnist.checkpoints import load_model
+from fmnist.data import to_unit_float
+from fmnist.errors import FmnistError
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
+
+
+def check_batch(cfg: DictConfig) -> torch.Tensor:
+    """32 real test images when the data can be found, else 32 random images."""
+    try:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        return to_unit_float(datamodule.test_set.images[:32].clone())
+    except FmnistError:
+        return torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise FmnistError("format=onnx needs the onnx extra: pip install -e '.[onnx]'") from None
+    log = io.StringIO()  # the exporter narrates every graph pass; keep it for errors only
+    try:
+        with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            model.to_onnx(str(path), example, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, dynamo=True,
+                          external_data=False)
+    except Exception as error:  # noqa: BLE001
+        raise FmnistError(f"ONNX export failed: {error}\n{log.getvalue()[-2000:]}") from None
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FmnistError("checking the ONNX file needs onnxruntime: pip install -e '.[onnx]'") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+def export(cfg: DictConfig) -> dict:
+    """Write the exported model, check it, and return the check's figures."""
+    if cfg.format not in SUFFIX:
+        raise FmnistError(f"format={cfg.format} is not supported: use format=onnx or format=torchscript")
+    model = load_model(cfg.ckpt_path)
+    ckpt = Path(cfg.ckpt_path)
+    path = Path(cfg.output) if cfg.output else ckpt.with_suffix(SUFFIX[cfg.format])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = check_batch(cfg)
+    with torch.inference_mode():
+        expected = model(images)
+    if cfg.format == "onnx":
+        export_onnx(model, images[:2], path)
+        got = run_onnx(path, images)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.to_torchscript(str(path), method="trace", example_inputs=images[:2])
+            got = torch.jit.load(str(path))(images).detach()
+    difference = float((got - expected).abs().max())
+    check = {"file": str(path), "format": cfg.format, "batch": len(images), "max_abs_diff": difference,
+             "tolerance": cfg.tolerance, "ok": difference <= cfg.tolerance}
+    print(json.dumps(check, indent=2))
+    if not check["ok"]:
+        raise FmnistError(f"the exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}")
+    return check
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export(cfg)
+    except FmnistError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
