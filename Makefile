@@ -9,7 +9,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep tensorboard test clean
+.PHONY: help install data train sweep reproduce tensorboard test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ train: install ## train MODEL with the study's recipe (ARGS: extra overrides, e.
 
 sweep: install ## one multirun of the three models (ARGS: extra overrides)
 	$(PY) -m fmnist.train -m model=cnn,rnn,bilstm $(ARGS)
+
+reproduce: install ## the three study recipes x 3 seeds, then docs/RESULTS.md (hours on a CPU; ARGS: overrides)
+	$(PY) -m fmnist.reproduce $(if $(ARGS),-- $(ARGS))
 
 tensorboard: install ## serve TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -15,6 +15,8 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +50,7 @@ def check_config(cfg: DictConfig) -> None:
            "must be an integer >= 1 (or -1 for no limit)")
     _check(cfg, "model.optimizer.lr", lambda v: isinstance(v, (int, float)) and v > 0, "must be a number > 0")
     _check(cfg, "seed", is_int, "must be an integer")
+    _check(cfg, "torch_threads", lambda v: is_int(v) and v >= 1, "must be an integer >= 1 (or null)")
 
 
 def describe_device(trainer: L.Trainer) -> str:
@@ -66,6 +69,8 @@ def _plain(value: Any) -> Any:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, write `metrics.json`; return the metrics."""
     check_config(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +151,8 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg)
     except FmnistError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and the sweep goes on with the others
         raise SystemExit(f"error: {error}") from None
     return metrics.get("val/acc_best", float("nan"))
 
