@@ -98,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "device": describe_device(trainer),
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
         "batch_size": datamodule.batch_size,
         "optimizer": model.hparams["optimizer"],
         **{k: fit_metrics[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
