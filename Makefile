@@ -9,7 +9,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep reproduce tensorboard test clean
+.PHONY: help install data train sweep reproduce bench bench-keras tensorboard test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,16 @@ sweep: install ## one multirun of the three models (ARGS: extra overrides)
 
 reproduce: install ## the three study recipes x 3 seeds, then docs/RESULTS.md (hours on a CPU; ARGS: overrides)
 	$(PY) -m fmnist.reproduce $(if $(ARGS),-- $(ARGS))
+
+bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop per model -> docs/BENCHMARKS.md
+	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras models (tensorflow-cpu)
+	$(PY) benchmarks/bench.py --peer keras $(ARGS)
+
+.venv-keras/bin/python:
+	$(PYTHON) -m venv .venv-keras
+	.venv-keras/bin/pip install -q tensorflow-cpu==2.21.0
 
 tensorboard: install ## serve TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

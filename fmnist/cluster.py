@@ -28,7 +28,7 @@ from torchmetrics.functional.clustering import adjusted_rand_score, normalized_m
 
 from fmnist.checkpoints import load_model  # noqa: E402
 from fmnist.data import CLASS_NAMES, to_unit_float  # noqa: E402
-from fmnist.errors import FmnistError  # noqa: E402
+from fmnist.errors import FmnistError, exit_on_error  # noqa: E402
 from fmnist.evaluate import pick_device  # noqa: E402
 
 # torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
@@ -148,10 +148,7 @@ def clusters_markdown(result: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="cluster")
 def main(cfg: DictConfig) -> None:
-    try:
-        cluster(cfg)
-    except FmnistError as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_error(cluster, cfg)
 
 
 if __name__ == "__main__":

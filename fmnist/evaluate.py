@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from fmnist.checkpoints import load_model
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, exit_on_error
 from fmnist.reports import write_reports
 from fmnist.summary import keras_summary_markdown
 
@@ -57,10 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except FmnistError as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_error(evaluate, cfg)
 
 
 if __name__ == "__main__":

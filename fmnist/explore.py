@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fmnist.data import CLASS_NAMES, ensure_raw_files, load_split  # noqa: E402
-from fmnist.errors import FmnistError  # noqa: E402
+from fmnist.errors import exit_on_error  # noqa: E402
 
 
 def describe(name: str, images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -68,10 +68,7 @@ def explore(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explore")
 def main(cfg: DictConfig) -> None:
-    try:
-        explore(cfg)
-    except FmnistError as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_error(explore, cfg)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from fmnist.checkpoints import load_model
 from fmnist.data import to_unit_float
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, exit_on_error
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
 
@@ -90,10 +90,7 @@ def export(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except FmnistError as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_error(export, cfg)
 
 
 if __name__ == "__main__":

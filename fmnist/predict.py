@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.checkpoints import load_model
 from fmnist.data import CLASS_NAMES
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, exit_on_error
 
 
 def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
@@ -125,10 +125,7 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except FmnistError as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_error(predict, cfg)
 
 
 if __name__ == "__main__":

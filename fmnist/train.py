@@ -79,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()  # fail on missing data now, with one clear message
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
     timer = EpochTimer()
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [timer]
+    # The timer goes first so that its epoch ends before checkpoints are written.
+    callbacks = [timer] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -89,7 +90,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_metrics = {k: _plain(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+    test_results = [{}]
+    if cfg.get("test", True):
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
 
     counts = keras_param_counts(model)
     metrics = {
@@ -115,7 +118,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["diverged_epoch"] = guards[0].diverged_epoch
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        report_run(cfg, trainer, model, datamodule, metrics)
+        if cfg.get("test", True):
+            report_run(cfg, trainer, model, datamodule, metrics)
     return metrics
 
 

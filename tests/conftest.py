@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+
+from fmnist.config import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 400, 120
 
@@ -62,13 +61,7 @@ def tiny_root(tmp_path_factory) -> Path:
 
 def compose_train(overrides: list[str]):
     """The real `conf/train.yaml` composed with overrides, with Hydra's runtime config set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_config(overrides)
 
 
 @pytest.fixture

@@ -129,11 +129,7 @@ def test_export_round_trip(train_cfg, tmp_path, model):
 
 
 def compose_train_export(ckpt, fmt, folder):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from tests.conftest import CONF
-    GlobalHydra.instance().clear()
+    from fmnist.config import compose_config
     suffix = ".onnx" if fmt == "onnx" else ".ts.pt"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("export", overrides=[f"ckpt_path={ckpt}", f"format={fmt}", f"output={folder}/model{suffix}",
-                                            "data.search_dirs=[]", f"data.root={folder}/none"])
+    return compose_config([f"ckpt_path={ckpt}", f"format={fmt}", f"output={folder}/model{suffix}",
+                           "data.search_dirs=[]", f"data.root={folder}/none"], config_name="export")

@@ -1,0 +1,129 @@
+"""Framework overhead: the project's Lightning epoch against a plain PyTorch loop, side by side.
+
+    python benchmarks/bench.py [--models cnn rnn bilstm] [--reps 3] [--epochs 3] [--images 6000]
+    python benchmarks/bench.py --peer keras      # also the study's Keras models (.venv-keras)
+
+For each model, repetitions alternate the two paths on the same slice of training images, same
+batch size, network and optimizer. Each figure is the median epoch time of a run (its first
+epoch, the warm-up, left out); the table shows the median over repetitions and the ratio
+Lightning / plain. Writes docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+import lightning
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.plain_loop import plain_epoch_seconds  # noqa: E402
+from fmnist.config import compose_config  # noqa: E402
+from fmnist.data import FashionMNISTDataModule  # noqa: E402
+from fmnist.train import train  # noqa: E402
+
+
+def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str) -> list[float]:
+    """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}", f"trainer.max_epochs={epochs}",
+                              f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1", "test=false",
+                              "trainer.num_sanity_val_steps=0"])
+        return train(cfg)["epoch_seconds"]
+
+
+def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}"])
+    module = hydra.utils.instantiate(cfg.model)
+    return plain_epoch_seconds(module, module.configure_optimizers(), images, labels, cfg.data.batch_size,
+                               steps, epochs)
+
+
+def keras_seconds(model: str, steps: int, epochs: int, python: Path) -> list[float]:
+    """The study's Keras model, timed by benchmarks/keras_peer.py in its own environment."""
+    out = subprocess.run([str(python), str(ROOT / "benchmarks" / "keras_peer.py"), model, str(steps), str(epochs)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["epoch_seconds"]
+
+
+def steady(seconds: list[float]) -> float:
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "rnn", "bilstm"])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
+    parser.add_argument("--images", type=int, default=6000, help="training images per epoch")
+    parser.add_argument("--root", default=str(ROOT / "data"))
+    parser.add_argument("--peer", choices=["keras"], help="also time the study's Keras models")
+    parser.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = parser.parse_args()
+
+    datamodule = FashionMNISTDataModule(root=args.root)
+    datamodule.prepare_data()
+    datamodule.setup()
+    images, labels = datamodule.train_set.images[:args.images], datamodule.train_set.labels[:args.images]
+    rows = []
+    for model in args.models:
+        batch = compose_config([f"model={model}", "output_dir=."]).data.batch_size
+        steps = args.images // batch
+        runs = {"lightning": [], "plain": [], "keras": []}
+        for rep in range(args.reps):
+            runs["lightning"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root)))
+            runs["plain"].append(steady(plain_seconds(model, steps, args.epochs, args.root, images, labels)))
+            if args.peer == "keras":
+                runs["keras"].append(steady(keras_seconds(model, steps, args.epochs, Path(args.keras_python))))
+            print(f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True)
+        row = {"model": model, "batch": batch, "steps": steps, **{k: statistics.median(v) for k, v in runs.items() if v},
+               "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}}
+        row["ratio"] = row["lightning"] / row["plain"]
+        rows.append(row)
+    write_report(rows, args)
+
+
+def write_report(rows: list[dict], args) -> None:
+    has_keras = any("keras" in r for r in rows)
+    header = "| model | batch | steps/epoch | Lightning (s/epoch) | plain loop (s/epoch) | ratio |" + \
+             (" Keras (s/epoch) | Lightning / Keras |" if has_keras else "")
+    lines = [header, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if has_keras else "")]
+    for r in rows:
+        cells = (f"| {r['model']} | {r['batch']} | {r['steps']} | {r['lightning']:.3f} "
+                 f"({r['spread']['lightning'][0]:.3f}–{r['spread']['lightning'][1]:.3f}) | {r['plain']:.3f} "
+                 f"({r['spread']['plain'][0]:.3f}–{r['spread']['plain'][1]:.3f}) | {r['ratio']:.3f} |")
+        if has_keras:
+            cells += f" {r['keras']:.3f} | {r['lightning'] / r['keras']:.3f} |"
+        lines.append(cells)
+    table = "\n".join(lines)
+    print(table)
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+               f"torch {torch.__version__}, lightning {lightning.__version__}")
+    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
+    generated = (f"<!-- bench:start -->\nMachine: {machine}. Command: `{command.strip()}` "
+                 f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
+                 f"{args.images} training images per epoch; median, with min–max over repetitions).\n\n"
+                 f"{table}\n<!-- bench:end -->")
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else "# Benchmarks\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
+    head, rest = text.split("<!-- bench:start -->", 1)
+    _, tail = rest.split("<!-- bench:end -->", 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(head + generated + tail)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Composing fmnist's Hydra configs from Python (tests, benchmarks, notebooks) as the CLI would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The composed config, with Hydra's runtime config set so `${hydra:...}` keys resolve.
+
+    Give `output_dir=...` in `overrides`: outside a Hydra run there is no run folder.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
