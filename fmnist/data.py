@@ -7,6 +7,8 @@ path) and turned into float32 in [0, 1] only after they reach the device.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -71,11 +73,14 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
         folder = Path(folder)
         if all((folder / f"{name}.gz").exists() or (folder / name).exists() for name in RAW_FILES):
             raw.mkdir(parents=True, exist_ok=True)
-            for name in RAW_FILES:
-                if (folder / name).exists():
-                    (raw / name).write_bytes((folder / name).read_bytes())
-                else:
-                    extract_archive(str(folder / f"{name}.gz"), str(raw))
+            # Extract beside the target and rename: DDP ranks may place the same files at once.
+            with tempfile.TemporaryDirectory(dir=raw) as staging:
+                for name in RAW_FILES:
+                    if (folder / name).exists():
+                        shutil.copyfile(folder / name, Path(staging) / name)
+                    else:
+                        extract_archive(str(folder / f"{name}.gz"), staging)
+                    os.replace(Path(staging) / name, raw / name)
             return raw
     searched = ", ".join([str(raw), *map(str, search_dirs)])
     if download:
