@@ -55,7 +55,8 @@ class FashionClassifier(L.LightningModule):
         self.hparams["optimizer"] = optimizer_spec(optimizer or self.default_optimizer)
         self.class_names = CLASS_NAMES
         num_classes = len(CLASS_NAMES)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # nan_strategy="disable": a NaN loss must reach the epoch mean (and the check would sync per step)
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
