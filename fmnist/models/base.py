@@ -66,7 +66,7 @@ class FashionClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 10) for images (B, 1, 28, 28) in [0, 1]."""
-        return self.classifier(self.features(x))
+        return self.classifier(self.embed(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer activations: what the network groups garments by."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from fmnist.models.base import FashionClassifier
@@ -26,8 +27,10 @@ class CNN(FashionClassifier):
     default_optimizer = {"_target_": "fmnist.optim.KerasRMSprop", "lr": 1e-4}
 
     def __init__(self, optimizer=None, conv_dropout: Sequence[float] = (0.2, 0.3, 0.4),
-                 dense_dropout: float = 0.5):
+                 dense_dropout: float = 0.5, channels_last: bool = True):
         super().__init__(optimizer)
+        # NHWC layout: the same arithmetic, ~15 % faster convolutions on the CPU (docs/BENCHMARKS.md).
+        self.channels_last = channels_last
         self.features = glorot_(nn.Sequential(
             *conv_block(1, 32, conv_dropout[0]),
             *conv_block(32, 64, conv_dropout[1]),
@@ -36,3 +39,10 @@ class CNN(FashionClassifier):
             nn.Linear(128 * 3 * 3, 16), nn.ReLU(), batch_norm(16), nn.Dropout(dense_dropout),
         ))
         self.classifier = glorot_(nn.Linear(16, 10))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.features(x)
