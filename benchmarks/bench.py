@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.plain_loop import plain_epoch_seconds  # noqa: E402
 from fmnist.config import compose_config  # noqa: E402
 from fmnist.data import FashionMNISTDataModule  # noqa: E402
+from fmnist.runs import write_section  # noqa: E402
 from fmnist.train import train  # noqa: E402
 
 
@@ -112,17 +113,11 @@ def write_report(rows: list[dict], args) -> None:
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
                f"torch {torch.__version__}, lightning {lightning.__version__}")
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
-    generated = (f"<!-- bench:start -->\nMachine: {machine}. Command: `{command.strip()}` "
+    generated = (f"Machine: {machine}. Command: `{command.strip()}` "
                  f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
-                 f"{args.images} training images per epoch; median, with min–max over repetitions).\n\n"
-                 f"{table}\n<!-- bench:end -->")
-    out = Path(args.out)
-    text = out.read_text() if out.exists() else "# Benchmarks\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
-    head, rest = text.split("<!-- bench:start -->", 1)
-    _, tail = rest.split("<!-- bench:end -->", 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(head + generated + tail)
-    print(f"wrote {out}")
+                 f"{args.images} training images per epoch; median, with min–max over repetitions).\n\n{table}")
+    write_section(Path(args.out), "bench", generated, "Benchmarks")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

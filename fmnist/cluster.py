@@ -27,24 +27,13 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
 
 from fmnist.checkpoints import load_model  # noqa: E402
-from fmnist.data import CLASS_NAMES, to_unit_float  # noqa: E402
+from fmnist.data import CLASS_NAMES  # noqa: E402
 from fmnist.errors import FmnistError, exit_on_error  # noqa: E402
 from fmnist.evaluate import pick_device  # noqa: E402
+from fmnist.reports import predict  # noqa: E402
 
 # torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
 warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
-
-
-@torch.inference_mode()
-def embed_all(model, loader, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(embeddings (N, D), labels (N,), uint8 images (N, 1, 28, 28)) over a loader."""
-    model.eval().to(device)
-    out, labels, images = [], [], []
-    for x, y in loader:
-        out.append(model.embed(to_unit_float(x.to(device))).float().cpu())
-        labels.append(y)
-        images.append(x)
-    return torch.cat(out), torch.cat(labels), torch.cat(images)
 
 
 def cluster_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
@@ -105,7 +94,7 @@ def cluster(cfg: DictConfig) -> dict:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
-    embeddings, labels, images = embed_all(model, datamodule.test_dataloader(), pick_device(cfg.device))
+    embeddings, labels, images = predict(model, datamodule.test_dataloader(), pick_device(cfg.device), embed=True)
     pixels = images.flatten(1).float().numpy() / 255
     if cfg.pixels_pca:
         pixels = PCA(n_components=cfg.pixels_pca, random_state=cfg.seed).fit_transform(pixels)

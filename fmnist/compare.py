@@ -27,6 +27,13 @@ WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard 
 STUDY_COLORS = {"cnn": "black", "rnn": "saddlebrown", "bilstm": "purple"}
 
 
+def study_references(rows: list[dict]):
+    """(model name, the study's figures) for each model among the rows that the study reported."""
+    for name in dict.fromkeys(r["model"] for r in rows):
+        if name in STUDY and name != "bilstm_stated":  # the stated-lr variant has the same reference
+            yield name, STUDY[name]
+
+
 def _label(row: dict) -> str:
     return f"{row['model']} ({row['epochs']} ep, {row['recipe']})"
 
@@ -43,13 +50,11 @@ def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                       *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
                       f"{row['params_total_keras']:,}", str(row["epochs"]),
                       format_seconds(row["train_seconds_mean"]), row["device"]])
-    for name in dict.fromkeys(r["model"] for r in rows):
-        study = STUDY.get(name)
-        if study and name != "bilstm_stated":
-            cells.append([f"study: {name}", "as published", "1", f"{study['test_acc']:.4f}", f"{study['macro_f1']:.3f}",
-                          *[f"{study['class_f1'][c]:.3f}" if c in study["class_f1"] else "" for c in CLASS_NAMES],
-                          f"{study['params_total_keras']:,}", str(study["epochs"]),
-                          format_seconds(study["train_seconds"]), "not stated"])
+    for name, study in study_references(rows):
+        cells.append([f"study: {name}", "as published", "1", f"{study['test_acc']:.4f}", f"{study['macro_f1']:.3f}",
+                      *[f"{study['class_f1'][c]:.3f}" if c in study["class_f1"] else "" for c in CLASS_NAMES],
+                      f"{study['params_total_keras']:,}", str(study["epochs"]),
+                      format_seconds(study["train_seconds"]), "not stated"])
     return header, cells
 
 
@@ -66,12 +71,10 @@ def per_class_f1_figure(rows: list[dict]):
     for i, row in enumerate(rows):
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row["class_f1"].get(c, np.nan) for c in CLASS_NAMES],
                width, label=_label(row))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        study = STUDY.get(name)
-        if study and name != "bilstm_stated":
-            known = [(j, study["class_f1"][c]) for j, c in enumerate(CLASS_NAMES) if c in study["class_f1"]]
-            ax.scatter([j for j, _ in known], [v for _, v in known], marker="_", s=500, linewidths=2.5,
-                       color=STUDY_COLORS.get(name, "black"), label=f"study: {name}", zorder=3)
+    for name, study in study_references(rows):
+        known = [(j, study["class_f1"][c]) for j, c in enumerate(CLASS_NAMES) if c in study["class_f1"]]
+        ax.scatter([j for j, _ in known], [v for _, v in known], marker="_", s=500, linewidths=2.5,
+                   color=STUDY_COLORS.get(name, "black"), label=f"study: {name}", zorder=3)
     ax.set_xticks(x, CLASS_NAMES, rotation=20)
     for tick in ax.get_xticklabels():
         if tick.get_text() in WEAK_CLASSES:
@@ -93,13 +96,11 @@ def acc_vs_time_figure(rows: list[dict]):
     for row in rows:
         ax.errorbar(row["train_seconds_mean"], row["test_acc_mean"], yerr=row["test_acc_std"], fmt="o",
                     capsize=4, label=_label(row))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        study = STUDY.get(name)
-        if study and name != "bilstm_stated":
-            ax.scatter(study["train_seconds"], study["test_acc"], marker="*", s=160, facecolors="none",
-                       edgecolors="black")
-            ax.annotate(f"study: {name}", (study["train_seconds"], study["test_acc"]), fontsize=8,
-                        textcoords="offset points", xytext=(6, -10))
+    for name, study in study_references(rows):
+        ax.scatter(study["train_seconds"], study["test_acc"], marker="*", s=160, facecolors="none",
+                   edgecolors="black")
+        ax.annotate(f"study: {name}", (study["train_seconds"], study["test_acc"]), fontsize=8,
+                    textcoords="offset points", xytext=(6, -10))
     ax.set_xscale("log")
     ax.set_xlabel("training time (s, log scale)")
     ax.set_ylabel("test accuracy")

@@ -30,11 +30,10 @@ def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent = shop-white
         image = Image.alpha_composite(background, rgba)
     gray = np.asarray(image.convert("L"), dtype=np.float32)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:  # light background: invert so the garment is the bright part
-        gray = 255 - gray
-    gray = gray - np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
-    gray = np.clip(gray, 0, None)
+    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+    if background > 127:  # light background: invert so the garment is the bright part
+        gray, background = 255 - gray, 255 - background
+    gray = np.clip(gray - background, 0, None)
     peak = gray.max()
     if peak <= 0:
         raise ValueError("the image is blank: no garment to see")

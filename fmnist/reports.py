@@ -22,15 +22,19 @@ from fmnist.data import to_unit_float  # noqa: E402
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu"):
-    """(logits (N, C), labels (N,), uint8 images (N, 1, 28, 28)) over a whole loader."""
+def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu", embed: bool = False):
+    """(logits (N, C), labels (N,), uint8 images (N, 1, 28, 28)) over a whole loader.
+
+    With `embed=True` the first tensor is `model.embed`'s penultimate activations instead.
+    """
     model.eval().to(device)
-    logits, labels, images = [], [], []
+    forward = model.embed if embed else model
+    outputs, labels, images = [], [], []
     for x, y in loader:
-        logits.append(model(to_unit_float(x.to(device))).float().cpu())
+        outputs.append(forward(to_unit_float(x.to(device))).float().cpu())
         labels.append(y)
         images.append(x)
-    return torch.cat(logits), torch.cat(labels), torch.cat(images)
+    return torch.cat(outputs), torch.cat(labels), torch.cat(images)
 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:

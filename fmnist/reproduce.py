@@ -18,11 +18,8 @@ import time
 from pathlib import Path
 
 from fmnist.errors import FmnistError
-from fmnist.runs import aggregate, find_runs, format_seconds
+from fmnist.runs import aggregate, find_runs, format_seconds, write_section
 from fmnist.study import STUDY
-
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-
 
 def results_table(rows: list[dict]) -> str:
     """Markdown: each measured (model, epochs) row next to the study's figures."""
@@ -57,14 +54,7 @@ def results_json(rows: list[dict]) -> dict:
 
 def write_results(rows: list[dict], docs: Path) -> None:
     """Update docs/RESULTS.md between its markers, and rewrite docs/results.json."""
-    docs.mkdir(parents=True, exist_ok=True)
-    page = docs / "RESULTS.md"
-    text = page.read_text() if page.exists() else f"# Reproduction results\n\n{START}\n{END}\n"
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    page.write_text(f"{head}{START}\n{results_table(rows)}\n{END}{tail}")
+    write_section(docs / "RESULTS.md", "results", results_table(rows), "Reproduction results")
     (docs / "results.json").write_text(json.dumps(results_json(rows), indent=2) + "\n")
 
 
