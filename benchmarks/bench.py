@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py [--models cnn rnn bilstm] [--reps 3] [--epochs 3] [--images 6000]
     python benchmarks/bench.py --peer keras      # also the study's Keras models (.venv-keras)
+    python benchmarks/bench.py --accelerator gpu --fast --images 54000 --reps 1   # on a GPU
 
 For each model, repetitions alternate the two paths on the same slice of training images, same
 batch size, network and optimizer. Each figure is the median epoch time of a run (its first
@@ -34,21 +35,25 @@ from fmnist.runs import write_section  # noqa: E402
 from fmnist.train import train  # noqa: E402
 
 
-def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str) -> list[float]:
-    """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar."""
+def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, accelerator: str,
+                            fast: bool = False) -> list[float]:
+    """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar;
+    with `fast`, trainer=gpu_fast (all `steps` batches of an epoch in one chunk)."""
+    trainer = ["trainer=gpu_fast", f"data.batches_per_step={steps}", "trainer.limit_train_batches=1"] if fast \
+        else [f"trainer.limit_train_batches={steps}"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}", f"trainer.max_epochs={epochs}",
-                              f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1", "test=false",
-                              "trainer.num_sanity_val_steps=0"])
+                              *trainer, f"trainer.accelerator={accelerator}", "trainer.limit_val_batches=1",
+                              "test=false", "trainer.num_sanity_val_steps=0"])
         return train(cfg)["epoch_seconds"]
 
 
-def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels) -> list[float]:
+def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels, device: str) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}"])
-    module = hydra.utils.instantiate(cfg.model)
-    return plain_epoch_seconds(module, module.configure_optimizers(), images, labels, cfg.data.batch_size,
-                               steps, epochs)
+    module = hydra.utils.instantiate(cfg.model).to(device)
+    return plain_epoch_seconds(module, module.configure_optimizers(), images.to(device), labels.to(device),
+                               cfg.data.batch_size, steps, epochs, device=device)
 
 
 def keras_seconds(model: str, steps: int, epochs: int, python: Path) -> list[float]:
@@ -70,6 +75,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6000, help="training images per epoch")
     parser.add_argument("--root", default=str(ROOT / "data"))
     parser.add_argument("--peer", choices=["keras"], help="also time the study's Keras models")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--fast", action="store_true", help="also time the fast path (trainer=gpu_fast)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -82,10 +90,14 @@ def main() -> None:
     for model in args.models:
         batch = compose_config([f"model={model}", "output_dir=."]).data.batch_size
         steps = args.images // batch
-        runs = {"lightning": [], "plain": [], "keras": []}
+        runs = {"lightning": [], "plain": [], "fast": [], "keras": []}
+        device = "cuda" if args.accelerator == "gpu" else "cpu"
         for rep in range(args.reps):
-            runs["lightning"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root)))
-            runs["plain"].append(steady(plain_seconds(model, steps, args.epochs, args.root, images, labels)))
+            runs["lightning"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root, args.accelerator)))
+            runs["plain"].append(steady(plain_seconds(model, steps, args.epochs, args.root, images, labels, device)))
+            if args.fast:
+                runs["fast"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root,
+                                                                   args.accelerator, fast=True)))
             if args.peer == "keras":
                 runs["keras"].append(steady(keras_seconds(model, steps, args.epochs, Path(args.keras_python))))
             print(f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True)
@@ -93,30 +105,45 @@ def main() -> None:
                "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}}
         row["ratio"] = row["lightning"] / row["plain"]
         rows.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_line(), "rows": rows}, indent=2) + "\n")
     write_report(rows, args)
 
 
+def machine_line() -> str:
+    """Processor or GPU, threads and versions, for the report."""
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine()
+    return (f"{where}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, lightning {lightning.__version__}")
+
+
+def _cell(row: dict, path: str) -> str:
+    low, high = row["spread"][path]
+    return f"{row[path]:.3f} ({low:.3f}–{high:.3f})" if low != high else f"{row[path]:.3f}"
+
+
 def write_report(rows: list[dict], args) -> None:
-    has_keras = any("keras" in r for r in rows)
-    header = "| model | batch | steps/epoch | Lightning (s/epoch) | plain loop (s/epoch) | ratio |" + \
-             (" Keras (s/epoch) | Lightning / Keras |" if has_keras else "")
-    lines = [header, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if has_keras else "")]
+    """Print the table and write it into docs/BENCHMARKS.md (one section per accelerator)."""
+    extra = [path for path in ("fast", "keras") if any(path in r for r in rows)]
+    titles = {"fast": "fast path (s/epoch) | plain / fast", "keras": "Keras (s/epoch) | Lightning / Keras"}
+    header = "| model | batch | steps/epoch | Lightning (s/epoch) | plain loop (s/epoch) | Lightning / plain |" + \
+        "".join(f" {titles[path]} |" for path in extra)
+    lines = [header, "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(extra)]
     for r in rows:
-        cells = (f"| {r['model']} | {r['batch']} | {r['steps']} | {r['lightning']:.3f} "
-                 f"({r['spread']['lightning'][0]:.3f}–{r['spread']['lightning'][1]:.3f}) | {r['plain']:.3f} "
-                 f"({r['spread']['plain'][0]:.3f}–{r['spread']['plain'][1]:.3f}) | {r['ratio']:.3f} |")
-        if has_keras:
-            cells += f" {r['keras']:.3f} | {r['lightning'] / r['keras']:.3f} |"
+        cells = f"| {r['model']} | {r['batch']} | {r['steps']} | {_cell(r, 'lightning')} | {_cell(r, 'plain')} | {r['ratio']:.3f} |"
+        if "fast" in extra:
+            cells += f" {_cell(r, 'fast')} | {r['plain'] / r['fast']:.2f} |"
+        if "keras" in extra:
+            cells += f" {_cell(r, 'keras')} | {r['lightning'] / r['keras']:.3f} |"
         lines.append(cells)
     table = "\n".join(lines)
     print(table)
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-               f"torch {torch.__version__}, lightning {lightning.__version__}")
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
-    generated = (f"Machine: {machine}. Command: `{command.strip()}` "
+    generated = (f"Machine: {machine_line()}. Command: `{command.strip()}` "
                  f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
                  f"{args.images} training images per epoch; median, with min–max over repetitions).\n\n{table}")
-    write_section(Path(args.out), "bench", generated, "Benchmarks")
+    section = "bench" if args.accelerator == "cpu" else "bench-gpu"
+    write_section(Path(args.out), section, generated, "Benchmarks")
     print(f"wrote {args.out}")
 
 

@@ -6,9 +6,13 @@ path) and turned into float32 in [0, 1] only after they reach the device.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +27,7 @@ from fmnist.errors import FmnistError
 CLASS_NAMES = tuple(FashionMNIST.classes)
 RAW_FILES = tuple(os.path.splitext(os.path.basename(url))[0] for url, _ in FashionMNIST.resources)
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FIX_RAW = "Fix: replace it with the original Fashion-MNIST file"
 
 
 class InMemoryImages(Dataset):
@@ -47,6 +52,12 @@ class InMemoryImages(Dataset):
 def keep_batch(batch):
     """collate_fn for InMemoryImages: the batch is already stacked."""
     return batch
+
+
+def split_batches(chunk, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """collate_fn for the fast path: one gathered chunk cut into consecutive training batches."""
+    images, labels = chunk
+    return list(zip(images.split(batch_size), labels.split(batch_size)))
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +90,7 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
                     if (folder / name).exists():
                         shutil.copyfile(folder / name, Path(staging) / name)
                     else:
-                        extract_archive(str(folder / f"{name}.gz"), staging)
+                        _extract(folder / f"{name}.gz", staging)
                     os.replace(Path(staging) / name, raw / name)
             return raw
     searched = ", ".join([str(raw), *map(str, search_dirs)])
@@ -99,10 +110,54 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
         "(Debian), or add `data.download=true` to fetch it from the internet.")
 
 
+def _extract(archive: Path, folder: str) -> None:
+    try:
+        extract_archive(str(archive), folder)
+    except (OSError, EOFError, zlib.error) as error:
+        raise FmnistError(f"{archive} is damaged ({error}). Fix: replace it with an intact copy") from None
+
+
+def _idx_dims(path: Path, ndim: int, what: str) -> tuple[int, ...]:
+    """The dimensions an IDX file of unsigned bytes announces, once its magic number and size are checked."""
+    with open(path, "rb") as file:
+        header = file.read(4 + 4 * ndim)
+    magic, expected_magic = int.from_bytes(header[:4], "big"), 0x0800 + ndim
+    if magic != expected_magic:
+        raise FmnistError(f"{path} is not an IDX file of {what}: magic number {magic:#010x}, expected "
+                          f"{expected_magic:#010x}. {FIX_RAW}")
+    size = path.stat().st_size
+    if len(header) < 4 + 4 * ndim:
+        raise FmnistError(f"{path} is truncated: {size} bytes, shorter than its IDX header. {FIX_RAW}")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = len(header) + math.prod(dims)
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise FmnistError(f"{path} is {state}: the header announces {'x'.join(map(str, dims))} {what}, "
+                          f"{expected:,} bytes, the file has {size:,} bytes. {FIX_RAW}")
+    return dims
+
+
+def check_split(root: str | os.PathLike, train: bool) -> tuple[Path, Path]:
+    """The split's image and label files, checked from their headers and sizes alone (no data is read)."""
+    images, labels = (raw_folder(root) / name for name in (RAW_FILES[:2] if train else RAW_FILES[2:]))
+    n, height, width = _idx_dims(images, 3, "images")
+    if (height, width) != (28, 28):
+        raise FmnistError(f"{images} holds {height}x{width} images, Fashion-MNIST's are 28x28. {FIX_RAW}")
+    (n_labels,) = _idx_dims(labels, 1, "labels")
+    if n_labels != n:
+        raise FmnistError(f"{labels} has {n_labels:,} labels but {images} has {n:,} images. {FIX_RAW}")
+    return images, labels
+
+
 def load_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One official split as (uint8 images (N, 1, 28, 28), int64 labels (N,))."""
+    """One official split as (uint8 images (N, 1, 28, 28), int64 labels (N,)), or one FmnistError naming
+    the broken file."""
+    _, label_file = check_split(root, train)
     dataset = FashionMNIST(str(root), train=train, download=False)
-    return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
+    labels = dataset.targets.long()
+    if len(labels) and int(labels.max()) >= len(CLASS_NAMES):
+        raise FmnistError(f"{label_file} holds label {int(labels.max())}, Fashion-MNIST's are 0..9. {FIX_RAW}")
+    return dataset.data.unsqueeze(1).contiguous(), labels
 
 
 class FashionMNISTDataModule(L.LightningDataModule):
@@ -114,7 +169,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def __init__(self, root: str = "data", batch_size: int = 100, val_fraction: float = 0.1,
                  download: bool = False, search_dirs: Sequence[str] = (DEBIAN_DIR,),
-                 num_workers: int = 0, eval_batch_size: int | None = None):
+                 num_workers: int = 0, eval_batch_size: int | None = None, device_resident: bool = False,
+                 batches_per_step: int = 1):
+        """`device_resident` keeps the splits on the training device (still uint8); `batches_per_step` > 1
+        hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast)."""
         super().__init__()
         self.root = root
         self.batch_size = batch_size
@@ -123,6 +181,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.download = download
         self.search_dirs = tuple(search_dirs)
         self.num_workers = num_workers
+        self.device_resident = device_resident
+        self.batches_per_step = batches_per_step
         self.class_names = CLASS_NAMES
         self.train_set = self.val_set = self.test_set = None
 
@@ -138,12 +198,20 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.train_set = InMemoryImages(images[:n_train], labels[:n_train])
             self.val_set = InMemoryImages(images[n_train:], labels[n_train:])
             self.test_set = InMemoryImages(*load_split(self.root, train=False))
+        if self.device_resident and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            for split in (self.train_set, self.val_set, self.test_set):
+                split.images, split.labels = split.images.to(device), split.labels.to(device)
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        if self.batches_per_step > 1:
+            # Shuffled by the same sampler as the default path, so the CPU test can compare the two.
+            return DataLoader(self.train_set, batch_size=self.batch_size * self.batches_per_step, shuffle=True,
+                              collate_fn=functools.partial(split_batches, batch_size=self.batch_size))
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -153,5 +221,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, list):
+            return [(to_unit_float(images), labels) for images, labels in batch]
         images, labels = batch
         return to_unit_float(images), labels

@@ -14,8 +14,8 @@ class BiLSTM(FashionClassifier):
 
     default_optimizer = {"_target_": "fmnist.optim.KerasAdam", "lr": 1e-3}
 
-    def __init__(self, optimizer=None, dropout: float = 0.3):
-        super().__init__(optimizer)
+    def __init__(self, optimizer=None, dropout: float = 0.3, **base_options):
+        super().__init__(optimizer, **base_options)
         self.features = nn.Sequential(
             nn.Flatten(1, 2),  # (B, 1, 28, 28) -> (B, 28 steps, 28 features)
             KerasRecurrent("lstm", 28, 256, return_sequences=True, bidirectional=True),

@@ -27,8 +27,8 @@ class CNN(FashionClassifier):
     default_optimizer = {"_target_": "fmnist.optim.KerasRMSprop", "lr": 1e-4}
 
     def __init__(self, optimizer=None, conv_dropout: Sequence[float] = (0.2, 0.3, 0.4),
-                 dense_dropout: float = 0.5, channels_last: bool = True):
-        super().__init__(optimizer)
+                 dense_dropout: float = 0.5, channels_last: bool = True, **base_options):
+        super().__init__(optimizer, **base_options)
         # NHWC layout: the same arithmetic, ~15 % faster convolutions on the CPU (docs/BENCHMARKS.md).
         self.channels_last = channels_last
         self.features = glorot_(nn.Sequential(

@@ -15,8 +15,8 @@ class SimpleRNN(FashionClassifier):
 
     default_optimizer = {"_target_": "torch.optim.SGD", "lr": 0.01}
 
-    def __init__(self, optimizer=None):
-        super().__init__(optimizer)
+    def __init__(self, optimizer=None, **base_options):
+        super().__init__(optimizer, **base_options)
         self.features = nn.Sequential(
             nn.Flatten(1, 2),  # (B, 1, 28, 28) -> (B, 28 steps, 28 features)
             KerasRecurrent("rnn", 28, 256, return_sequences=True, activation="relu"),

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/BENCHMARKS.md in one script (about 6 minutes on one H100/H200):
+#   1. the study's full recipes on the fast path (trainer=gpu_fast): CNN 150 epochs, RNN 25, BiLSTM 20;
+#   2. benchmarks/bench.py on the GPU: default Lightning path vs a plain eager loop vs the fast path.
+# Needs torch, torchvision, lightning, torchmetrics, tensorboard, matplotlib, scikit-learn; hydra-core,
+# omegaconf and antlr4-python3-runtime are installed from WHEELS when that folder holds them, and the
+# four Fashion-MNIST .gz files are read from DATA. Results: JSON and logs under OUT.
+#   WHEELS=.whl DATA=.whl/fashion-mnist OUT=/tmp/gpu bash benchmarks/gpu.sh
+# A dry run of the script's plumbing on a CPU (tiny, not a measurement):
+#   TRAIN_ARGS="trainer.accelerator=cpu trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2
+#   trainer.limit_test_batches=2" BENCH_ARGS="--accelerator cpu --images 650 --epochs 2" bash benchmarks/gpu.sh
+set -u
+WHEELS=${WHEELS:-.whl}
+DATA=${DATA:-/usr/share/datasets/fashion-mnist}
+OUT=${OUT:-outputs/gpu}
+mkdir -p "$OUT"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)" >> "$OUT/gpu.txt"
+
+# Full recipes: one run folder each under outputs/gpu_fast/<model>.
+for model in cnn rnn bilstm; do
+  start=$(date +%s.%N)
+  timeout 240 python3 -m fmnist.train model=$model trainer=gpu_fast "data.search_dirs=[$DATA]" data.root=/tmp/fmnist-data \
+    trainer.enable_progress_bar=false hydra.run.dir=outputs/gpu_fast/$model ${TRAIN_ARGS:-} > "$OUT/$model.log" 2>&1
+  echo "$model exit $? wall $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/gpu.txt"
+done
+python3 - "$OUT" <<'EOF'
+import json, pathlib, sys
+keep = ("model", "device", "epochs", "steps", "batch_size", "train/loss", "val/acc_best", "test/acc",
+        "test/macro_f1", "train_seconds", "epoch_seconds", "diverged_epoch")
+runs = {}
+for model in ("cnn", "rnn", "bilstm"):
+    path = pathlib.Path("outputs/gpu_fast") / model / "metrics.json"
+    if path.exists():
+        metrics = json.loads(path.read_text())
+        runs[model] = {k: metrics[k] for k in keep if k in metrics}
+pathlib.Path(sys.argv[1], "full_recipes.json").write_text(json.dumps(runs, indent=2) + "\n")
+print(json.dumps({m: {k: r.get(k) for k in ("test/acc", "train_seconds")} for m, r in runs.items()}))
+EOF
+
+# Side by side: default path, plain loop, fast path; full training set, 3 epochs (first left out).
+timeout 200 python3 benchmarks/bench.py --accelerator gpu --fast --images 54000 --reps 1 --epochs 3 \
+  --root /tmp/fmnist-data --out "$OUT/BENCHMARKS.md" --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/gpu.txt"

@@ -1,0 +1,56 @@
+"""The fast path (trainer=gpu_fast) computes what the default path computes: checked on the CPU,
+where its graphed step runs eagerly, with the same data order and the same random draws."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from fmnist.train import train
+from tests.conftest import compose_train
+
+FIELDS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps", "epochs")
+
+
+def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
+    cfg = compose_train([f"model={model}", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={out}",
+                         "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "data.batch_size=30",
+                         "trainer.deterministic=true", "logger={}", *extra, "trainer.accelerator=cpu"])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    weights = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    return metrics, weights
+
+
+@pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm"])
+def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
+    # 400 tiny images, 10 % validation: 360 / 30 = 12 batches per epoch, in chunks of 5 (5 + 5 + 2).
+    default, default_weights = _run(tiny_root, tmp_path / "default", model)
+    fast, fast_weights = _run(tiny_root, tmp_path / "fast", model, "trainer=gpu_fast", "data.batches_per_step=5",
+                              "data.eval_batch_size=30")
+    assert fast["steps"] == default["steps"] == 36
+    for key in FIELDS:
+        assert fast[key] == pytest.approx(default[key], rel=1e-5, abs=1e-6), key
+    for name, tensor in default_weights.items():
+        torch.testing.assert_close(fast_weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    summary = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert summary["steps"] == 36
+
+
+def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):
+    from fmnist.data import FashionMNISTDataModule
+    plain = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30)
+    chunked = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30, batches_per_step=5)
+    plain.setup(), chunked.setup()
+    torch.manual_seed(0)
+    batches = list(plain.train_dataloader())
+    torch.manual_seed(0)
+    chunks = list(chunked.train_dataloader())
+    assert [len(c) for c in chunks] == [5, 5, 2]
+    flat = [b for chunk in chunks for b in chunk]
+    assert len(flat) == len(batches)
+    for (x1, y1), (x2, y2) in zip(batches, flat):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
