@@ -35,6 +35,9 @@ from fmnist.runs import write_section  # noqa: E402
 from fmnist.train import train  # noqa: E402
 
 
+LAST_LOSSES: dict[str, dict[str, float]] = {}  # final train/loss of each path, a check that both learn alike
+
+
 def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, accelerator: str,
                             fast: bool = False) -> list[float]:
     """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar;
@@ -45,7 +48,9 @@ def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, acce
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}", f"trainer.max_epochs={epochs}",
                               *trainer, f"trainer.accelerator={accelerator}", "trainer.limit_val_batches=1",
                               "test=false", "trainer.num_sanity_val_steps=0"])
-        return train(cfg)["epoch_seconds"]
+        metrics = train(cfg)
+        LAST_LOSSES.setdefault(model, {})["fast" if fast else "lightning"] = metrics["train/loss"]
+        return metrics["epoch_seconds"]
 
 
 def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels, device: str) -> list[float]:
@@ -104,6 +109,7 @@ def main() -> None:
         row = {"model": model, "batch": batch, "steps": steps, **{k: statistics.median(v) for k, v in runs.items() if v},
                "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}}
         row["ratio"] = row["lightning"] / row["plain"]
+        row["final_train_loss"] = LAST_LOSSES.get(model, {})
         rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_line(), "rows": rows}, indent=2) + "\n")
