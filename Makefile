@@ -42,7 +42,7 @@ bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop per model ->
 	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras models (tensorflow-cpu)
-	$(PY) benchmarks/bench.py --peer keras $(ARGS)
+	$(PY) benchmarks/bench.py --paths lightning plain keras $(ARGS)
 
 .venv-keras/bin/python:
 	$(PYTHON) -m venv .venv-keras

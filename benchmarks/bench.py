@@ -1,8 +1,8 @@
 """Framework overhead: the project's Lightning epoch against a plain PyTorch loop, side by side.
 
     python benchmarks/bench.py [--models cnn rnn bilstm] [--reps 3] [--epochs 3] [--images 6000]
-    python benchmarks/bench.py --peer keras      # also the study's Keras models (.venv-keras)
-    python benchmarks/bench.py --accelerator gpu --fast --images 54000 --reps 1   # on a GPU
+    python benchmarks/bench.py --paths lightning plain keras   # also the study's Keras models (.venv-keras)
+    python benchmarks/bench.py --accelerator gpu --paths lightning plain fast --images 54000 --reps 1
 
 For each model, repetitions alternate the two paths on the same slice of training images, same
 batch size, network and optimizer. Each figure is the median epoch time of a run (its first
@@ -79,9 +79,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     parser.add_argument("--images", type=int, default=6000, help="training images per epoch")
     parser.add_argument("--root", default=str(ROOT / "data"))
-    parser.add_argument("--peer", choices=["keras"], help="also time the study's Keras models")
+    parser.add_argument("--paths", nargs="+", choices=["lightning", "plain", "fast", "keras"],
+                        default=["lightning", "plain"], help="fast: trainer=gpu_fast; keras: the study's own models")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--fast", action="store_true", help="also time the fast path (trainer=gpu_fast)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
@@ -95,20 +95,22 @@ def main() -> None:
     for model in args.models:
         batch = compose_config([f"model={model}", "output_dir=."]).data.batch_size
         steps = args.images // batch
-        runs = {"lightning": [], "plain": [], "fast": [], "keras": []}
         device = "cuda" if args.accelerator == "gpu" else "cpu"
+        timers = {
+            "lightning": lambda: lightning_epoch_seconds(model, steps, args.epochs, args.root, args.accelerator),
+            "plain": lambda: plain_seconds(model, steps, args.epochs, args.root, images, labels, device),
+            "fast": lambda: lightning_epoch_seconds(model, steps, args.epochs, args.root, args.accelerator, fast=True),
+            "keras": lambda: keras_seconds(model, steps, args.epochs, Path(args.keras_python)),
+        }
+        runs = {path: [] for path in args.paths}
         for rep in range(args.reps):
-            runs["lightning"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root, args.accelerator)))
-            runs["plain"].append(steady(plain_seconds(model, steps, args.epochs, args.root, images, labels, device)))
-            if args.fast:
-                runs["fast"].append(steady(lightning_epoch_seconds(model, steps, args.epochs, args.root,
-                                                                   args.accelerator, fast=True)))
-            if args.peer == "keras":
-                runs["keras"].append(steady(keras_seconds(model, steps, args.epochs, Path(args.keras_python))))
+            for path in args.paths:
+                runs[path].append(steady(timers[path]()))
             print(f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True)
         row = {"model": model, "batch": batch, "steps": steps, **{k: statistics.median(v) for k, v in runs.items() if v},
                "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}}
-        row["ratio"] = row["lightning"] / row["plain"]
+        if "lightning" in row and "plain" in row:
+            row["ratio"] = row["lightning"] / row["plain"]
         row["final_train_loss"] = LAST_LOSSES.get(model, {})
         rows.append(row)
     if args.json:
@@ -130,18 +132,16 @@ def _cell(row: dict, path: str) -> str:
 
 def write_report(rows: list[dict], args) -> None:
     """Print the table and write it into docs/BENCHMARKS.md (one section per accelerator)."""
-    extra = [path for path in ("fast", "keras") if any(path in r for r in rows)]
-    titles = {"fast": "fast path (s/epoch) | plain / fast", "keras": "Keras (s/epoch) | Lightning / Keras"}
-    header = "| model | batch | steps/epoch | Lightning (s/epoch) | plain loop (s/epoch) | Lightning / plain |" + \
-        "".join(f" {titles[path]} |" for path in extra)
-    lines = [header, "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(extra)]
+    titles = {"lightning": "Lightning (s/epoch)", "plain": "plain loop (s/epoch)", "fast": "fast path (s/epoch)",
+              "keras": "Keras (s/epoch)"}
+    ratios = {"Lightning / plain": ("lightning", "plain"), "plain / fast": ("plain", "fast"),
+              "Lightning / Keras": ("lightning", "keras")}
+    ratios = {name: pair for name, pair in ratios.items() if set(pair) <= set(args.paths)}
+    columns = [titles[path] for path in args.paths] + list(ratios)
+    lines = ["| model | batch | steps/epoch | " + " | ".join(columns) + " |", "|---|---:|---:|" + "---:|" * len(columns)]
     for r in rows:
-        cells = f"| {r['model']} | {r['batch']} | {r['steps']} | {_cell(r, 'lightning')} | {_cell(r, 'plain')} | {r['ratio']:.3f} |"
-        if "fast" in extra:
-            cells += f" {_cell(r, 'fast')} | {r['plain'] / r['fast']:.2f} |"
-        if "keras" in extra:
-            cells += f" {_cell(r, 'keras')} | {r['lightning'] / r['keras']:.3f} |"
-        lines.append(cells)
+        cells = [_cell(r, path) for path in args.paths] + [f"{r[a] / r[b]:.3f}" for a, b in ratios.values()]
+        lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])

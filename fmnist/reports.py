@@ -32,8 +32,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu", 
     outputs, labels, images = [], [], []
     for x, y in loader:
         outputs.append(forward(to_unit_float(x.to(device))).float().cpu())
-        labels.append(y)
-        images.append(x)
+        labels.append(y.cpu())  # a device-resident test set (trainer=gpu_fast) comes back to the host here
+        images.append(x.cpu())
     return torch.cat(outputs), torch.cat(labels), torch.cat(images)
 
 

@@ -54,3 +54,43 @@ def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):
     assert len(flat) == len(batches)
     for (x1, y1), (x2, y2) in zip(batches, flat):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+class _ReplayLikeAGraph:
+    """Stands in for a captured CUDA graph on the CPU: replay writes the batch's gradients into the
+    tensors that were `.grad` at capture time, wherever `.grad` points now."""
+
+    def __init__(self, step):
+        self.step = step
+        self.grads = [(p, p.grad) for p in step.module.parameters() if p.grad is not None]
+
+    def replay(self):
+        import torch.nn.functional as F
+        params = [p for p, _ in self.grads]
+        loss = F.cross_entropy(self.step.module(self.step.static_images), self.step.static_labels)
+        for grad, value in zip([g for _, g in self.grads], torch.autograd.grad(loss, params)):
+            grad.copy_(value)
+
+
+def test_graph_gradients_survive_lightning_dropping_grad():
+    """Lightning sets `.grad` to None before each validation; the optimizer must still see the
+    gradients that the graph writes (the bug: training silently stopped after the first epoch)."""
+    import torch.nn.functional as F
+    from fmnist.models import SimpleRNN
+    from fmnist.models.graphed import GraphedTrainStep
+
+    torch.manual_seed(0)
+    model = SimpleRNN().eval()  # eval: BatchNorm statistics do not move between the two passes
+    images, labels = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    step = GraphedTrainStep(model)
+    step._eager(images, labels)  # leaves .grad allocated, as the capture does
+    step.static_images, step.static_labels = images.clone(), labels.clone()
+    step.graph, step.graph_batch_size = _ReplayLikeAGraph(step), 8
+    step.graph_grads = step.graph.grads
+
+    model.zero_grad(set_to_none=True)  # what Lightning's on_validation_model_zero_grad does
+    step(images, labels)
+    expected = torch.autograd.grad(F.cross_entropy(model(images), labels), [p for p, _ in step.graph_grads])
+    for (param, _), grad in zip(step.graph_grads, expected):
+        assert param.grad is not None
+        torch.testing.assert_close(param.grad, grad)

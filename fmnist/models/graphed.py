@@ -37,6 +37,7 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_batch_size: int | None = None
         self.static_images = self.static_labels = None
+        self.graph_grads: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.eager_steps = 0
         self.stream = torch.cuda.Stream(device) if self.use_graph else None
 
@@ -50,22 +51,29 @@ class GraphedTrainStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Leave this batch's gradients in `.grad` of every trainable parameter."""
         self.count += labels.shape[0]
+        if self.graph is None and self.use_graph and self.eager_steps >= WARMUP_STEPS:
+            self._capture(images, labels)
         if self.graph is not None and labels.shape[0] == self.graph_batch_size:
-            self.static_images.copy_(images)
-            self.static_labels.copy_(labels)
-            self.graph.replay()
-            return
-        if self.use_graph and self.graph is None and self.eager_steps >= WARMUP_STEPS:
-            if self._capture(images, labels):
-                self.static_images.copy_(images)
-                self.static_labels.copy_(labels)
-                self.graph.replay()
-                return
-        self._eager(images, labels)
+            self._replay(images, labels)
+        else:
+            self._eager(images, labels)
+
+    def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # The graph writes gradients into the tensors `.grad` held at capture. Lightning drops `.grad`
+        # before each validation (`on_validation_model_zero_grad`), so hand them back first.
+        for param, grad in self.graph_grads:
+            if param.grad is not grad:
+                param.grad = grad
+        self.static_images.copy_(images)
+        self.static_labels.copy_(labels)
+        self.graph.replay()
 
     def _eager(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        # Once a graph exists, `.grad` must keep the graph's tensors: zero them, don't drop them.
-        self.module.zero_grad(set_to_none=self.graph is None)
+        if self.graph is None:
+            self.module.zero_grad(set_to_none=True)
+        else:  # accumulate into the graph's gradient tensors, which the optimizer reads
+            for param, grad in self.graph_grads:
+                param.grad = grad.zero_()
         if self.stream is not None:  # warm-up on the stream the capture will use
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
@@ -75,7 +83,7 @@ class GraphedTrainStep:
             self._forward_backward(images, labels)
         self.eager_steps += 1
 
-    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> bool:
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Record the step for this batch shape; on failure warn once and stay eager."""
         self.static_images, self.static_labels = images.clone(), labels.clone()
         # Gradients set to None so that backward allocates them inside the graph's memory pool.
@@ -90,10 +98,10 @@ class GraphedTrainStep:
             self.use_graph = False
             self.module.zero_grad(set_to_none=True)
             rank_zero_warn(f"CUDA graph capture failed, training continues eagerly: {error}")
-            return False
+            return
         self.graph, self.graph_batch_size = graph, labels.shape[0]
+        self.graph_grads = [(p, p.grad) for p in self.module.parameters() if p.grad is not None]
         rank_zero_info(f"fast path: training step captured in a CUDA graph (batches of {self.graph_batch_size})")
-        return True
 
     def epoch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's mean loss and accuracy (device tensors), then zero the sums in place."""
