@@ -1,4 +1,5 @@
-"""Lightning callbacks of fmnist: per-epoch training wall time, and the Keras-style model summary."""
+"""Lightning callbacks of fmnist: per-epoch training wall time, the stop on a diverged loss, and the
+Keras-style model summary."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
+from fmnist.errors import FmnistError
 from fmnist.summary import keras_summary_markdown
 
 
@@ -18,15 +20,34 @@ def _synchronize(trainer: L.Trainer) -> None:
 
 
 class EpochTimer(L.Callback):
-    """Wall time of each training epoch's batch loop (validation excluded), in `epoch_seconds`."""
+    """Wall time of each training epoch's batch loop (validation excluded), in `epoch_seconds`.
+
+    Kept in checkpoints: a resumed run lists every epoch, the interrupted one with the time spent
+    on it before and after the interruption.
+    """
 
     def __init__(self):
         self.epoch_seconds: list[float] = []
         self._start: float | None = None
+        self._loaded: dict | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         _synchronize(trainer)
         self._start = time.perf_counter()
+
+    def state_dict(self) -> dict:
+        elapsed = None if self._start is None else time.perf_counter() - self._start
+        return {"epoch_seconds": list(self.epoch_seconds), "elapsed": elapsed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict  # used if training resumes, not when a test loads the best checkpoint
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._loaded is not None:
+            self.epoch_seconds = list(self._loaded["epoch_seconds"])
+            if self._loaded["elapsed"] is not None:  # resumed in mid-epoch: no on_train_epoch_start for it
+                self._start = time.perf_counter() - self._loaded["elapsed"]
+            self._loaded = None
 
     def _stop(self, trainer) -> None:
         if self._start is not None:
@@ -42,26 +63,68 @@ class EpochTimer(L.Callback):
         self._stop(trainer)
 
 
-class StopOnNonFiniteLoss(L.Callback):
-    """Stops training when an epoch's mean training loss is NaN or infinite (a diverged network).
+class TrainingDiverged(FmnistError):
+    """The training loss became NaN or infinite: `epoch` and `step` (1-based) of the first bad loss."""
 
-    Checked once per epoch on the logged epoch mean, so there is no host sync per step. The best
-    checkpoint from before the divergence is what the run then tests.
+    def __init__(self, message: str, epoch: int, step: int | None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Ends training with TrainingDiverged when a training loss is NaN or infinite.
+
+    Each step's loss is copied into a buffer on the device (no host sync per step) that is read once
+    per epoch, before validation and so before that epoch's checkpoints: the diverged weights are
+    never saved and `last.ckpt` stays the last good epoch.
     """
 
-    def __init__(self, monitor: str = "train/loss"):
-        self.monitor = monitor
-        self.diverged_epoch: int | None = None
+    def __init__(self):
+        self._losses: torch.Tensor | None = None
+        self._count = 0  # losses recorded in this epoch
+        self._steps_before = 0  # trainer.global_step when the epoch started
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._count, self._steps_before = 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        losses = loss.detach().reshape(-1)  # a step over a chunk of batches may return one loss per batch
+        end = self._count + len(losses)
+        if self._losses is None or end > len(self._losses):
+            grown = losses.new_empty(max(2 * end, 1024))
+            if self._losses is not None:
+                grown[:self._count] = self._losses[:self._count]
+            self._losses = grown
+        self._losses[self._count:end] = losses
+        self._count = end
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        loss = trainer.callback_metrics.get(self.monitor)
-        if loss is None or torch.isfinite(loss).all():
+        self._check(trainer)  # epochs without validation
+
+    def _check(self, trainer) -> None:
+        bad = ~torch.isfinite(self._losses[:self._count]) if self._count else None
+        local = bad is not None and bool(bad.any())  # the one host read
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
-        self.diverged_epoch = trainer.current_epoch + 1
-        trainer.should_stop = True
-        rank_zero_warn(
-            f"epoch {self.diverged_epoch}: {self.monitor} is {loss.item()}, training diverged and stops here. "
-            "Fix: clip gradients (trainer.gradient_clip_val=1.0) or lower model.optimizer.lr.")
+        epoch, step, value = trainer.current_epoch + 1, None, "nan or inf"
+        if local:
+            index = int(bad.int().argmax())
+            step = self._steps_before + index // trainer.accumulate_grad_batches + 1
+            value = str(self._losses[index].item())
+        checkpoint = trainer.checkpoint_callback
+        last_good = checkpoint and (checkpoint.last_model_path or checkpoint.best_model_path)
+        at = f"epoch {epoch}, step {step}" if step else f"epoch {epoch} on another process"
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+        raise TrainingDiverged(
+            f"training diverged: the training loss became {value} at {at}; {kept}. "
+            "Fix: lower model.optimizer.lr or clip gradients with trainer.gradient_clip_val=1.0", epoch, step)
 
 
 class KerasModelSummary(L.Callback):

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
@@ -47,6 +47,58 @@ class InMemoryImages(Dataset):
         # DataLoader calls this with a batch's indices: one gather instead of B single lookups.
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of 0..n-1 that depends only on (seed, epoch), as DistributedSampler's does.
+
+    Lightning calls `set_epoch` at each epoch start, so a run resumed in mid-epoch replays the
+    interrupted epoch's order without any saved state.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        # Spread apart so that seed s, epoch e+1 and seed s+1, epoch e get different orders.
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints in mid-epoch (it saves `state_dict()` of a training
+    loader that has one): it counts the batches handed out this epoch, and a restored one skips that
+    many at its next `iter()`. With EpochShuffle those are exactly the batches already trained on.
+    """
+
+    _taken = 0  # batches handed out in the current epoch
+    _skip = 0  # batches to skip at the next iter(), after a restore
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self._skip, self._taken = self._skip, 0, 0
+        return self._counted(iterator, skip)
+
+    def _counted(self, iterator, skip: int):
+        for index, batch in enumerate(iterator):
+            self._taken = index + 1
+            if index >= skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self._taken, "epoch": getattr(self.sampler, "epoch", 0)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._skip = state_dict["batches"]
+        # With loader workers the order is drawn at iter(), before Lightning sets the epoch.
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(state_dict["epoch"])
 
 
 def keep_batch(batch):
@@ -170,9 +222,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(self, root: str = "data", batch_size: int = 100, val_fraction: float = 0.1,
                  download: bool = False, search_dirs: Sequence[str] = (DEBIAN_DIR,),
                  num_workers: int = 0, eval_batch_size: int | None = None, device_resident: bool = False,
-                 batches_per_step: int = 1):
+                 batches_per_step: int = 1, seed: int | None = None):
         """`device_resident` keeps the splits on the training device (still uint8); `batches_per_step` > 1
-        hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast)."""
+        hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast).
+        `seed` fixes the training order of each epoch (None: drawn from torch's generator)."""
         super().__init__()
         self.root = root
         self.batch_size = batch_size
@@ -183,6 +236,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.device_resident = device_resident
         self.batches_per_step = batches_per_step
+        self.seed = seed
         self.class_names = CLASS_NAMES
         self.train_set = self.val_set = self.test_set = None
 
@@ -203,15 +257,23 @@ class FashionMNISTDataModule(L.LightningDataModule):
             for split in (self.train_set, self.val_set, self.test_set):
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
 
-    def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool, collate_fn=keep_batch) -> DataLoader:
+        options = dict(batch_size=batch_size, collate_fn=collate_fn, num_workers=self.num_workers,
+                       persistent_workers=self.num_workers > 0)
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        # An order fixed by (seed, epoch) and a loader that Lightning checkpoints in mid-epoch: an
+        # interrupted run resumes exactly. The loader's own generator (worker seeds) leaves torch's
+        # global one, which dropout draws from, alone.
+        seed = self.seed if self.seed is not None else int(torch.randint(2**32, ()).item())
+        return ResumableLoader(dataset, sampler=EpochShuffle(len(dataset), seed),
+                               generator=torch.Generator().manual_seed(seed), **options)
 
     def train_dataloader(self) -> DataLoader:
         if self.batches_per_step > 1:
             # Shuffled by the same sampler as the default path, so the CPU test can compare the two.
-            return DataLoader(self.train_set, batch_size=self.batch_size * self.batches_per_step, shuffle=True,
-                              collate_fn=functools.partial(split_batches, batch_size=self.batch_size))
+            return self._loader(self.train_set, self.batch_size * self.batches_per_step, shuffle=True,
+                                collate_fn=functools.partial(split_batches, batch_size=self.batch_size))
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -7,11 +7,15 @@ Fits with Lightning, tests the best checkpoint, and leaves in the run folder `.h
 from __future__ import annotations
 
 import json
+import math
 import platform
+import shutil
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import lightning as L
@@ -19,11 +23,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.callbacks import EpochTimer, StopOnNonFiniteLoss
+from fmnist.callbacks import EpochTimer, TrainingDiverged
 from fmnist.errors import FmnistError
 from fmnist.reports import write_reports
+from fmnist.resume import cli_args, interrupted_message, resume_config
 from fmnist.summary import keras_param_counts
 
 # The splits live in memory as tensors, so loader workers would only add overhead.
@@ -32,25 +38,65 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def _check(cfg: DictConfig, key: str, ok, allowed: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value is not None and not ok(value):
-        raise FmnistError(f"{key}={value} is out of range: {allowed}")
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+# key: (type test, type name, range test or None, allowed values, whether null is allowed)
+CONFIG_RULES: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], bool] | None, str, bool]] = {
+    "data.batch_size": (_integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "data.eval_batch_size": (_integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null)", True),
+    "data.val_fraction": (_number, "a number", lambda v: 0 < v < 1, "a number strictly between 0 and 1", False),
+    "data.num_workers": (_integer, "an integer", lambda v: v >= 0, "an integer >= 0", False),
+    "data.download": (_boolean, "true or false", None, "true or false", False),
+    "trainer.max_epochs": (_integer, "an integer", lambda v: v >= 1 or v == -1,
+                           "an integer >= 1 (or -1 for no limit)", True),
+    "trainer.gradient_clip_val": (_number, "a number", lambda v: v >= 0, "a number >= 0 (or null)", True),
+    "model.optimizer.lr": (_number, "a number", lambda v: v > 0, "a number > 0", False),
+    "seed": (_integer, "an integer", None, "an integer", True),
+    "test": (_boolean, "true or false", None, "true or false", False),
+    "torch_threads": (_integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null)", True),
+}
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Reject out-of-range values with one line naming the key, before any data is loaded."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    _check(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "must be an integer >= 1")
-    _check(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "must be an integer >= 1 (or null)")
-    _check(cfg, "data.val_fraction", lambda v: isinstance(v, (int, float)) and 0 < v < 1,
-           "must be a number strictly between 0 and 1")
-    _check(cfg, "data.num_workers", lambda v: is_int(v) and v >= 0, "must be an integer >= 0")
-    _check(cfg, "trainer.max_epochs", lambda v: is_int(v) and (v >= 1 or v == -1),
-           "must be an integer >= 1 (or -1 for no limit)")
-    _check(cfg, "model.optimizer.lr", lambda v: isinstance(v, (int, float)) and v > 0, "must be a number > 0")
-    _check(cfg, "seed", is_int, "must be an integer")
-    _check(cfg, "torch_threads", lambda v: is_int(v) and v >= 1, "must be an integer >= 1 (or null)")
+    """Reject values of the wrong type or range with one line naming the key, before any data is loaded."""
+    for key, (is_type, type_name, in_range, allowed, nullable) in CONFIG_RULES.items():
+        value = OmegaConf.select(cfg, key, default=KeyError)
+        if value is KeyError or (value is None and nullable):
+            continue
+        if value is None or not is_type(value):
+            raise FmnistError(f"{key}={'null' if value is None else value} is not {type_name}: must be {allowed}")
+        if in_range is not None and not in_range(value):
+            raise FmnistError(f"{key}={value} is out of range: must be {allowed}")
+
+
+MIN_FREE_BYTES = 100 * 2**20  # a run's checkpoints, event files and reports (the BiLSTM's checkpoints: 32 MB)
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail now, naming the folder, if the run could not write its results there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"fmnist")
+            probe.flush()
+    except OSError as error:
+        raise FmnistError(f"cannot write to the output folder {path}: {error.strerror or error}. "
+                          "Fix: choose a writable folder with hydra.run.dir=PATH") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise FmnistError(f"the output folder {path} has {free / 2**20:.0f} MiB free, a run needs at least "
+                          f"{MIN_FREE_BYTES // 2**20} MiB. Fix: free some space or choose another folder with "
+                          "hydra.run.dir=PATH")
 
 
 def describe_device(trainer: L.Trainer) -> str:
@@ -67,13 +113,21 @@ def _plain(value: Any) -> Any:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best checkpoint, write `metrics.json`; return the metrics."""
-    check_config(cfg)
+    """Fit, test the best checkpoint, write `metrics.json`; return the metrics.
+
+    A diverged run still tests its best checkpoint from before the divergence and writes
+    `metrics.json` ("status": "diverged"), then raises TrainingDiverged.
+    """
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resume_config(cfg, check_config)
+    else:
+        check_config(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data now, with one clear message
@@ -85,19 +139,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    diverged: TrainingDiverged | None = None
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except TrainingDiverged as error:
+        diverged = error
     train_seconds = time.perf_counter() - start
     fit_metrics = {k: _plain(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     test_results = [{}]
-    if cfg.get("test", True):
-        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+    tested = cfg.get("test", True) and bool(best or not diverged)  # never the diverged weights
+    if tested:
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True,
+                                    weights_only=True)
 
     counts = keras_param_counts(model)
     metrics = {
         "model": cfg.get("name") or type(model).__name__,
         "model_class": type(model).__name__,
+        "status": "diverged" if diverged else "completed",
         "seed": cfg.seed,
         "device": describe_device(trainer),
         "epochs": trainer.current_epoch,
@@ -113,13 +174,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params_total_keras": counts["total"],
         "best_checkpoint": best,
     }
-    guards = [c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss) and c.diverged_epoch]
-    if guards:
-        metrics["diverged_epoch"] = guards[0].diverged_epoch
+    if diverged:
+        metrics.update(diverged_epoch=diverged.epoch, diverged_step=diverged.step, error=str(diverged))
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if cfg.get("test", True):
+        if tested:
             report_run(cfg, trainer, model, datamodule, metrics)
+    if diverged:
+        raise diverged
     return metrics
 
 
@@ -159,8 +221,14 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and the sweep goes on with the others
         raise SystemExit(f"error: {error}") from None
+    except SIGTERMException:  # Ctrl-C or SIGTERM: stops a sweep too
+        raise SystemExit(interrupted_message(cfg.resume or cfg.output_dir)) from None
     return metrics.get("val/acc_best", float("nan"))
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = cli_args(sys.argv)
+    except FmnistError as error:
+        raise SystemExit(f"error: {error}") from None
     main()

@@ -30,7 +30,7 @@ def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_pat
     # checkpoints hold plain values: loadable with weights_only=True and without Hydra
     checkpoint = torch.load(saved["best_checkpoint"], weights_only=True)
     assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == cfg.model.optimizer.lr
-    model = cls.load_from_checkpoint(saved["best_checkpoint"])
+    model = cls.load_from_checkpoint(saved["best_checkpoint"], weights_only=True)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -111,14 +111,7 @@ def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
     assert {"metrics.json", "checkpoints", "tensorboard", ".hydra"} <= {p.name for p in run.iterdir()}
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_epoch_and_the_fix(train_cfg, tmp_path):
-    cfg = train_cfg("rnn", "trainer.max_epochs=4", "model.optimizer.lr=1e6")
-    with pytest.warns(UserWarning, match=r"epoch \d: train/loss is nan.*trainer.gradient_clip_val") as warned:
-        metrics = train(cfg)
-    assert metrics["epochs"] == metrics["diverged_epoch"] < 4
-    assert any(f"epoch {metrics['diverged_epoch']}: train/loss" in str(w.message) for w in warned)
-
-
 def test_gradient_clipping_is_a_trainer_override(train_cfg):
+    # the same lr diverges without clipping: tests/test_reliability.py
     metrics = train(train_cfg("rnn", "trainer.max_epochs=1", "model.optimizer.lr=1e6", "trainer.gradient_clip_val=1e-6"))
-    assert "diverged_epoch" not in metrics
+    assert metrics["status"] == "completed"

@@ -23,6 +23,7 @@ from fmnist.data import CLASS_NAMES
 from fmnist.models.graphed import GraphedTrainStep
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+RUNNING_METRICS = ("train_loss", "train_acc", "val_acc_best")  # metric states saved in checkpoints
 
 
 def optimizer_spec(optimizer: OptimizerFactory | dict | DictConfig) -> dict[str, Any]:
@@ -114,7 +115,6 @@ class FashionClassifier(L.LightningModule):
         self.log("train/acc", acc, prog_bar=True, sync_dist=True)
 
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity check's figures
         if self.fast_step:
             self._graphed_step = GraphedTrainStep(self)
 
@@ -130,6 +130,8 @@ class FashionClassifier(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # the sanity check's figures are no epoch's: they never count as the best
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
@@ -152,6 +154,15 @@ class FashionClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets `fmnist.evaluate` rebuild the right class from the checkpoint alone.
         checkpoint["fmnist_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # The running metrics, which torchmetrics keeps out of the state_dict: a run resumed in
+        # mid-epoch ends the epoch with the same training loss, accuracy and best val/acc.
+        checkpoint["fmnist_metrics"] = {name: dict(getattr(self, name).metric_state) for name in RUNNING_METRICS}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, states in checkpoint.get("fmnist_metrics", {}).items():
+            metric = getattr(self, name)
+            for key, value in states.items():
+                setattr(metric, key, value.to(metric.device))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Frozen parameters (the recurrent layers' zero bias_hh) are left out of the optimizer.

@@ -1,0 +1,260 @@
+"""Broken runs say what went wrong: divergence, broken data, bad config values, unsafe checkpoints,
+unwritable output folders."""
+
+import ast
+import gzip
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import fmnist.data
+from fmnist.callbacks import TrainingDiverged
+from fmnist.checkpoints import load_model
+from fmnist.data import FashionMNISTDataModule, ensure_raw_files, raw_folder
+from fmnist.errors import FmnistError
+from fmnist.train import train
+from tests.conftest import ROOT, idx_bytes, run_cli, tiny_split, write_tiny_fashion_mnist
+
+FIX = r"\. Fix: lower model\.optimizer\.lr or clip gradients with trainer\.gradient_clip_val=1\.0$"
+RECORDED: list[tuple[int, float]] = []  # (global step, loss) of every training step, filled by AbsurdLearningRate
+
+
+class AbsurdLearningRate(L.Callback):
+    """Test helper: sets the learning rate to 1e6 from epoch `from_epoch` (0-based); records each step's loss."""
+
+    def __init__(self, from_epoch: int):
+        self.from_epoch = from_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.from_epoch:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = 1e6
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        RECORDED.append((trainer.global_step, outputs["loss"].item()))
+
+
+def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_cfg, tmp_path):
+    RECORDED.clear()
+    cfg = train_cfg("rnn", "trainer.max_epochs=4", "+callbacks.absurd.from_epoch=1",
+                    "+callbacks.absurd._target_=tests.test_reliability.AbsurdLearningRate")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: the training loss became (nan|inf) at epoch 2, "
+                       r"step (\d+); the last good checkpoint is .*last\.ckpt" + FIX) as info:
+        train(cfg)
+    first_bad = next(step for step, loss in RECORDED if not math.isfinite(loss))
+    steps_per_epoch = max(step for step, _ in RECORDED) // 2
+    assert info.value.step == first_bad > steps_per_epoch and f"step {first_bad};" in str(info.value)
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["error"] == str(info.value)
+    assert (metrics["diverged_epoch"], metrics["diverged_step"], metrics["epochs"]) == (2, first_bad, 1)
+    assert metrics["best_checkpoint"].endswith("epoch_000.ckpt") and 0 <= metrics["test/acc"] <= 1
+    # the diverged epoch left no checkpoint: last.ckpt is still the good first epoch
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (0, steps_per_epoch)
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_tests_nothing(train_cfg, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+; no checkpoint was saved before it" + FIX):
+        train(train_cfg("rnn", "trainer.max_epochs=2", "model.optimizer.lr=1e6"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["diverged_epoch"] == 1 and metrics["best_checkpoint"] == ""
+    assert "test/acc" not in metrics and not (tmp_path / "checkpoints").exists()
+
+
+def test_early_stopping_is_a_callbacks_config_and_the_run_completes(train_cfg, tmp_path):
+    # min_delta 1.0: no epoch after the first can improve val/acc enough, patience 0 stops at once
+    metrics = train(train_cfg("rnn", "trainer.max_epochs=5", "callbacks=early_stopping",
+                              "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0"))
+    assert metrics["epochs"] == 2 and metrics["status"] == "completed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+# ---- broken data -------------------------------------------------------------------------------------------
+
+def _tiny_raw(tmp_path: Path) -> Path:
+    return write_tiny_fashion_mnist(raw_folder(tmp_path / "root"))
+
+
+def _setup(raw: Path) -> None:
+    FashionMNISTDataModule(root=str(raw.parents[1]), search_dirs=[]).setup()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("train-labels-idx1-ubyte", lambda b: gzip.compress(b), r"is not an IDX file of labels: magic number 0x1f8b08"
+                                                            r"\d\d, expected 0x00000801"),
+    ("t10k-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((120, 28), np.uint8)),
+     "is not an IDX file of images: magic number 0x00000802, expected 0x00000803"),
+    ("train-images-idx3-ubyte", lambda b: b[:-1000], r"is truncated: the header announces 400x28x28 images, "
+                                                      r"313,616 bytes, the file has 312,616 bytes"),
+    ("train-images-idx3-ubyte", lambda b: b[:10], "is truncated: 10 bytes, shorter than its IDX header"),
+    ("train-images-idx3-ubyte", lambda b: b + b"x", "is longer than its header says"),
+    ("train-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((400, 32, 32), np.uint8)),
+     "holds 32x32 images, Fashion-MNIST's are 28x28"),
+    ("train-labels-idx1-ubyte", lambda b: idx_bytes(tiny_split(399, 0)[1]),
+     r"has 399 labels but .*train-images-idx3-ubyte has 400 images"),
+    ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.full(120, 12)), "holds label 12, Fashion-MNIST's are 0..9"),
+])
+def test_a_broken_idx_file_is_one_error_naming_it(tmp_path, name, content, message):
+    raw = _tiny_raw(tmp_path)
+    (raw / name).write_bytes(content((raw / name).read_bytes()))
+    with pytest.raises(FmnistError, match=f"^{re.escape(str(raw / name))} {message}.*Fix: replace") as info:
+        _setup(raw)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage, reason", [(lambda b: b[: len(b) // 2], "Compressed file ended"),
+                                            (lambda b: b"not gzip at all", "Not a gzipped file"),
+                                            (lambda b: b[:-8] + bytes(8), "CRC check failed")])
+def test_a_damaged_gz_in_a_search_dir_is_one_error_naming_it(tmp_path, damage, reason):
+    debian = write_tiny_fashion_mnist(tmp_path / "debian", gz=True)
+    gz = debian / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(damage(gz.read_bytes()))
+    with pytest.raises(FmnistError, match=f"^{re.escape(str(gz))} is damaged \\({reason}.*\\)\\. Fix: replace") as info:
+        ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
+    assert "\n" not in str(info.value)
+
+
+def test_cli_broken_data_is_one_line_before_training(tmp_path):
+    raw = write_tiny_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
+    labels = raw / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-5])
+    result = run_cli("fmnist.train", "model=rnn", "data.search_dirs=[]", "trainer.accelerator=cpu", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/FashionMNIST/raw/train-labels-idx1-ubyte is truncated: the header announces 400 labels, "
+        "408 bytes, the file has 403 bytes. "
+        "Fix: replace it with the original Fashion-MNIST file")
+    assert not list(tmp_path.glob("outputs/rnn/*/checkpoints"))
+
+
+# ---- config values ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_data_access(monkeypatch):
+    """Any attempt to find or read the data fails the test."""
+    def touched(*args, **kwargs):
+        raise AssertionError("the data was touched")
+    monkeypatch.setattr(fmnist.data, "ensure_raw_files", touched)
+    monkeypatch.setattr(fmnist.data, "load_split", touched)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=-1", "data.batch_size=-1 is out of range: must be an integer >= 1"),
+    ("data.batch_size=abc", "data.batch_size=abc is not an integer: must be an integer >= 1"),
+    ("data.batch_size=2.5", "data.batch_size=2.5 is not an integer: must be an integer >= 1"),
+    ("data.batch_size=null", "data.batch_size=null is not an integer: must be an integer >= 1"),
+    ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: must be a number strictly between 0 and 1"),
+    ("model.optimizer.lr=0", "model.optimizer.lr=0 is out of range: must be a number > 0"),
+    ("model.optimizer.lr=nan", "model.optimizer.lr=nan is not a number: must be a number > 0"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is out of range: must be a number >= 0 (or null)"),
+    ("data.download=maybe", "data.download=maybe is not true or false: must be true or false"),
+])
+def test_bad_config_values_fail_before_any_data_or_folder_is_touched(train_cfg, tmp_path, no_data_access,
+                                                                      override, message):
+    cfg = train_cfg("rnn", f"output_dir={tmp_path / 'run'}", override)
+    with pytest.raises(FmnistError) as info:
+        train(cfg)
+    assert str(info.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_wrong_type_is_one_line_before_data(tmp_path):
+    result = run_cli("fmnist.train", "data.batch_size=abc", cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: data.batch_size=abc is not an integer: must be an integer >= 1"
+    assert not (tmp_path / "data").exists()
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+class RunsCode:
+    """Unpickling this object creates the file `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",)
+
+
+def _plant_payload(path: Path, marker: Path) -> None:
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["payload"] = RunsCode(marker)
+    torch.save(checkpoint, path)
+
+
+class PlantPayloadInBest(L.Callback):
+    """Test helper: after fitting, the best checkpoint carries code, before train() tests it."""
+
+    def __init__(self, marker: str):
+        self.marker = Path(marker)
+
+    def on_fit_end(self, trainer, pl_module):
+        _plant_payload(Path(trainer.checkpoint_callback.best_model_path), self.marker)
+
+
+@pytest.fixture
+def torch_defaults_to_unsafe_loads(monkeypatch):
+    # With this set, torch.load unpickles anything unless the caller passes weights_only=True itself.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+
+def test_load_model_refuses_a_checkpoint_carrying_code(trained_run, tmp_path, torch_defaults_to_unsafe_loads):
+    path, marker = tmp_path / "evil.ckpt", tmp_path / "marker"
+    shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", path)
+    _plant_payload(path, marker)
+    with pytest.raises(FmnistError, match=f"^{re.escape(str(path))} is refused: it carries pickled objects or code, "
+                                          r"which fmnist never loads \(Unsupported global: GLOBAL exec"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_training_tests_its_checkpoint_without_running_code(train_cfg, tmp_path, torch_defaults_to_unsafe_loads):
+    marker = tmp_path / "marker"
+    cfg = train_cfg("rnn", "+callbacks.plant._target_=tests.test_reliability.PlantPayloadInBest",
+                    f"+callbacks.plant.marker={marker}")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        train(cfg)
+    assert not marker.exists()
+
+
+def test_every_checkpoint_load_in_the_code_passes_weights_only():
+    loads = []
+    for file in [*ROOT.joinpath("fmnist").rglob("*.py"), *ROOT.joinpath("benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            is_torch_load = node.func.attr == "load" and ast.unparse(node.func.value) == "torch"
+            if is_torch_load or node.func.attr == "load_from_checkpoint" or "ckpt_path" in keywords:
+                safe = isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
+                loads.append((f"{file.relative_to(ROOT)}:{node.lineno}", safe))
+    assert loads and [where for where, safe in loads if not safe] == []
+
+
+# ---- output folders ---------------------------------------------------------------------------------------
+
+def test_an_unwritable_output_folder_fails_at_start_naming_it(train_cfg, tmp_path, no_data_access):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "run"
+    with pytest.raises(FmnistError, match=f"^cannot write to the output folder {re.escape(str(out))}: Not a directory"):
+        train(train_cfg("rnn", f"output_dir={out}"))
+
+
+def test_a_full_output_disk_fails_at_start_naming_it(train_cfg, tmp_path, no_data_access, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=5 * 2**20))
+    run = re.escape(str(tmp_path / "run"))
+    with pytest.raises(FmnistError, match=f"^the output folder {run} has 5 MiB free, a run needs at least 100 MiB"):
+        train(train_cfg("rnn", f"output_dir={tmp_path / 'run'}"))
