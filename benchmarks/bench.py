@@ -6,8 +6,8 @@
 
 For each model, repetitions alternate the two paths on the same slice of training images, same
 batch size, network and optimizer. Each figure is the median epoch time of a run (its first
-epoch, the warm-up, left out); the table shows the median over repetitions and the ratio
-Lightning / plain. Writes docs/BENCHMARKS.md.
+epoch, the warm-up, left out); the table shows the median over repetitions and the ratios (median of
+each repetition's ratio). Writes docs/BENCHMARKS.md (a section per accelerator).
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ def keras_seconds(model: str, steps: int, epochs: int, python: Path) -> list[flo
     return json.loads(out.stdout.strip().splitlines()[-1])["epoch_seconds"]
 
 
+def paired_ratio(runs: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over repetitions of a/b within each repetition: this machine's speed drifts over
+    minutes, and paths timed back to back see the same drift."""
+    return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
+
 def steady(seconds: list[float]) -> float:
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
 
@@ -108,9 +114,9 @@ def main() -> None:
                 runs[path].append(steady(timers[path]()))
             print(f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True)
         row = {"model": model, "batch": batch, "steps": steps, **{k: statistics.median(v) for k, v in runs.items() if v},
-               "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}}
+               "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}, "runs": runs}
         if "lightning" in row and "plain" in row:
-            row["ratio"] = row["lightning"] / row["plain"]
+            row["ratio"] = paired_ratio(runs, "lightning", "plain")
         row["final_train_loss"] = LAST_LOSSES.get(model, {})
         rows.append(row)
     if args.json:
@@ -140,14 +146,15 @@ def write_report(rows: list[dict], args) -> None:
     columns = [titles[path] for path in args.paths] + list(ratios)
     lines = ["| model | batch | steps/epoch | " + " | ".join(columns) + " |", "|---|---:|---:|" + "---:|" * len(columns)]
     for r in rows:
-        cells = [_cell(r, path) for path in args.paths] + [f"{r[a] / r[b]:.3f}" for a, b in ratios.values()]
+        cells = [_cell(r, path) for path in args.paths] + [f"{paired_ratio(r['runs'], a, b):.3f}" for a, b in ratios.values()]
         lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
     generated = (f"Machine: {machine_line()}. Command: `{command.strip()}` "
                  f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
-                 f"{args.images} training images per epoch; median, with min–max over repetitions).\n\n{table}")
+                 f"{args.images} training images per epoch; median, with min–max over repetitions; ratios are the "
+                 f"median of each repetition's ratio).\n\n{table}")
     section = "bench" if args.accelerator == "cpu" else "bench-gpu"
     write_section(Path(args.out), section, generated, "Benchmarks")
     print(f"wrote {args.out}")

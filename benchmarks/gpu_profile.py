@@ -49,7 +49,7 @@ def profile_model(name: str, steps: int, overrides: list[str]) -> dict:
         F.cross_entropy(module(images), labels).backward()
         optimizer.step()
 
-    graphed = GraphedTrainStep(module)
+    graphed = GraphedTrainStep(module.training_loss, module)
 
     def fast():
         graphed(images, labels)

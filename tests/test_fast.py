@@ -82,7 +82,7 @@ def test_graph_gradients_survive_lightning_dropping_grad():
     torch.manual_seed(0)
     model = SimpleRNN().eval()  # eval: BatchNorm statistics do not move between the two passes
     images, labels = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
-    step = GraphedTrainStep(model)
+    step = GraphedTrainStep(model.training_loss, model)
     step._eager(images, labels)  # leaves .grad allocated, as the capture does
     step.static_images, step.static_labels = images.clone(), labels.clone()
     step.graph, step.graph_batch_size = _ReplayLikeAGraph(step), 8

@@ -23,7 +23,7 @@ from fmnist.data import CLASS_NAMES
 from fmnist.models.graphed import GraphedTrainStep
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-RUNNING_METRICS = ("train_loss", "train_acc", "val_acc_best")  # metric states saved in checkpoints
+TRAIN_SUMS = ("train_loss_sum", "train_correct", "train_seen")  # an epoch's training figures, on the device
 
 
 def optimizer_spec(optimizer: OptimizerFactory | dict | DictConfig) -> dict[str, Any]:
@@ -62,10 +62,13 @@ class FashionClassifier(L.LightningModule):
         self.hparams["optimizer"] = optimizer_spec(optimizer or self.default_optimizer)
         self.class_names = CLASS_NAMES
         num_classes = len(CLASS_NAMES)
+        # Training loss and accuracy are plain sums on the device, updated in place: no host sync per
+        # step, a fraction of a metric object's per-call cost, and fixed addresses that the fast path's
+        # CUDA graph can update (a torchmetrics reset() allocates new state tensors).
+        for name, dtype in zip(TRAIN_SUMS, (torch.float64, torch.int64, torch.int64)):
+            self.register_buffer(name, torch.zeros((), dtype=dtype), persistent=False)
         # nan_strategy="disable": a NaN loss must reach the epoch mean (and the check would sync per step)
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
-        # validate_args=False: the label-range checks cost a host sync per step on a GPU.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average=None)
@@ -84,39 +87,44 @@ class FashionClassifier(L.LightningModule):
         logits = self(images)
         return F.cross_entropy(logits, labels), logits, labels
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        if self.fast_step:
-            return self._fast_training_step(batch)
-        loss, logits, labels = self._step(batch)
-        # Metric objects accumulate on the device: no host sync per step.
-        # update(), not __call__: no per-batch value is computed, only the epoch's running state.
-        self.train_loss.update(loss, weight=len(labels))
-        self.train_acc.update(logits, labels)
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's cross-entropy, with its loss and correct answers added to the epoch's sums."""
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        self.train_loss_sum.add_(loss.detach() * labels.shape[0])
+        self.train_correct.add_((logits.argmax(dim=1) == labels).sum())
+        self.train_seen.add_(labels.shape[0])
         return loss
 
-    def _fast_training_step(self, batches) -> None:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.fast_step:
+            return self._fast_training_step(batch)
+        return self.training_loss(*batch)
+
+    def _fast_training_step(self, batches) -> torch.Tensor:
         """Manual optimization over a chunk of batches: graph replay for forward/backward, then the
-        optimizer's own (multi-tensor) step through Lightning, which counts it in `global_step`."""
+        optimizer's own (multi-tensor) step through Lightning, which counts it in `global_step`.
+        Returns the chunk's losses, one per batch, for the divergence check."""
+        batches = batches if isinstance(batches, list) else [batches]
         optimizer = self.optimizers()
-        for images, labels in (batches if isinstance(batches, list) else [batches]):
-            self._graphed_step(images, labels)
+        losses = torch.empty(len(batches), device=self.device)
+        for index, (images, labels) in enumerate(batches):
+            losses[index] = self._graphed_step(images, labels)
             optimizer.step()
+        return losses
 
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch, not from each step: Lightning's bookkeeping of a logged value costs
         # about a millisecond per call, as much as a whole SimpleRNN step on the CPU.
-        if self.fast_step:
-            loss, acc = self._graphed_step.epoch_means()
-        else:
-            loss, acc = self.train_loss.compute(), self.train_acc.compute()
-            self.train_loss.reset()
-            self.train_acc.reset()
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/acc", acc, prog_bar=True, sync_dist=True)
+        seen = self.train_seen.clamp(min=1)
+        self.log("train/loss", (self.train_loss_sum / seen).float(), prog_bar=True, sync_dist=True)
+        self.log("train/acc", (self.train_correct / seen).float(), prog_bar=True, sync_dist=True)
+        for name in TRAIN_SUMS:
+            getattr(self, name).zero_()
 
     def on_train_start(self) -> None:
         if self.fast_step:
-            self._graphed_step = GraphedTrainStep(self)
+            self._graphed_step = GraphedTrainStep(self.training_loss, self)
 
     def on_train_end(self) -> None:
         self._graphed_step = None  # frees the graph and its memory pool
@@ -154,15 +162,17 @@ class FashionClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets `fmnist.evaluate` rebuild the right class from the checkpoint alone.
         checkpoint["fmnist_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        # The running metrics, which torchmetrics keeps out of the state_dict: a run resumed in
-        # mid-epoch ends the epoch with the same training loss, accuracy and best val/acc.
-        checkpoint["fmnist_metrics"] = {name: dict(getattr(self, name).metric_state) for name in RUNNING_METRICS}
+        # The running figures, kept out of the state_dict: a run resumed in mid-epoch ends the epoch
+        # with the same training loss, accuracy and best val/acc.
+        checkpoint["fmnist_running"] = {"val_acc_best": dict(self.val_acc_best.metric_state),
+                                        **{name: getattr(self, name).clone() for name in TRAIN_SUMS}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        for name, states in checkpoint.get("fmnist_metrics", {}).items():
-            metric = getattr(self, name)
-            for key, value in states.items():
-                setattr(metric, key, value.to(metric.device))
+        running = checkpoint.get("fmnist_running", {})
+        for key, value in running.pop("val_acc_best", {}).items():
+            setattr(self.val_acc_best, key, value.to(self.val_acc_best.device))
+        for name, value in running.items():
+            getattr(self, name).copy_(value)  # in place: a captured graph keeps these addresses
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Frozen parameters (the recurrent layers' zero bias_hh) are left out of the optimizer.

@@ -11,8 +11,9 @@ which is what the CPU test compares with the default path.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
@@ -20,20 +21,18 @@ WARMUP_STEPS = 3  # eager steps before capture: cuDNN/cuBLAS choose and allocate
 
 
 class GraphedTrainStep:
-    """Runs forward + cross-entropy + backward for a module and sums the loss and correct answers.
+    """Runs `loss_fn(images, labels).backward()` for a module's parameters, replayed from a CUDA graph.
 
-    The sums stay on the device (no host sync per step) and are read once per epoch. They are
-    plain tensors rather than torchmetrics states: a graph replays into fixed addresses, and a
-    metric's `reset()` allocates new state tensors.
+    Whatever `loss_fn` updates in place (the module's epoch sums, BatchNorm statistics) is updated
+    by every replay too; the random numbers of dropout are drawn afresh at each replay.
     """
 
-    def __init__(self, module: nn.Module, use_graph: bool = True):
-        self.module = module
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], module: nn.Module,
+                 use_graph: bool = True):
+        self.loss_fn, self.module = loss_fn, module
         device = next(module.parameters()).device
         self.use_graph = use_graph and device.type == "cuda"
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.count = 0
+        self.loss: torch.Tensor | None = None  # the last batch's loss (for a graph, rewritten by each replay)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_batch_size: int | None = None
         self.static_images = self.static_labels = None
@@ -42,21 +41,19 @@ class GraphedTrainStep:
         self.stream = torch.cuda.Stream(device) if self.use_graph else None
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        logits = self.module(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = self.loss_fn(images, labels)
         loss.backward()
-        self.loss_sum += loss.detach() * labels.shape[0]
-        self.correct += (logits.argmax(dim=1) == labels).sum()
+        self.loss = loss.detach()
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Leave this batch's gradients in `.grad` of every trainable parameter."""
-        self.count += labels.shape[0]
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Leave this batch's gradients in `.grad` of every trainable parameter; return its loss."""
         if self.graph is None and self.use_graph and self.eager_steps >= WARMUP_STEPS:
             self._capture(images, labels)
         if self.graph is not None and labels.shape[0] == self.graph_batch_size:
             self._replay(images, labels)
         else:
             self._eager(images, labels)
+        return self.loss
 
     def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         # The graph writes gradients into the tensors `.grad` held at capture. Lightning drops `.grad`
@@ -102,12 +99,3 @@ class GraphedTrainStep:
         self.graph, self.graph_batch_size = graph, labels.shape[0]
         self.graph_grads = [(p, p.grad) for p in self.module.parameters() if p.grad is not None]
         rank_zero_info(f"fast path: training step captured in a CUDA graph (batches of {self.graph_batch_size})")
-
-    def epoch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This epoch's mean loss and accuracy (device tensors), then zero the sums in place."""
-        count = max(self.count, 1)
-        loss, acc = self.loss_sum / count, self.correct.double() / count
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        self.count = 0
-        return loss, acc.float()
