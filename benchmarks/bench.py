@@ -56,6 +56,7 @@ def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, acce
 def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels, device: str) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}"])
+    torch.set_flush_denormal(cfg.flush_denormal)  # the project's CPU setting, for both paths
     module = hydra.utils.instantiate(cfg.model).to(device)
     return plain_epoch_seconds(module, module.configure_optimizers(), images.to(device), labels.to(device),
                                cfg.data.batch_size, steps, epochs, device=device)

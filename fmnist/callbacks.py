@@ -84,6 +84,9 @@ class StopOnNonFiniteLoss(L.Callback):
         self._count = 0  # losses recorded in this epoch
         self._steps_before = 0  # trainer.global_step when the epoch started
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed in mid-epoch starts here, not there
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._count, self._steps_before = 0, trainer.global_step
 

@@ -64,6 +64,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], bool] 
     "seed": (_integer, "an integer", None, "an integer", True),
     "test": (_boolean, "true or false", None, "true or false", False),
     "torch_threads": (_integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null)", True),
+    "flush_denormal": (_boolean, "true or false", None, "true or false", True),
 }
 
 
@@ -125,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_config(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal")))  # a run's config without the key: as before
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     check_output_dir(output_dir)

@@ -115,3 +115,11 @@ def test_gradient_clipping_is_a_trainer_override(train_cfg):
     # the same lr diverges without clipping: tests/test_reliability.py
     metrics = train(train_cfg("rnn", "trainer.max_epochs=1", "model.optimizer.lr=1e6", "trainer.gradient_clip_val=1e-6"))
     assert metrics["status"] == "completed"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flush):
+    # Keras on TensorFlow computes 1e-39 * 1.0 = 0 on the CPU: its threads flush denormals to zero.
+    train(train_cfg("rnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
+                    f"flush_denormal={str(flush).lower()}"))
+    assert (torch.full((4,), 1e-39) * 1.0).eq(0).all().item() is flush
