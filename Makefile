@@ -38,11 +38,11 @@ sweep: install ## one multirun of the three models (ARGS: extra overrides)
 reproduce: install ## the three study recipes x 3 seeds, then docs/RESULTS.md (hours on a CPU; ARGS: overrides)
 	$(PY) -m fmnist.reproduce $(if $(ARGS),-- $(ARGS))
 
-bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop per model -> docs/BENCHMARKS.md
+bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop vs trainer=cpu_fast per model -> docs/BENCHMARKS.md
 	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras models (tensorflow-cpu)
-	$(PY) benchmarks/bench.py --paths lightning plain keras $(ARGS)
+	$(PY) benchmarks/bench.py --paths lightning plain fast keras $(ARGS)
 
 .venv-keras/bin/python:
 	$(PYTHON) -m venv .venv-keras

@@ -41,8 +41,8 @@ LAST_LOSSES: dict[str, dict[str, float]] = {}  # final train/loss of each path, 
 def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, accelerator: str,
                             fast: bool = False) -> list[float]:
     """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar;
-    with `fast`, trainer=gpu_fast (all `steps` batches of an epoch in one chunk)."""
-    trainer = ["trainer=gpu_fast", f"data.batches_per_step={steps}", "trainer.limit_train_batches=1"] if fast \
+    with `fast`, trainer=gpu_fast or cpu_fast (all `steps` batches of an epoch in one chunk)."""
+    trainer = [f"trainer={accelerator}_fast", f"data.batches_per_step={steps}", "trainer.limit_train_batches=1"] if fast \
         else [f"trainer.limit_train_batches={steps}"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}", f"trainer.max_epochs={epochs}",
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6000, help="training images per epoch")
     parser.add_argument("--root", default=str(ROOT / "data"))
     parser.add_argument("--paths", nargs="+", choices=["lightning", "plain", "fast", "keras"],
-                        default=["lightning", "plain"], help="fast: trainer=gpu_fast; keras: the study's own models")
+                        default=["lightning", "plain", "fast"], help="fast: trainer=gpu_fast/cpu_fast; keras: the study's own models")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))

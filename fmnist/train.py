@@ -78,6 +78,12 @@ def check_config(cfg: DictConfig) -> None:
             raise FmnistError(f"{key}={'null' if value is None else value} is not {type_name}: must be {allowed}")
         if in_range is not None and not in_range(value):
             raise FmnistError(f"{key}={value} is out of range: must be {allowed}")
+    if OmegaConf.select(cfg, "model.fast_step", default=False):
+        if OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None):
+            raise FmnistError("trainer.gradient_clip_val does not apply to the fast path (trainer=gpu_fast steps the "
+                              "optimizer itself): drop it, or train with trainer=gpu")
+    if OmegaConf.select(cfg, "data.device_resident", default=False) and OmegaConf.select(cfg, "data.num_workers"):
+        raise FmnistError("data.num_workers must be 0 with data.device_resident=true (the splits are on the device)")
 
 
 MIN_FREE_BYTES = 100 * 2**20  # a run's checkpoints, event files and reports (the BiLSTM's checkpoints: 32 MB)

@@ -1,5 +1,5 @@
-"""The fast path (trainer=gpu_fast) computes what the default path computes: checked on the CPU,
-where its graphed step runs eagerly, with the same data order and the same random draws."""
+"""The fast path (trainer=gpu_fast, trainer=cpu_fast) computes what the default path computes: checked
+on the CPU, where its graphed step runs eagerly, with the same data order and the same random draws."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
 def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
     # 400 tiny images, 10 % validation: 360 / 30 = 12 batches per epoch, in chunks of 5 (5 + 5 + 2).
     default, default_weights = _run(tiny_root, tmp_path / "default", model)
-    fast, fast_weights = _run(tiny_root, tmp_path / "fast", model, "trainer=gpu_fast", "data.batches_per_step=5",
+    fast, fast_weights = _run(tiny_root, tmp_path / "fast", model, "trainer=cpu_fast", "data.batches_per_step=5",
                               "data.eval_batch_size=30")
     assert fast["steps"] == default["steps"] == 36
     for key in FIELDS:
@@ -94,3 +94,13 @@ def test_graph_gradients_survive_lightning_dropping_grad():
     for (param, _), grad in zip(step.graph_grads, expected):
         assert param.grad is not None
         torch.testing.assert_close(param.grad, grad)
+
+
+@pytest.mark.parametrize("override, words", [("trainer.gradient_clip_val=1.0", "gradient_clip_val"),
+                                              ("data.num_workers=2", "num_workers")])
+def test_fast_path_refuses_what_it_cannot_do_in_one_line(tiny_root, tmp_path, override, words):
+    from fmnist.errors import FmnistError
+    cfg = compose_train(["model=rnn", "trainer=gpu_fast", f"data.root={tiny_root}", f"output_dir={tmp_path}", override])
+    with pytest.raises(FmnistError, match=words):
+        train(cfg)
+    GlobalHydra.instance().clear()
