@@ -89,8 +89,7 @@ class FashionClassifier(L.LightningModule):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The batch's cross-entropy, with its loss and correct answers added to the epoch's sums."""
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss, logits, labels = self._step((images, labels))
         self.train_loss_sum.add_(loss.detach() * labels.shape[0])
         self.train_correct.add_((logits.argmax(dim=1) == labels).sum())
         self.train_seen.add_(labels.shape[0])

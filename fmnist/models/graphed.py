@@ -56,21 +56,24 @@ class GraphedTrainStep:
         return self.loss
 
     def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        # The graph writes gradients into the tensors `.grad` held at capture. Lightning drops `.grad`
-        # before each validation (`on_validation_model_zero_grad`), so hand them back first.
-        for param, grad in self.graph_grads:
-            if param.grad is not grad:
-                param.grad = grad
+        self._hand_back_grads()
         self.static_images.copy_(images)
         self.static_labels.copy_(labels)
         self.graph.replay()
+
+    def _hand_back_grads(self) -> None:
+        """Point `.grad` at the tensors the graph writes: Lightning sets `.grad` to None before each
+        validation (`on_validation_model_zero_grad`), which would leave the optimizer nothing to read."""
+        for param, grad in self.graph_grads:
+            if param.grad is not grad:
+                param.grad = grad
 
     def _eager(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if self.graph is None:
             self.module.zero_grad(set_to_none=True)
         else:  # accumulate into the graph's gradient tensors, which the optimizer reads
-            for param, grad in self.graph_grads:
-                param.grad = grad.zero_()
+            self._hand_back_grads()
+            self.module.zero_grad(set_to_none=False)
         if self.stream is not None:  # warm-up on the stream the capture will use
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
