@@ -1,17 +1,34 @@
-"""Lightning callbacks of fmnist: per-epoch training wall time, the stop on a diverged loss, and the
-Keras-style model summary."""
+"""Lightning callbacks and plugins of fmnist: per-epoch training wall time, the stop on a diverged loss,
+the Keras-style model summary, and what keeps a run folder's results safe: its lock, its checkpoints
+(last.ckpt always the newest, paths stored relative to the folder) and their atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from fmnist.errors import FmnistError
 from fmnist.summary import keras_summary_markdown
+
+# The fit-time figures of metrics.json, also kept in every checkpoint (`fmnist_fit`): a run stopped
+# while testing is finished from its checkpoint without losing them.
+FIT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+LOCK_FILE = ".fmnist.lock"
 
 
 def _synchronize(trainer: L.Trainer) -> None:
@@ -23,7 +40,7 @@ class EpochTimer(L.Callback):
     """Wall time of each training epoch's batch loop (validation excluded), in `epoch_seconds`.
 
     Kept in checkpoints: a resumed run lists every epoch, the interrupted one with the time spent
-    on it before and after the interruption.
+    on it before and after the interruption. Checkpoints also get the fit-time figures (`fmnist_fit`).
     """
 
     def __init__(self):
@@ -41,6 +58,11 @@ class EpochTimer(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._loaded = state_dict  # used if training resumes, not when a test loads the best checkpoint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Saved after the epoch's figures are logged: the last epoch's, as metrics.json has them.
+        checkpoint["fmnist_fit"] = {key: float(value) for key, value in trainer.callback_metrics.items()
+                                    if key in FIT_KEYS}
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._loaded is not None:
@@ -144,3 +166,163 @@ class KerasModelSummary(L.Callback):
         if self.output_dir:
             Path(self.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.output_dir) / "model_summary.md").write_text(text)
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | memoryview, then: str = "") -> None:
+    """Write `data` to `path` whole or not at all: a temporary file in the same folder, fsync, rename.
+
+    An OSError (a full disk, a read-only folder) removes the temporary file, leaves whatever was at
+    `path` as it was and raises one FmnistError naming the file; `then` is what to do after the fix.
+    """
+    target, temp = Path(path), None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with open(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)  # what open() would give it, not mkstemp's 0600
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+        temp = None
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a crash
+        finally:
+            os.close(folder)
+    except OSError as error:
+        kept = f"the previous {target.name} is intact" if target.exists() else "nothing was written"
+        fix = ("free some space on that disk" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "make the folder writable")
+        raise FmnistError(f"cannot write {target}: {error.strerror or error} ({kept}). "
+                          f"Fix: {fix}{', then ' + then if then else ''}") from None
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO, writing each local checkpoint with `write_atomically`.
+
+    Lightning's own save writes a temporary file in the system's temp folder and, when that is another
+    file system, copies it over the target in place: a crash in mid-copy leaves a truncated last.ckpt.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None = None):
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getbuffer(), then=self._then())
+
+    def _then(self) -> str:
+        if self.run_dir is None:
+            return ""
+        from fmnist.resume import LAST_CHECKPOINT, resume_command  # fmnist.resume imports this module
+
+        if (Path(self.run_dir) / LAST_CHECKPOINT).is_file():
+            return f"continue the run with `{resume_command(self.run_dir)}`"
+        return "start the run again"
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for a run folder.
+
+    `last.ckpt` is written at the end of every epoch (Lightning 2.6 writes it only with a new best, so
+    it could be epochs behind), and the paths in the saved state are file names in the checkpoints
+    folder, mapped into the folder the run is in now when it resumes: a run folder moved or copied
+    elsewhere resumes and tests its own best checkpoint. A path that leads out of that folder is
+    refused, since Lightning deletes the checkpoints it replaces.
+    """
+
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def _save_last(self, trainer) -> None:
+        # Skipped when this step is saved already (with a new best), in the sanity check and outside fit.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        name = self._name
+        state.update({key: name(state[key]) for key in self._PATHS}, dirpath=".",
+                     best_k_models={name(path): score for path, score in state["best_k_models"].items()})
+        return state
+
+    def _name(self, path: str) -> str:
+        return os.path.basename(path) if path and os.path.dirname(path) == self.dirpath else path
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_dir = state_dict.get("dirpath")
+        best_k = state_dict.get("best_k_models") or {}
+        if not isinstance(best_k, dict):
+            raise FmnistError(f"the checkpoint's {self.state_key} state is not fmnist's: "
+                              "best_k_models is not a mapping")
+        mapped = {**state_dict, "dirpath": self.dirpath,
+                  **{key: self._here(state_dict.get(key), saved_dir) for key in self._PATHS},
+                  "best_k_models": {self._here(path, saved_dir): score for path, score in best_k.items()}}
+        try:
+            super().load_state_dict(mapped)
+        except KeyError as error:
+            raise FmnistError(f"the checkpoint's {self.state_key} state is not fmnist's: it has no {error}") from None
+
+    def _here(self, path: Any, saved_dir: Any) -> str:
+        """A checkpoint path from a saved state as that file in this checkpoints folder."""
+        if not path:
+            return ""
+        if isinstance(path, str) and os.path.isabs(path) and isinstance(saved_dir, str):
+            if os.path.dirname(path) == os.path.normpath(saved_dir):  # written before paths were names
+                path = os.path.basename(path)
+        if not isinstance(path, str) or os.path.dirname(path) or path in (".", ".."):
+            raise FmnistError(f"the checkpoint's {self.state_key} state names {str(path)[:200]!r}, which is not a "
+                              "file of its checkpoints folder: refused (fmnist keeps and deletes checkpoints only "
+                              "in the run's own folder)")
+        return os.path.join(self.dirpath, path)
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's lock while training in it: an fcntl lock on `.fmnist.lock`, which holds the
+    pid. The OS drops it when the process ends, however it ends. Under DDP only rank 0 takes it (the
+    other ranks train in the same folder)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise FmnistError(f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
+                          "Fix: choose a writable folder with hydra.run.dir=PATH") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = holder if holder.isdigit() else "unknown"
+            raise FmnistError(f"{run_dir} is in use: fmnist.train process {holder} is training in it "
+                              f"(it holds {path}). Fix: wait until it ends, or stop it with `kill {holder}` "
+                              "(it saves last.ckpt) and resume then") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

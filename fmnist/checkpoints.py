@@ -1,4 +1,8 @@
-"""Rebuilding a trained model from an fmnist checkpoint, with one clear error for each bad file."""
+"""Rebuilding a trained model from an fmnist checkpoint, with one clear error for each bad file.
+
+The class comes from fmnist's registry and its arguments are checked first (fmnist.trust): nothing in
+the file decides what code runs.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,28 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import OmegaConf
 
 from fmnist.errors import FmnistError
 from fmnist.models import FashionClassifier
+from fmnist.trust import checked_hparams, model_class
 
 
-def _model_class_name(path: Path, checkpoint: dict) -> str | None:
-    if isinstance(checkpoint.get("fmnist_model"), str):
-        return checkpoint["fmnist_model"]
+def _model_class(path: Path, checkpoint: dict) -> type[FashionClassifier]:
+    """The registry class that the checkpoint names, or (older checkpoints) its run's config names."""
+    if "fmnist_model" in checkpoint:
+        return model_class(checkpoint["fmnist_model"], path)
     run_config = path.parent.parent / ".hydra" / "config.yaml"  # <run>/checkpoints/x.ckpt
-    if run_config.exists():
-        return OmegaConf.select(OmegaConf.load(run_config), "model._target_")
-    return None
+    if not run_config.is_file():
+        raise FmnistError(f"{path} is not an fmnist checkpoint: it does not name an fmnist model class")
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(run_config), resolve=False)  # an interpolation names no class
+    except Exception as error:  # noqa: BLE001 - any unreadable config gets the same message
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise FmnistError(f"{path} names no model class and its run's {run_config} is unreadable ({reason})") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    return model_class(model.get("_target_") if isinstance(model, dict) else None, run_config, key="model._target_")
 
 
 def load_model(ckpt_path: str | Path) -> FashionClassifier:
@@ -45,14 +56,14 @@ def load_model(ckpt_path: str | Path) -> FashionClassifier:
         raise FmnistError(f"{path} is not an fmnist checkpoint: torch.load failed ({reason})") from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise FmnistError(f"{path} is not an fmnist checkpoint: it has no Lightning state_dict and hyper_parameters")
-    target = _model_class_name(path, checkpoint)
-    if not target or not target.startswith("fmnist.models."):
-        raise FmnistError(f"{path} is not an fmnist checkpoint: it does not name an fmnist model class")
-    cls = hydra.utils.get_class(target)
+    cls = _model_class(path, checkpoint)
+    hparams = checked_hparams(cls, checkpoint["hyper_parameters"], path)
     try:
-        model = cls(**checkpoint["hyper_parameters"])
-    except TypeError as error:
-        raise FmnistError(f"{path} does not match {cls.__name__}: {error}") from None
+        model = cls(**hparams)
+    except (TypeError, ValueError) as error:  # e.g. a dropout rate outside [0, 1]
+        raise FmnistError(f"{path} does not match {cls.__name__}: {' '.join(str(error).split())[:300]}") from None
+    if not isinstance(checkpoint["state_dict"], dict):
+        raise FmnistError(f"{path} is not an fmnist checkpoint: its state_dict is not a mapping of tensors")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

@@ -27,13 +27,28 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
 
 from fmnist.checkpoints import load_model  # noqa: E402
+from fmnist.checks import (DATA_RULES, SEED_RANGE, boolean, check_new_files, check_output_folder,  # noqa: E402
+                           check_values, integer, pick_device, seed_in_range, text)
 from fmnist.data import CLASS_NAMES  # noqa: E402
 from fmnist.errors import FmnistError, exit_on_error  # noqa: E402
-from fmnist.evaluate import pick_device  # noqa: E402
 from fmnist.reports import predict  # noqa: E402
 
 # torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
 warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
+
+RULES = {
+    "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
+    "k": (integer, "an integer", lambda v: v >= 2, "an integer >= 2", False),
+    "pixels_pca": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null: all 784 pixels)", True),
+    "projector": (boolean, "true or false", None, "true or false", False),
+    "seed": (integer, "an integer", seed_in_range, SEED_RANGE, False),
+    "output_dir": (text, "a folder", None, "a folder (or null: beside the checkpoint)", True),
+    "overwrite": (boolean, "true or false", None, "true or false", False),
+    "device": (text, "a device name", None, "auto, cpu, cuda or cuda:N", False),
+    **DATA_RULES,
+}
+OUTPUTS = ("clusters.json", "clusters.png", "clusters.md")
+PROJECTOR = "projector/projector_config.pbtxt"  # with the embedding files beside it, rewritten by each run
 
 
 def cluster_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
@@ -86,15 +101,22 @@ def write_projector(log_dir: Path, embeddings: torch.Tensor, labels: torch.Tenso
 
 def cluster(cfg: DictConfig) -> dict:
     """Run the whole comparison for `cfg.ckpt_path`; return the contents of clusters.json."""
-    if cfg.k < 2:
-        raise FmnistError(f"k={cfg.k} is out of range: must be an integer >= 2")
+    check_values(cfg, RULES)
+    device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.ckpt_path).parent / "clusters"
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(output_dir)
+    check_new_files([output_dir / name for name in (*OUTPUTS, *([PROJECTOR] if cfg.projector else []))], cfg.overwrite)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
-    embeddings, labels, images = predict(model, datamodule.test_dataloader(), pick_device(cfg.device), embed=True)
+    n = len(datamodule.test_set)
+    if cfg.k > n:
+        raise FmnistError(f"k={cfg.k} is more than the {n:,} test images to cluster: must be at most {n:,}")
+    if cfg.pixels_pca and cfg.pixels_pca > min(n, 784):
+        raise FmnistError(f"pixels_pca={cfg.pixels_pca} is more than PCA can give for {n:,} images of 784 pixels: "
+                          f"must be at most {min(n, 784)} (or null: all 784 pixels)")
+    embeddings, labels, images = predict(model, datamodule.test_dataloader(), device, embed=True)
     pixels = images.flatten(1).float().numpy() / 255
     if cfg.pixels_pca:
         pixels = PCA(n_components=cfg.pixels_pca, random_state=cfg.seed).fit_transform(pixels)

@@ -1,7 +1,9 @@
 """Compare runs side by side: `python -m fmnist.compare RUN_OR_SWEEP_DIR... [--out DIR]`.
 
-One row per model (mean ± std over seeds), with the study's figures as reference rows; writes
-`comparison.md`, a self-contained `comparison.html`, `per_class_f1.png` and `acc_vs_time.png`.
+One row per model (mean ± std over seeds) of the completed runs, with the study's figures as reference
+rows; runs that did not complete (untested, diverged, failed, interrupted, unreadable: see `fmnist.runs`)
+are listed below the table with their state and left out of the figures. Writes `comparison.md`, a
+self-contained `comparison.html`, `per_class_f1.png` and `acc_vs_time.png`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from fmnist.data import CLASS_NAMES  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
-from fmnist.runs import aggregate, find_runs, format_seconds  # noqa: E402
+from fmnist.runs import aggregate, completed, find_runs, format_seconds  # noqa: E402
 from fmnist.study import STUDY  # noqa: E402
 
 WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard classes
@@ -48,7 +50,7 @@ def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells.append([row["model"], row["recipe"], str(len(row["seeds"])), f"{row['test_acc_mean']:.4f}{std('test_acc_std')}",
                       f"{row['macro_f1_mean']:.4f}{std('macro_f1_std')}",
                       *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
-                      f"{row['params_total_keras']:,}", str(row["epochs"]),
+                      _count(row["params_total_keras"]), str(row["epochs"]),
                       format_seconds(row["train_seconds_mean"]), row["device"]])
     for name, study in study_references(rows):
         cells.append([f"study: {name}", "as published", "1", f"{study['test_acc']:.4f}", f"{study['macro_f1']:.3f}",
@@ -58,9 +60,29 @@ def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
+STATUS_HEADER = ["run", "model", "seed", "state", "details"]
+
+
+def status_rows(runs: list[dict], base: Path | None = None) -> list[list[str]]:
+    """One row per run left out of the comparison: its folder, model, seed, state and why."""
+    def where(run: dict) -> str:
+        folder = Path(run["run_dir"])
+        return str(folder.relative_to(base)) if base is not None and folder.is_relative_to(base) else str(folder)
+    return [[where(r), str(r.get("model", "?")), str(r.get("seed", "?")), r["state"], r["note"]]
+            for r in runs if r["state"] != "completed"]
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")  # one table row per run, whatever the names hold
+
+
 def markdown_table(header: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    return "\n".join(lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in cells])
 
 
 def per_class_f1_figure(rows: list[dict]):
@@ -111,11 +133,16 @@ def acc_vs_time_figure(rows: list[dict]):
     return fig
 
 
-def html_page(header, cells, images: dict[str, Path]) -> str:
-    """One self-contained page: the table and the figures embedded as base64 PNGs."""
+def _html_table(header: list[str], cells: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr" + (' class="study"' if row[0].startswith("study") else "") + ">"
                    + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(header, cells, images: dict[str, Path], others: list[list[str]] = ()) -> str:
+    """One self-contained page: the table, the runs left out, and the figures embedded as base64 PNGs."""
+    left_out = (f"<h2>Runs not in the comparison</h2>{_html_table(STATUS_HEADER, list(others))}" if others else "")
     figures = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
         f"<figcaption>{name}</figcaption></figure>" for name, path in images.items())
@@ -126,31 +153,42 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
 tr.study{{color:#555;font-style:italic;background:#f6f6f6}}img{{max-width:100%}}figure{{margin:2em 0}}</style>
 </head><body><h1>fmnist: model comparison</h1>
 <p>Test-set accuracy and F1 per model (mean ± std over seeds); italic rows are the study's reported figures.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figures}</body></html>
+{_html_table(header, cells)}{left_out}{figures}</body></html>
 """
 
 
-def compare(paths: list[str], out: str | None = None) -> Path:
-    """Write the comparison files for the runs found under `paths`; return the output folder."""
+def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] = ()) -> Path:
+    """Write the comparison files for the runs found under `paths`; return the output folder.
+
+    `not_run` adds status rows (as `status_rows` makes them) for sweep jobs that have no folder.
+    """
     runs = find_runs(paths)
-    if not runs:
-        raise FmnistError(f"no runs (folders with metrics.json) found in {', '.join(paths)}")
+    if not runs and not not_run:
+        raise FmnistError(f"no runs of fmnist.train in {', '.join(paths)} (a run folder holds its .hydra/config.yaml "
+                          "or its metrics.json). Fix: give run folders or multirun folders")
     rows = aggregate(runs)
     out_dir = Path(out or paths[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     header, cells = comparison_rows(rows)
+    others = status_rows(runs, Path(paths[0])) + list(not_run)
     images = {"per_class_f1": out_dir / "per_class_f1.png", "acc_vs_time": out_dir / "acc_vs_time.png"}
+    if not rows:
+        images = {}  # no completed run to draw
     for name, make in (("per_class_f1", per_class_f1_figure), ("acc_vs_time", acc_vs_time_figure)):
-        fig = make(rows)
-        fig.savefig(images[name], dpi=110)
-        plt.close(fig)
-    table = markdown_table(header, cells)
+        if name in images:
+            fig = make(rows)
+            fig.savefig(images[name], dpi=110)
+            plt.close(fig)
+    table = markdown_table(header, cells) if rows else "No run completed its training and test."
+    left_out = (f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else "")
+    captions = {"per_class_f1": "per-class F1", "acc_vs_time": "accuracy vs time"}
+    figures = "".join(f"\n\n![{captions[name]}]({path.name})" for name, path in images.items())
     (out_dir / "comparison.md").write_text(
-        f"# Model comparison\n\n{len(runs)} runs from {', '.join(paths)}.\n\n{table}\n\n"
-        "![per-class F1](per_class_f1.png)\n\n![accuracy vs time](acc_vs_time.png)\n")
-    (out_dir / "comparison.html").write_text(html_page(header, cells, images))
-    print(table)
-    print(f"wrote {out_dir}/comparison.md, comparison.html, per_class_f1.png, acc_vs_time.png")
+        f"# Model comparison\n\n{len(completed(runs))} completed runs of {len(runs) + len(not_run)} from "
+        f"{', '.join(paths)}.\n\n{table}{left_out}{figures}\n")
+    (out_dir / "comparison.html").write_text(html_page(header, cells, images, others))
+    print(table + left_out)
+    print(f"wrote {out_dir}/comparison.md, comparison.html" + "".join(f", {p.name}" for p in images.values()))
     return out_dir
 
 
@@ -163,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         compare(args.paths, args.out)
     except FmnistError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: cannot write the comparison to {args.out or args.paths[0]}: {error.strerror or error}. "
+              "Fix: choose a writable folder with --out DIR", file=sys.stderr)
         return 2
     return 0
 

@@ -6,11 +6,13 @@ path) and turned into float32 in [0, 1] only after they reach the device.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
@@ -49,26 +51,32 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index]
 
 
-class EpochShuffle(Sampler[int]):
-    """A random order of 0..n-1 that depends only on (seed, epoch), as DistributedSampler's does.
+class EpochShuffle(DistributedSampler):
+    """A random order of the dataset's indices that depends only on (seed, epoch); under DDP each process
+    takes every `num_replicas`-th index of it from its `rank` on, as torch's DistributedSampler does.
 
     Lightning calls `set_epoch` at each epoch start, so a run resumed in mid-epoch replays the
-    interrupted epoch's order without any saved state.
+    interrupted epoch's order without any saved state. Being a DistributedSampler (world size and rank from
+    torch.distributed once initialised, as torchvision's RASampler), it is used as it is under DDP: Lightning
+    would otherwise wrap it in its DistributedSamplerWrapper, which until Lightning's PR 21456 (December 2025;
+    pyproject allows older releases) did not pass `set_epoch` on, so every epoch had the same order.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int | None = None, rank: int | None = None):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
 
     def __iter__(self):
         # Spread apart so that seed s, epoch e+1 and seed s+1, epoch e get different orders.
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if len(order) < self.total_size:  # as DistributedSampler: repeat the first indices so that shards are equal
+            order = (order * math.ceil(self.total_size / max(1, len(order))))[: self.total_size]
+        return iter(order[self.rank:self.total_size:self.num_replicas])
 
 
 class ResumableLoader(DataLoader):
@@ -129,27 +137,30 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
     Order: already there; the `.gz` files in one of `search_dirs` (decompressed into place; their
     MD5 is not checked since Debian recompressed them); torchvision's download if `download`.
     """
+    check_root(root)
     raw = raw_folder(root)
-    if all((raw / name).exists() for name in RAW_FILES):
+    if all((raw / name).exists() for name in RAW_FILES):  # a folder in a file's place is named by check_split
         return raw
     for folder in search_dirs:
         folder = Path(folder)
-        if all((folder / f"{name}.gz").exists() or (folder / name).exists() for name in RAW_FILES):
-            raw.mkdir(parents=True, exist_ok=True)
-            # Extract beside the target and rename: DDP ranks may place the same files at once.
-            with tempfile.TemporaryDirectory(dir=raw) as staging:
-                for name in RAW_FILES:
-                    if (folder / name).exists():
-                        shutil.copyfile(folder / name, Path(staging) / name)
-                    else:
-                        _extract(folder / f"{name}.gz", staging)
-                    os.replace(Path(staging) / name, raw / name)
+        if all((folder / f"{name}.gz").is_file() or (folder / name).is_file() for name in RAW_FILES):
+            with _interruptible(f"unpacking the Fashion-MNIST files from {folder} into {raw}"), _placing(raw):
+                raw.mkdir(parents=True, exist_ok=True)
+                # Extract beside the target and rename: DDP ranks may place the same files at once.
+                with tempfile.TemporaryDirectory(dir=raw) as staging:
+                    for name in RAW_FILES:
+                        if (folder / name).is_file():
+                            shutil.copyfile(folder / name, Path(staging) / name)
+                        else:
+                            _extract(folder / f"{name}.gz", staging)
+                        os.replace(Path(staging) / name, raw / name)
             return raw
     searched = ", ".join([str(raw), *map(str, search_dirs)])
     if download:
         try:
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
+            with _interruptible(f"downloading Fashion-MNIST into {raw}"):
+                FashionMNIST(str(root), train=True, download=True)
+                FashionMNIST(str(root), train=False, download=True)
             return raw
         except Exception as error:  # noqa: BLE001 - any network failure ends in the same advice
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
@@ -162,24 +173,64 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
         "(Debian), or add `data.download=true` to fetch it from the internet.")
 
 
+def check_root(root: str | os.PathLike) -> None:
+    """`data.root` must be a folder (or not exist yet)."""
+    if Path(root).exists() and not Path(root).is_dir():
+        raise FmnistError(f"data.root={root} is a file, not a folder: the data goes to <data.root>/FashionMNIST/raw/. "
+                          "Fix: give a folder, e.g. data.root=data")
+
+
+class DataInterrupted(SystemExit):
+    """Ctrl-C while the data was unpacked or read: the program ends with exit status 130, after one line."""
+
+
+@contextlib.contextmanager
+def _interruptible(what: str):
+    try:
+        yield
+    except KeyboardInterrupt:
+        # Before training, nothing is lost: one line instead of a traceback, and 128 + SIGINT as shells report it.
+        print(f"interrupted while {what}: nothing was trained; run the command again to start over", file=sys.stderr)
+        raise DataInterrupted(130) from None
+
+
+@contextlib.contextmanager
+def _placing(raw: Path):
+    try:
+        yield
+    except OSError as error:  # the folder cannot be made or written: read-only, full disk, a file in its place
+        raise FmnistError(f"cannot place the Fashion-MNIST files in {raw}: {error.strerror or error}. Fix: choose "
+                          "a writable folder with data.root=PATH") from None
+
+
 def _extract(archive: Path, folder: str) -> None:
     try:
         extract_archive(str(archive), folder)
     except (OSError, EOFError, zlib.error) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # writing failed (a full disk, ...), not the archive
         raise FmnistError(f"{archive} is damaged ({error}). Fix: replace it with an intact copy") from None
 
 
 def _idx_dims(path: Path, ndim: int, what: str) -> tuple[int, ...]:
     """The dimensions an IDX file of unsigned bytes announces, once its magic number and size are checked."""
-    with open(path, "rb") as file:
-        header = file.read(4 + 4 * ndim)
+    if path.is_dir():
+        raise FmnistError(f"{path} is a folder, not an IDX file of {what}. Fix: remove the folder and put the "
+                          "original Fashion-MNIST file there")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            header = file.read(4 + 4 * ndim)
+    except OSError as error:
+        raise FmnistError(f"cannot read {path}: {error.strerror or error}. {FIX_RAW}") from None
+    if size == 0:
+        raise FmnistError(f"{path} is empty (0 bytes). {FIX_RAW}")
+    if len(header) < 4 + 4 * ndim:
+        raise FmnistError(f"{path} is truncated: {size} bytes, shorter than its IDX header. {FIX_RAW}")
     magic, expected_magic = int.from_bytes(header[:4], "big"), 0x0800 + ndim
     if magic != expected_magic:
         raise FmnistError(f"{path} is not an IDX file of {what}: magic number {magic:#010x}, expected "
                           f"{expected_magic:#010x}. {FIX_RAW}")
-    size = path.stat().st_size
-    if len(header) < 4 + 4 * ndim:
-        raise FmnistError(f"{path} is truncated: {size} bytes, shorter than its IDX header. {FIX_RAW}")
     dims = struct.unpack(f">{ndim}I", header[4:])
     expected = len(header) + math.prod(dims)
     if size != expected:
@@ -195,17 +246,31 @@ def check_split(root: str | os.PathLike, train: bool) -> tuple[Path, Path]:
     n, height, width = _idx_dims(images, 3, "images")
     if (height, width) != (28, 28):
         raise FmnistError(f"{images} holds {height}x{width} images, Fashion-MNIST's are 28x28. {FIX_RAW}")
+    if n == 0:
+        raise FmnistError(f"{images} holds no images: its header announces 0x28x28. {FIX_RAW}")
     (n_labels,) = _idx_dims(labels, 1, "labels")
     if n_labels != n:
         raise FmnistError(f"{labels} has {n_labels:,} labels but {images} has {n:,} images. {FIX_RAW}")
     return images, labels
 
 
+def count_images(root: str | os.PathLike, train: bool) -> int:
+    """How many images the split's IDX headers announce, once checked (no image is read)."""
+    images, _ = check_split(root, train)
+    return _idx_dims(images, 3, "images")[0]
+
+
+def validation_size(n_images: int, val_fraction: float) -> int:
+    """How many of the training split's last images are held out for validation (Keras's validation_split)."""
+    return int(round(n_images * val_fraction))
+
+
 def load_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One official split as (uint8 images (N, 1, 28, 28), int64 labels (N,)), or one FmnistError naming
     the broken file."""
     _, label_file = check_split(root, train)
-    dataset = FashionMNIST(str(root), train=train, download=False)
+    with _interruptible(f"reading the Fashion-MNIST files in {raw_folder(root)}"):
+        dataset = FashionMNIST(str(root), train=train, download=False)
     labels = dataset.targets.long()
     if len(labels) and int(labels.max()) >= len(CLASS_NAMES):
         raise FmnistError(f"{label_file} holds label {int(labels.max())}, Fashion-MNIST's are 0..9. {FIX_RAW}")
@@ -247,7 +312,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if self.train_set is None:
             ensure_raw_files(self.root, self.search_dirs, self.download)
             images, labels = load_split(self.root, train=True)
-            n_val = int(round(len(labels) * self.val_fraction))
+            n_val = validation_size(len(labels), self.val_fraction)
             n_train = len(labels) - n_val
             self.train_set = InMemoryImages(images[:n_train], labels[:n_train])
             self.val_set = InMemoryImages(images[n_train:], labels[n_train:])
@@ -266,7 +331,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         # interrupted run resumes exactly. The loader's own generator (worker seeds) leaves torch's
         # global one, which dropout draws from, alone.
         seed = self.seed if self.seed is not None else int(torch.randint(2**32, ()).item())
-        return ResumableLoader(dataset, sampler=EpochShuffle(len(dataset), seed),
+        return ResumableLoader(dataset, sampler=EpochShuffle(dataset, seed),
                                generator=torch.Generator().manual_seed(seed), **options)
 
     def train_dataloader(self) -> DataLoader:

@@ -11,39 +11,51 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from fmnist.checkpoints import load_model
+from fmnist.checks import (DATA_RULES, boolean, check_new_files, check_output_folder, check_values, pick_device,
+                           text)
 from fmnist.errors import FmnistError, exit_on_error
 from fmnist.reports import write_reports
 from fmnist.summary import keras_summary_markdown
 
-
-def pick_device(name: str) -> torch.device:
-    """'auto' is the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+RULES = {
+    "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
+    "split": (lambda v: v in ("test", "val"), "test or val", None, "test or val", False),
+    "output_dir": (text, "a folder", None, "a folder (or null: beside the checkpoint)", True),
+    "overwrite": (boolean, "true or false", None, "true or false", False),
+    "device": (text, "a device name", None, "auto, cpu, cuda or cuda:N", False),
+    **DATA_RULES,
+}
+# What write_reports writes (curves.png when the run's curves are found), then the model summary and metrics;
+# TensorBoard event files are new files, never replaced.
+OUTPUTS = ("classification_report.json", "classification_report.md", "confusion_matrix.png", "misclassified.png",
+           "curves.png", "model_summary.md", "metrics.json")
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate `cfg.ckpt_path` on `cfg.split`; return the metrics written to metrics.json."""
-    if cfg.split not in ("test", "val"):
-        raise FmnistError(f"split={cfg.split} is not allowed: use split=test or split=val")
+    check_values(cfg, RULES)
+    device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path)
     ckpt = Path(cfg.ckpt_path)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / ("eval" if cfg.split == "test" else "eval-val")
+    check_output_folder(output_dir)
+    check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+    if len(loader.dataset) == 0:
+        raise FmnistError(f"split=val is empty: data.val_fraction={cfg.data.val_fraction} leaves no validation image. "
+                          "Fix: a larger data.val_fraction, or split=test")
     run_tensorboard = ckpt.parent.parent / "tensorboard"
     with SummaryWriter(str(output_dir / "tensorboard")) as writer:
-        report, loss = write_reports(model, loader, datamodule.class_names, output_dir, device=pick_device(cfg.device),
-                               tensorboard_dir=run_tensorboard if run_tensorboard.exists() else None,
-                               writer=writer, title=type(model).__name__)
+        report, loss = write_reports(model, loader, datamodule.class_names, output_dir, device=device,
+                                     tensorboard_dir=run_tensorboard if run_tensorboard.exists() else None,
+                                     writer=writer, title=type(model).__name__)
     (output_dir / "model_summary.md").write_text(keras_summary_markdown(model))
     split = cfg.split
     metrics = {"checkpoint": str(ckpt), "model_class": type(model).__name__, "split": split,

@@ -18,10 +18,19 @@ import torch
 from omegaconf import DictConfig
 
 from fmnist.checkpoints import load_model
+from fmnist.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, number, text
 from fmnist.data import to_unit_float
 from fmnist.errors import FmnistError, exit_on_error
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
+RULES = {
+    "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
+    "format": (lambda v: v in SUFFIX, "onnx or torchscript", None, "onnx or torchscript", False),
+    "output": (text, "a file name", None, "a file name (or null: beside the checkpoint)", True),
+    "tolerance": (number, "a number", lambda v: v >= 0, "a number >= 0", False),
+    "overwrite": (boolean, "true or false", None, "true or false", False),
+    **DATA_RULES,
+}
 
 
 def check_batch(cfg: DictConfig) -> torch.Tensor:
@@ -62,12 +71,15 @@ def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
 
 def export(cfg: DictConfig) -> dict:
     """Write the exported model, check it, and return the check's figures."""
-    if cfg.format not in SUFFIX:
-        raise FmnistError(f"format={cfg.format} is not supported: use format=onnx or format=torchscript")
+    check_values(cfg, RULES)  # tolerance too: a bad one must not fail after the file is written
     model = load_model(cfg.ckpt_path)
     ckpt = Path(cfg.ckpt_path)
     path = Path(cfg.output) if cfg.output else ckpt.with_suffix(SUFFIX[cfg.format])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.resolve() == ckpt.resolve():
+        raise FmnistError(f"{path} is the checkpoint being exported: the export would replace it. Fix: choose "
+                          "another output=PATH")
+    check_output_folder(path.parent, key="output")
+    check_new_files([path], cfg.overwrite, key="output")
     images = check_batch(cfg)
     with torch.inference_mode():
         expected = model(images)

@@ -3,12 +3,14 @@
 Each image is prepared the way Fashion-MNIST was made: grayscale, inverted when its background is
 light (shop photos), cropped to the garment, fitted into 28x28 keeping the aspect ratio, centred,
 scaled to [0, 1]. Writes `predictions.csv` and `predictions.json`; unreadable files get an error row.
+Files are decoded one at a time, with a pixel limit, and classified `batch_size` at a time.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,18 +20,36 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.checkpoints import load_model
+from fmnist.checks import boolean, check_new_files, check_output_folder, check_values, integer, text
 from fmnist.data import CLASS_NAMES
 from fmnist.errors import FmnistError, exit_on_error
+
+RULES = {
+    "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
+    "inputs": (text, "a file or folder name", None, "an image file or a folder of them", False),
+    "top_k": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "output_dir": (text, "a folder", None, "a folder", False),
+    "overwrite": (boolean, "true or false", None, "true or false", False),
+}
+OUTPUTS = ("predictions.csv", "predictions.json")
+# Formats whose decoders are plain Pillow code (no Ghostscript for EPS and the like: a file never picks a program).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+MAX_PIXELS = 50_000_000  # a 48-megapixel photo fits; a decompression bomb (tiny file, huge image) does not
+NOT_A_NUMBER = "the model's output is not a number (NaN or inf): the checkpoint's weights are broken"
 
 
 def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
     """Any PIL image -> float tensor (1, 28, 28) in [0, 1], light garment on black like Fashion-MNIST."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent = shop-white
-        image = Image.alpha_composite(background, rgba)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    if image.mode.startswith("I") or image.mode == "F":
+        gray = _high_depth_gray(image)
+    else:
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent = shop-white
+            image = Image.alpha_composite(background, rgba)
+        gray = np.asarray(image.convert("L"), dtype=np.float32)
     background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
     if background > 127:  # light background: invert so the garment is the bright part
         gray, background = 255 - gray, 255 - background
@@ -43,6 +63,15 @@ def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
     canvas = Image.new("L", (28, 28), 0)
     canvas.paste(fitted, ((28 - fitted.width) // 2, (28 - fitted.height) // 2))
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+def _high_depth_gray(image: Image.Image) -> np.ndarray:
+    """16-bit (I;16, I) or float (F) gray as 0..255 floats; Pillow's convert("L") would clip them to white."""
+    values = np.asarray(image, dtype=np.float32)
+    if image.mode == "F" and values.max(initial=0) <= 1:
+        return values * 255  # floats in [0, 1]
+    scale = 1.0 if image.mode == "F" else 257.0  # 65535 / 255
+    return np.clip(values / scale, 0, 255)
 
 
 def list_inputs(inputs: str) -> list[Path]:
@@ -61,39 +90,58 @@ def list_inputs(inputs: str) -> list[Path]:
 def load_image(path: Path) -> torch.Tensor:
     """Read and prepare one file; raises ValueError with a short reason when it can't."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, below Pillow's, decides
+            image = Image.open(path, formats=FORMATS)
+        with image:
+            if image.width * image.height > MAX_PIXELS:  # the header alone: nothing is decoded yet
+                raise ValueError(f"too large: {image.width}x{image.height} pixels, more than the "
+                                 f"{MAX_PIXELS:,} fmnist decodes (a decompression bomb?)")
             image.load()
             return to_fashion_mnist(image)
+    except Image.DecompressionBombError:
+        raise ValueError(f"too large: more than the {MAX_PIXELS:,} pixels fmnist decodes (a decompression bomb?)") \
+            from None
     except UnidentifiedImageError:
-        raise ValueError("not an image PIL can read (PNG, JPEG, ...)") from None
+        raise ValueError(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
     except OSError as error:  # truncated or damaged files
         raise ValueError(f"unreadable image: {error}") from None
 
 
 @torch.inference_mode()
-def predict_files(model, files: list[Path], top_k: int = 3) -> list[dict]:
-    """One `{"file", "top": [{"class", "prob"}, ...]}` or `{"file", "error"}` per file."""
-    results, batch, batch_files = [], [], []
-    for path in files:
-        try:
-            batch.append(load_image(path))
-            batch_files.append(path)
-        except ValueError as error:
-            results.append({"file": str(path), "error": str(error)})
-    if batch:
-        probs = model(torch.stack(batch)).softmax(dim=1)
-        top = probs.topk(min(top_k, len(CLASS_NAMES)), dim=1)
-        for path, values, indices in zip(batch_files, top.values.tolist(), top.indices.tolist()):
-            results.append({"file": str(path), "top": [{"class": CLASS_NAMES[i], "prob": round(p, 4)}
-                                                       for p, i in zip(values, indices)]})
-    order = {str(p): i for i, p in enumerate(files)}
-    return sorted(results, key=lambda r: order[r["file"]])
+def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 256) -> list[dict]:
+    """One `{"file", "top": [{"class", "prob"}, ...]}` or `{"file", "error"}` per file, in the order of `files`.
+
+    At most `batch_size` prepared images are held and classified at once.
+    """
+    results = []
+    for start in range(0, len(files), batch_size):
+        rows = [{"file": str(path)} for path in files[start:start + batch_size]]
+        images, read = [], []
+        for row in rows:
+            try:
+                images.append(load_image(Path(row["file"])))
+                read.append(row)
+            except ValueError as error:
+                row["error"] = str(error)
+        if images:
+            probs = model(torch.stack(images)).softmax(dim=1)
+            top = probs.topk(min(top_k, len(CLASS_NAMES)), dim=1)
+            finite = probs.isfinite().all(dim=1).tolist()
+            for row, ok, values, indices in zip(read, finite, top.values.tolist(), top.indices.tolist()):
+                if ok:
+                    row["top"] = [{"class": CLASS_NAMES[i], "prob": round(p, 4)} for p, i in zip(values, indices)]
+                else:
+                    row["error"] = NOT_A_NUMBER
+        results += rows
+    return results
 
 
 def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None:
     """predictions.json (the list as is) and predictions.csv (one row per file)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "predictions.json").write_text(json.dumps(results, indent=2) + "\n")
+    # allow_nan=False: a NaN would make the file invalid JSON; predict_files turns it into an error row.
+    (output_dir / "predictions.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     with open(output_dir / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "error"])
@@ -102,21 +150,33 @@ def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None
             writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), r.get("error", "")])
 
 
+def printable(name: str) -> str:
+    """`name` with newlines, tabs and other control characters escaped, so that a table row stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def print_table(results: list[dict]) -> None:
-    width = max(len(r["file"]) for r in results)
-    for r in results:
+    names = [printable(r["file"]) for r in results]
+    width = max(map(len, names))
+    for name, r in zip(names, results):
         row = r.get("error") and f"error: {r['error']}" or "  ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
-        print(f"{r['file']:<{width}}  {row}")
+        print(f"{name:<{width}}  {printable(row)}")
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    if cfg.top_k < 1:
-        raise FmnistError(f"top_k={cfg.top_k} is out of range: must be an integer >= 1")
+    """Check everything, then classify the files and write predictions.csv and predictions.json."""
+    check_values(cfg, RULES)
     files = list_inputs(str(cfg.inputs))
     model = load_model(cfg.ckpt_path)
-    results = predict_files(model, files, cfg.top_k)
+    output_dir = Path(cfg.output_dir)
+    check_output_folder(output_dir)
+    check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
+    results = predict_files(model, files, cfg.top_k, cfg.batch_size)
     print_table(results)
-    write_predictions(results, Path(cfg.output_dir), min(cfg.top_k, len(CLASS_NAMES)))
+    write_predictions(results, output_dir, min(cfg.top_k, len(CLASS_NAMES)))
+    if all(r.get("error") == NOT_A_NUMBER for r in results):
+        raise FmnistError(f"no prediction for the {len(files)} input file(s): {NOT_A_NUMBER}. Fix: use a "
+                          "checkpoint from before the run diverged")
     if all("error" in r for r in results):
         raise FmnistError(f"none of the {len(files)} input file(s) could be read as an image")
     return results

@@ -5,26 +5,36 @@ Ctrl-C or SIGTERM during training ends the current step, writes `checkpoints/las
 that checkpoint. With the training loader's position (`fmnist.data.ResumableLoader`), the running
 metrics (`FashionClassifier.on_save_checkpoint`) and the random state (`RandomState`) in the
 checkpoint, a run resumed in mid-epoch computes what the uninterrupted run computes.
+
+A resume never makes a run poorer: a finished run is left as it is, a run stopped while testing only
+finishes its test, and no key of its metrics.json disappears (`never_poorer`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import pickle
 import shlex
 import signal
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Quote, QuotedString
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist.callbacks import FIT_KEYS, write_atomically
 from fmnist.errors import FmnistError
+from fmnist.trust import check_targets
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # What a resume may change: how long it goes on and how it runs, never what it computes.
@@ -61,19 +71,45 @@ def cli_args(argv: list[str]) -> list[str]:
     run_dir = OverridesParser.create().parse_overrides(given[-1:])[0].value()
     if run_dir is None:
         return argv
+    try:  # as the run will see it: OmegaConf turns an escaped \${ into ${
+        run_dir = OmegaConf.create({"resume": run_dir}).resume
+    except Exception as error:  # noqa: BLE001 - e.g. an interpolation that names nothing
+        raise FmnistError(f"resume={run_dir} cannot be read: {str(error).splitlines()[0]}") from None
     run_files(str(run_dir))
+    if "${" in str(run_dir):  # Hydra would read it as an interpolation in its own paths (its job log's)
+        raise FmnistError(f"resume={run_dir}: Hydra cannot run in a folder whose name contains '${{'. "
+                          "Fix: rename the folder")
     return [*argv, "hydra.run.dir=${resume}", "hydra.output_subdir=null"]
 
 
-def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> tuple[DictConfig, Path]:
-    """The config of the run in `cfg.resume`, passed through `check`, and its `last.ckpt`.
+@dataclass
+class Resume:
+    """A run to resume: its config, its last.ckpt (`path`, read into `checkpoint`), its metrics.json
+    (`previous`, None when absent or unreadable) and what is left to do (`plan`): "fit" (train on),
+    "finish" (fit is over: test and write metrics.json from what the run saved) or "finished"."""
+
+    cfg: DictConfig
+    path: Path
+    checkpoint: dict
+    previous: dict | None
+    plan: str
+    _record: Callable[[], None] = lambda: None
+
+    def record_overrides(self) -> None:
+        """Record this command's overrides in the run's `.hydra/`: once the run is known to go on."""
+        self._record()
+
+
+def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resume:
+    """The run in `cfg.resume`: its config passed through `check`, its `last.ckpt` and what is left to do.
 
     Command-line overrides other than RESUMABLE_KEYS are refused; the allowed ones are applied and,
-    once checked, recorded in the run's `.hydra/config.yaml` and `overrides.yaml`, so that a later
-    resume keeps them.
+    by `Resume.record_overrides` once the run goes on, recorded in the run's `.hydra/config.yaml` and
+    `overrides.yaml`, so that a later resume keeps them. A finished run is reported in one line and left
+    as it is.
     """
     run = Path(cfg.resume)
-    config_file, checkpoint = run_files(run)
+    config_file, checkpoint_path = run_files(run)
     overrides = [o for o in HydraConfig.get().overrides.task if _key(o) != "resume"]
     refused = [o for o in overrides if _key(o) not in RESUMABLE_KEYS]
     if refused:
@@ -86,14 +122,151 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> tuple
     resolved.output_dir = str(run)  # wherever the folder is now
     resolved.resume = None
     _resolve_as_in_run(resolved, config_file.with_name("hydra.yaml"))
+    check_targets(resolved, config_file)  # before anything is built from it
     check(resolved)
-    if overrides:
-        OmegaConf.save(saved, config_file)
+    checkpoint = read_checkpoint(checkpoint_path, run)
+    previous = read_metrics(run / "metrics.json")
+    plan, done = resume_plan(resolved, checkpoint, previous, {_key(o) for o in overrides})
+    if plan == "finished":
+        rank_zero_info(f"resume={run}: the run is finished ({done}) and its metrics.json is complete; nothing "
+                       "was changed. To train it further, raise trainer.max_epochs")
+        return Resume(resolved, checkpoint_path, checkpoint, previous, plan)
+
+    def record() -> None:
+        if not overrides:
+            return
+        write_atomically(config_file, OmegaConf.to_yaml(saved).encode())
         overrides_file = config_file.with_name("overrides.yaml")
-        previous = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        OmegaConf.save(OmegaConf.create(previous + overrides), overrides_file)
-    rank_zero_info(f"resuming {run} from {checkpoint}" + (f" with {' '.join(overrides)}" if overrides else ""))
-    return resolved, checkpoint
+        recorded = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        write_atomically(overrides_file, OmegaConf.to_yaml(OmegaConf.create(recorded + overrides)).encode())
+
+    rank_zero_info(f"resuming {run} from {checkpoint_path}" + (f" with {' '.join(overrides)}" if overrides else "")
+                   + (f" to finish it ({done}): testing and writing metrics.json" if plan == "finish" else ""))
+    return Resume(resolved, checkpoint_path, checkpoint, previous, plan, record)
+
+
+def _get(tree: Any, *keys: str) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_checkpoint(path: Path, run: Path) -> dict:
+    """The contents of a run's last.ckpt (`torch.load(weights_only=True)`), or one FmnistError naming it."""
+    fix = "Fix: copy one of the run's checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only=True met something other than plain values
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        code = next((line for line in lines if "Unsupported global" in line), None)
+        if code is not None:
+            raise FmnistError(f"resume={run}: {path} is refused: it carries pickled objects or code, which fmnist "
+                              f"never loads ({code[:200]}). {fix}") from None
+        reason = next((line for line in lines if "WeightsUnpickler" in line), lines[0])[:200]
+        raise FmnistError(f"resume={run}: {path} is damaged ({reason}). {fix}") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise FmnistError(f"resume={run}: {path} is damaged ({reason}). {fix}") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)
+            and _count(checkpoint.get("global_step"))
+            and _count(_get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed"))):
+        raise FmnistError(f"resume={run}: {path} is not a training checkpoint of fmnist (it lacks Lightning's "
+                          f"weights or loop state). {fix}")
+    return checkpoint
+
+
+def check_weights(resume: Resume, model: L.LightningModule) -> None:
+    """Refuse a last.ckpt whose weights are not those of the run's model (another class, another size)."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in resume.checkpoint["state_dict"].items()
+             if isinstance(value, torch.Tensor)}
+    if found != expected:
+        saved = resume.checkpoint.get("fmnist_model")
+        holds = f" (it holds {str(saved).rsplit('.', 1)[-1][:60]} weights)" if isinstance(saved, str) else ""
+        raise FmnistError(f"resume={resume.cfg.output_dir}: {resume.path} does not match the run's "
+                          f"{type(model).__name__}{holds}. Fix: copy one of the run's own "
+                          "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch")
+
+
+def read_metrics(path: Path) -> dict | None:
+    """A run's metrics.json, or None when it is absent or not a JSON object (cut short, say)."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _max_epochs(cfg: DictConfig) -> int:
+    """Lightning's epoch limit for the trainer config (-1: none)."""
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_epochs is None:  # Lightning's default
+        return 1000 if OmegaConf.select(cfg, "trainer.max_steps", default=-1) in (None, -1) else -1
+    return max_epochs
+
+
+def metrics_describe(previous: dict | None, checkpoint: dict) -> bool:
+    """Whether a run's metrics.json (written when a fit ends) describes the state its last.ckpt holds."""
+    return previous is not None and (previous.get("steps") == checkpoint["global_step"]
+                                     or previous.get("status") == "diverged")  # last.ckpt: the last good epoch
+
+
+def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given: set[str]) -> tuple[str, str]:
+    """What is left of a run ("fit", "finish" or "finished") and, when its fit is over, how it ended.
+
+    The fit is over when last.ckpt has reached trainer.max_epochs (Lightning's own test), or when
+    metrics.json, written when a fit ends, describes last.ckpt (early stopping, max_time) or a
+    divergence; it goes on anyway when this command raises trainer.max_epochs or sets trainer.max_time.
+    """
+    epochs = _get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed")
+    limit = _max_epochs(cfg)
+    reached = limit != -1 and epochs >= limit
+    if ("trainer.max_epochs" in given and not reached) or "trainer.max_time" in given:
+        return "fit", ""
+    describes = metrics_describe(previous, checkpoint)
+    if not (reached or describes):
+        return "fit", ""
+    status = previous.get("status") if describes else None
+    done = (f"{status} at epoch {previous.get('diverged_epoch')}" if status == "diverged"
+            else f"trained {epochs} epoch{'s' * (epochs != 1)} of trainer.max_epochs={limit}")
+    tested = describes and "test/acc" in previous and "test_checkpoint" not in previous
+    if not describes or (cfg.get("test", True) and not tested):
+        return "finish", done
+    return "finished", done
+
+
+def saved_fit(resume: Resume) -> tuple[dict[str, float], list[float]]:
+    """The fit-time figures (FIT_KEYS) and `epoch_seconds` that a run's last.ckpt holds."""
+    checkpoint = resume.checkpoint
+    figures = checkpoint.get("fmnist_fit")
+    fit = {key: float(value) for key, value in (figures.items() if isinstance(figures, dict) else ())
+           if key in FIT_KEYS and isinstance(value, float)}
+    best = _get(checkpoint, "fmnist_running", "val_acc_best", "max_value")  # checkpoints before fmnist_fit
+    if "val/acc_best" not in fit and isinstance(best, torch.Tensor) and best.numel() == 1 and best.isfinite():
+        fit["val/acc_best"] = best.item()
+    seconds = _get(checkpoint, "callbacks", "EpochTimer", "epoch_seconds")
+    numbers = isinstance(seconds, list) and all(isinstance(s, (int, float)) and math.isfinite(s) for s in seconds)
+    return fit, [float(s) for s in seconds] if numbers else []
+
+
+# What a resume may drop from metrics.json: it belongs to a state of the run that the new one replaces.
+NOT_CARRIED = ("test_checkpoint", "diverged_epoch", "diverged_step", "error")
+
+
+def never_poorer(metrics: dict, previous: dict | None) -> dict:
+    """`metrics` with every key of the run's previous metrics.json that it lacks (a resume never makes
+    metrics.json poorer). Test results carried from an earlier best checkpoint name it in `test_checkpoint`."""
+    if not previous:
+        return metrics
+    carried = {key: value for key, value in previous.items() if key not in metrics and key not in NOT_CARRIED}
+    tested_on = previous.get("test_checkpoint", previous.get("best_checkpoint"))
+    if any(key.startswith("test/") for key in carried) and tested_on != metrics.get("best_checkpoint"):
+        metrics = {**metrics, "test_checkpoint": tested_on}
+    return {**metrics, **carried}
 
 
 def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
@@ -108,13 +281,29 @@ def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
         instance.cfg = current
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """`python -m fmnist.train resume=RUN_DIR`, quoted for Hydra's override grammar and then for the
+    shell, so that it works when pasted whatever the folder's name (spaces, quotes, `=`, commas, ...)."""
+    text = str(run_dir)
+    value = text
+    plain = "${" not in text
+    if plain:
+        try:
+            plain = OverridesParser.create().parse_overrides([f"resume={text}"])[0].value() == text
+        except Exception:  # noqa: BLE001 - Hydra's grammar refuses it unquoted
+            plain = False
+    if not plain:
+        text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
+        value = QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()
+    return f"python -m fmnist.train {shlex.quote('resume=' + value)}"
+
+
 def interrupted_message(run_dir: str | Path) -> str:
     """The one line printed when a run is stopped by Ctrl-C or SIGTERM."""
     checkpoint = Path(run_dir) / LAST_CHECKPOINT
     if not checkpoint.is_file():
         return "interrupted before the first checkpoint: nothing to resume"
-    return (f"interrupted: the run is saved in {checkpoint}; continue it with "
-            f"`python -m fmnist.train resume={shlex.quote(str(run_dir))}`")
+    return f"interrupted: the run is saved in {checkpoint}; continue it with `{resume_command(run_dir)}`"
 
 
 class SaveOnInterrupt(L.Callback):

@@ -1,8 +1,17 @@
-"""Hydra callback that keeps `sweep_summary.md` and `sweep_summary.csv` in every multirun folder.
+"""Multirun bookkeeping: `sweep_summary.md` / `.csv` in every multirun folder, and failed jobs that do
+not end the sweep.
 
-Each finished job (completed or failed) leaves `job_status.json` in its folder and the summary is
-rebuilt from all of them under a file lock, so it is complete even when a job fails (the sweeper
-then stops with an error) or when jobs finish in parallel processes (joblib, submitit).
+Hydra's sweepers re-raise a job's exception as soon as the launcher hands back its batch, which skips
+`on_multirun_end`: no summary of the end, no comparison, a traceback. So in a multirun fmnist.train's
+entry point catches the error and returns a `FailedJob` instead. Hydra then records the job as
+completed: this callback reads the real status from the return value, and Optuna's sweeper, which cannot
+turn a FailedJob into a float, marks the trial FAIL and goes on.
+
+Each finished job leaves `job_status.json` in its folder and the summary is rebuilt from all of them
+under a file lock (jobs may finish in parallel processes: joblib, submitit). When the sweep ends (or a job
+is interrupted by Ctrl-C / SIGTERM, which stops it) the summary also lists the jobs that never ran, the
+comparison is written when asked for (`experiment=compare`), and if any job did not complete the command
+ends with one `error: ...` line and a non-zero status.
 """
 
 from __future__ import annotations
@@ -10,64 +19,127 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist.errors import FmnistError
+from fmnist.runs import read_json
 
 SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/macro_f1", "epochs", "train_seconds", "device")
+BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
+BASIC_LAUNCHER = f"{BasicLauncher.__module__}.{BasicLauncher.__name__}"
 
 
-def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder holding job_status.json, in job order."""
+@dataclass(frozen=True)
+class FailedJob:
+    """What a multirun job returns when it failed or was interrupted (never a number, see the module)."""
+
+    status: str  # FAILED or INTERRUPTED
+    error: str  # one line
+
+    @classmethod
+    def of(cls, error: BaseException, status: str = "FAILED") -> FailedJob:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return cls(status, f"{type(error).__name__}: {text}"[:300])
+
+    def __str__(self) -> str:
+        return f"{self.status.lower()}: {self.error}"
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of each job of a basic-sweeper multirun, in job order; None when not known in advance
+    (Optuna picks its trials as it goes; glob() sweeps need Hydra's config loader)."""
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except (HydraException, ValueError):
+        return None
+
+
+def job_rows(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    """One row per job folder holding job_status.json, plus one per planned job that has none, in job order."""
     rows = []
     for status_file in sweep_dir.rglob("job_status.json"):
-        status = json.loads(status_file.read_text())
-        metrics_file = status_file.parent / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        rows.append({"job": status["job"], "status": status["status"], "overrides": " ".join(status["overrides"]),
+        status, problem = read_json(status_file)
+        if not isinstance(status, dict):  # the job number from its folder's name (hydra.sweep.subdir starts with it)
+            number = re.match(r"\d+", status_file.parent.name)
+            status = {"job": int(number.group()) if number else "?", "status": "UNKNOWN", "overrides": [],
+                      "error": f"job_status.json {problem or 'is not a JSON object'}"}
+        metrics, _ = read_json(status_file.parent / "metrics.json")
+        metrics = metrics if isinstance(metrics, dict) else {}
+        rows.append({"job": status.get("job", "?"), "status": status.get("status", "UNKNOWN"),
+                     "overrides": " ".join(map(str, status.get("overrides") or [])),
                      **{k: metrics.get(k, "") for k in SUMMARY_METRICS}, "error": status.get("error", ""),
                      "dir": str(status_file.parent.relative_to(sweep_dir))})
+    ran = {row["job"] for row in rows}
+    rows += [{"job": number, "status": "NOT_RUN", "overrides": " ".join(overrides),
+              **dict.fromkeys(SUMMARY_METRICS, ""), "error": "never started: the sweep stopped before it", "dir": ""}
+             for number, overrides in enumerate(plan or []) if number not in ran]
     return sorted(rows, key=lambda r: (str(r["job"]).zfill(6), r["dir"]))
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+    return f"{value:.4f}" if isinstance(value, float) else " ".join(str(value).split()).replace("|", "\\|")
 
 
-def write_summary(sweep_dir: Path) -> None:
-    """Rewrite sweep_summary.md and .csv from the job folders."""
-    rows = job_rows(sweep_dir)
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many jobs completed, failed, were interrupted and never ran."""
+    statuses = [r["status"] for r in rows]
+    result = {name: statuses.count(name.upper().replace(" ", "_")) for name in ("completed", "interrupted", "not run")}
+    result["failed"] = len(rows) - sum(result.values())
+    return result
+
+
+def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    """Rewrite sweep_summary.md and .csv from the job folders (and, given the plan, the jobs not run); return the
+    rows."""
+    rows = job_rows(sweep_dir, plan)
     if not rows:
-        return
+        return rows
     columns = list(rows[0])
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    failed = [r for r in rows if r["status"] != "COMPLETED"]
-    lines = [f"# Sweep summary: {len(rows) - len(failed)} completed, {len(failed)} failed", "",
-             "| " + " | ".join(c for c in columns if c != "error") + " |", "|" + "---|" * (len(columns) - 1)]
+    n = counts(rows)
+    title = f"# Sweep summary: {n['completed']} completed, {n['failed']} failed" + "".join(
+        f", {n[name]} {name}" for name in ("interrupted", "not run") if n[name])
+    lines = [title, "", "| " + " | ".join(c for c in columns if c != "error") + " |", "|" + "---|" * (len(columns) - 1)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in columns if c != "error") + " |" for r in rows]
-    if failed:
-        lines += ["", "## Failed jobs", ""] + [f"- job {r['job']} ({r['overrides']}): {r['error']}" for r in failed]
+    others = [r for r in rows if r["status"] != "COMPLETED"]
+    if others:
+        lines += ["", "## Jobs that did not complete", ""]
+        lines += [f"- job {r['job']} ({_cell(r['overrides'])}), {r['status'].lower().replace('_', ' ')}: "
+                  f"{_cell(r['error'])}" for r in others]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    return rows
 
 
 class SweepSummary(Callback):
-    """Writes job_status.json after each job and refreshes the sweep's summary files.
-
-    With `compare=True` it also writes `fmnist.compare`'s report into the sweep folder at the end.
-    """
+    """Writes job_status.json after each job, refreshes the sweep's summary files, and ends the sweep as the
+    module says. With `compare=True` it also writes `fmnist.compare`'s report into the sweep folder."""
 
     def __init__(self, compare: bool = False):
         self.compare = compare
+        self.plan: list[list[str]] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Optuna's sqlite storage lives in the sweep folder, which must exist before the study opens.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        self.plan = planned_jobs(config)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
@@ -75,20 +147,50 @@ class SweepSummary(Callback):
         job_dir = Path(config.hydra.runtime.output_dir)
         status = {"job": config.hydra.job.num, "status": job_return.status.name,
                   "overrides": list(job_return.overrides or [])}
-        if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value
-            status["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        result = job_return._return_value  # the property would re-raise a failed job's error
+        if isinstance(result, FailedJob):
+            status.update(status=result.status, error=result.error)
+        elif job_return.status == JobStatus.FAILED:
+            status["error"] = FailedJob.of(result).error
         (job_dir / "job_status.json").write_text(json.dumps(status, indent=2) + "\n")
         sweep_dir = Path(config.hydra.sweep.dir)
         with open(sweep_dir / ".summary.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             write_summary(sweep_dir)
+        # Ctrl-C stops the sweep, after its summary. Other launchers run jobs in worker processes: there the
+        # launcher's own process is interrupted too, and the job only records its state.
+        if status["status"] == "INTERRUPTED" and OmegaConf.select(config, "hydra.launcher._target_") == BASIC_LAUNCHER:
+            self.finish(sweep_dir, interrupted=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        write_summary(sweep_dir)
-        if (sweep_dir / "sweep_summary.md").exists():
-            print(f"sweep summary: {sweep_dir / 'sweep_summary.md'}")
+        self.finish(Path(config.hydra.sweep.dir))
+
+    def finish(self, sweep_dir: Path, interrupted: bool = False) -> None:
+        """The final summary (with the jobs that never ran) and comparison; SystemExit with one line if any job
+        did not complete."""
+        with open(sweep_dir / ".summary.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            rows = write_summary(sweep_dir, self.plan)
+        summary = sweep_dir / "sweep_summary.md"
+        if rows:
+            print(f"sweep summary: {summary}")
+        problem = ""
         if self.compare:
             from fmnist.compare import compare
-            compare([str(sweep_dir)])
+            not_run = [[f"job {r['job']}", "?", "?", "not run", f"never started: {r['overrides']}"]
+                       for r in rows if r["status"] == "NOT_RUN"]
+            try:
+                compare([str(sweep_dir)], not_run=not_run)
+            except (FmnistError, OSError) as error:
+                problem = f"; no comparison: {error}"
+        n = counts(rows)
+        if interrupted:
+            raise SystemExit(f"error: the sweep was interrupted: {n['completed']} of {len(rows)} jobs completed, "
+                             f"{n['failed']} failed, {n['interrupted']} interrupted, {n['not run']} not run: see "
+                             f"{summary}{problem}")
+        if len(rows) > n["completed"]:
+            never = f" ({n['not run']} never ran)" if n["not run"] else ""
+            raise SystemExit(f"error: {len(rows) - n['completed']} of {len(rows)} jobs failed{never}: see {summary}"
+                             f"{problem}")
+        if problem:
+            raise SystemExit(f"error: {problem[2:]}")

@@ -109,4 +109,4 @@ def real_bilstm(tmp_path_factory) -> Path:
                          "trainer.limit_test_batches=10", "trainer.enable_progress_bar=false", "logger={}"])
     metrics = train(cfg)
     GlobalHydra.instance().clear()
-    return Path(metrics["best_checkpoint"])
+    return run_dir / metrics["best_checkpoint"]

@@ -21,7 +21,7 @@ def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
                          "trainer.deterministic=true", "logger={}", *extra, "trainer.accelerator=cpu"])
     metrics = train(cfg)
     GlobalHydra.instance().clear()
-    weights = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    weights = torch.load(out / metrics["best_checkpoint"], weights_only=True)["state_dict"]
     return metrics, weights
 
 

@@ -28,9 +28,11 @@ def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_pat
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "model_summary.md").read_text().count("|") > 10
     # checkpoints hold plain values: loadable with weights_only=True and without Hydra
-    checkpoint = torch.load(saved["best_checkpoint"], weights_only=True)
+    best = tmp_path / saved["best_checkpoint"]  # stored relative to the run folder
+    assert saved["best_checkpoint"].startswith("checkpoints/epoch_")
+    checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == cfg.model.optimizer.lr
-    model = cls.load_from_checkpoint(saved["best_checkpoint"], weights_only=True)
+    model = cls.load_from_checkpoint(best, weights_only=True)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -123,3 +125,13 @@ def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flus
     train(train_cfg("rnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
                     f"flush_denormal={str(flush).lower()}"))
     assert (torch.full((4,), 1e-39) * 1.0).eq(0).all().item() is flush
+
+
+def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
+    """Keras and the study count epochs from 1: the bar says 'Epoch 1/2', 'Epoch 2/2', never 'Epoch 0'."""
+    from fmnist.train import train
+
+    train(train_cfg("rnn", "trainer.max_epochs=2", "trainer.enable_progress_bar=true", "test=false"))
+    err = capfd.readouterr().err
+    assert "Epoch 1/2" in err and "Epoch 2/2" in err
+    assert "Epoch 0" not in err

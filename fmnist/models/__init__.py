@@ -1,8 +1,20 @@
-"""The study's three networks as LightningModules sharing one base class."""
+"""The study's three networks as LightningModules sharing one base class, and their registry."""
+
+from __future__ import annotations
 
 from fmnist.models.base import FashionClassifier
 from fmnist.models.bilstm import BiLSTM
 from fmnist.models.cnn import CNN
 from fmnist.models.rnn import SimpleRNN
 
-__all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM"]
+# The only model classes fmnist builds from a file (fmnist.trust): checkpoints store these names.
+MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM}
+# The same classes by the import paths that run configs (`model._target_`) and earlier checkpoints
+# carry; a lookup is string equality against this table, never an import.
+MODEL_NAMES: dict[str, type[FashionClassifier]] = {
+    **MODELS,
+    **{name: cls for cls in MODELS.values()
+       for name in (f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")},
+}
+
+__all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM", "MODELS", "MODEL_NAMES"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fmnist.data import CLASS_NAMES
+from fmnist.errors import FmnistError
 from fmnist.models.graphed import GraphedTrainStep
+from fmnist.trust import optimizer_class
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 TRAIN_SUMS = ("train_loss_sum", "train_correct", "train_seen")  # an epoch's training figures, on the device
@@ -38,9 +39,11 @@ def optimizer_spec(optimizer: OptimizerFactory | dict | DictConfig) -> dict[str,
     raise TypeError(f"optimizer must be a functools.partial or a dict with _target_, not {optimizer!r}")
 
 
-def optimizer_factory(spec: dict[str, Any]) -> OptimizerFactory:
-    """The callable `params -> Optimizer` that a spec from `optimizer_spec` describes."""
-    return hydra.utils.instantiate({**spec, "_partial_": True})
+def optimizer_factory(spec: dict[str, Any], where: str = "model.optimizer") -> OptimizerFactory:
+    """The callable `params -> Optimizer` that a spec from `optimizer_spec` describes: an optimizer of
+    `fmnist.trust.OPTIMIZERS` with plain settings, never a class imported from the spec's path."""
+    cls, kwargs = optimizer_class(spec, where)
+    return functools.partial(cls, **kwargs)
 
 
 class FashionClassifier(L.LightningModule):
@@ -159,18 +162,28 @@ class FashionClassifier(L.LightningModule):
         self.test_f1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lets `fmnist.evaluate` rebuild the right class from the checkpoint alone.
-        checkpoint["fmnist_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # Lets `fmnist.evaluate` rebuild the right class from the checkpoint alone: the class's name is
+        # its key in the registry `fmnist.models.MODELS`.
+        checkpoint["fmnist_model"] = type(self).__name__
         # The running figures, kept out of the state_dict: a run resumed in mid-epoch ends the epoch
         # with the same training loss, accuracy and best val/acc.
         checkpoint["fmnist_running"] = {"val_acc_best": dict(self.val_acc_best.metric_state),
                                         **{name: getattr(self, name).clone() for name in TRAIN_SUMS}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        running = checkpoint.get("fmnist_running", {})
-        for key, value in running.pop("val_acc_best", {}).items():
+        running = checkpoint.get("fmnist_running") or {}
+        best = running.get("val_acc_best", {}) if isinstance(running, dict) else None
+        sums = {k: v for k, v in running.items() if k != "val_acc_best"} if isinstance(running, dict) else None
+        # Only the scalars on_save_checkpoint writes: a file never picks which attribute is set.
+        if not (isinstance(best, dict) and best.keys() <= self.val_acc_best.metric_state.keys()
+                and sums.keys() <= set(TRAIN_SUMS)
+                and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in (*best.values(), *sums.values()))):
+            path = self._trainer.ckpt_path if self._trainer is not None else None
+            raise FmnistError(f"{path or 'the checkpoint'} is not an fmnist checkpoint: its "
+                              "fmnist_running holds other entries than the running figures fmnist saves")
+        for key, value in best.items():
             setattr(self.val_acc_best, key, value.to(self.val_acc_best.device))
-        for name, value in running.items():
+        for name, value in sums.items():
             getattr(self, name).copy_(value)  # in place: a captured graph keeps these addresses
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

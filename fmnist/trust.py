@@ -1,0 +1,185 @@
+"""What a checkpoint or run folder may name: the only classes fmnist builds from a file.
+
+A checkpoint names its model class (`fmnist_model`) and optimizer (`hyper_parameters.optimizer._target_`);
+a run folder's `.hydra/config.yaml` names a `_target_` for each component that `resume=` builds. Each
+name is looked up by string equality in the tables below, never imported as a path, and the values
+handed to a class from a checkpoint are checked against its constructor first: nothing read from a
+file decides what code runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist import optim
+from fmnist.errors import FmnistError
+
+# The optimizers of conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
+# checkpoints store (torch.optim.adam.Adam, from the partial's module).
+_OPTIMIZER_CLASSES = {"torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop),
+                      "fmnist.optim": (optim.KerasRMSprop, optim.KerasAdam)}
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    name: cls for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes
+    for name in (f"{module}.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")}
+OPTIMIZER_NAMES = tuple(f"{module}.{cls.__name__}" for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes)
+
+# Every other `_target_` a run's config may hold: fmnist's own classes and the Lightning ones that
+# conf/ uses (tests/test_trust.py checks that this covers conf/). Models and optimizers are added from
+# their tables in `config_targets`.
+CONFIG_TARGETS = frozenset({
+    "fmnist.data.FashionMNISTDataModule",
+    "fmnist.callbacks.KerasModelSummary",
+    "fmnist.callbacks.RunCheckpoint",
+    "fmnist.callbacks.StopOnNonFiniteLoss",
+    "fmnist.resume.SaveOnInterrupt",
+    "fmnist.resume.RandomState",
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
+    "lightning.pytorch.callbacks.EarlyStopping",
+    "lightning.pytorch.loggers.TensorBoardLogger",
+})
+
+
+def _shown(value: Any) -> str:
+    """A value from a file as one short line."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _key(name: Any) -> str:
+    """A key from a file, as written after a dot in a message."""
+    return name if isinstance(name, str) and name.isidentifier() else _shown(name)
+
+
+def _models() -> tuple[dict[str, type], dict[str, type]]:
+    import fmnist.models  # imports this module (through fmnist.models.base): looked up at call time
+
+    return fmnist.models.MODELS, fmnist.models.MODEL_NAMES
+
+
+def config_targets() -> frozenset[str]:
+    """Every `_target_` that `resume=` may instantiate from a run's config."""
+    models, names = _models()
+    return CONFIG_TARGETS | (names.keys() - models.keys()) | OPTIMIZERS.keys()
+
+
+def model_class(name: Any, source: str | Path, key: str = "fmnist_model") -> type:
+    """The fmnist model class that `name` (read from `key` of `source`) stands for, or one FmnistError."""
+    models, names = _models()
+    if isinstance(name, str) and name in names:
+        return names[name]
+    raise FmnistError(f"{source} is refused: its {key} {_shown(name)} is not an fmnist model "
+                      f"({', '.join(models)}), and fmnist builds no other class from a file. "
+                      "Fix: use a checkpoint written by fmnist.train")
+
+
+def _number(value: Any) -> bool:
+    return type(value) is int or (type(value) is float and math.isfinite(value))  # bool is no number here
+
+
+def _plain(value: Any) -> bool:
+    """A value an optimizer setting may take: null, a bool, a finite number or a list of numbers."""
+    if isinstance(value, (list, tuple)):
+        return all(_number(item) for item in value)
+    return value is None or type(value) is bool or _number(value)
+
+
+def optimizer_class(spec: Any, where: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer class and keyword arguments of an optimizer spec `{"_target_": ..., **kwargs}`, checked:
+    the target in OPTIMIZERS, the names in its signature, the values plain. `where` names the spec."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise FmnistError(f"{where} must be a mapping with a _target_ naming an optimizer, not {_shown(spec)}")
+    target, kwargs = spec["_target_"], {k: v for k, v in spec.items() if k != "_target_"}
+    if target not in OPTIMIZERS:
+        raise FmnistError(f"{where}._target_ {_shown(target)} is not an optimizer fmnist builds: "
+                          f"use one of {', '.join(OPTIMIZER_NAMES)} (conf/optimizer/)")
+    cls = OPTIMIZERS[target]
+    accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")]
+    for name, value in kwargs.items():
+        if name not in accepted:
+            raise FmnistError(f"{where}.{_key(name)} is not a setting of {target} "
+                              f"(expected: {', '.join(accepted)})")
+        if not _plain(value):
+            raise FmnistError(f"{where}.{name} must be a number, true/false, null or a list of numbers, "
+                              f"not {_shown(value)}")
+    return cls, kwargs
+
+
+def _settings(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor parameters of `cls`, with those its base classes take through **kwargs."""
+    settings: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__, eval_str=True).parameters.values()
+        for parameter in parameters:
+            if parameter.name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                settings.setdefault(parameter.name, parameter)
+        if not any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    return settings
+
+
+def _expected(parameter: inspect.Parameter) -> tuple[Callable[[Any], bool], str]:
+    """A test for a hyperparameter's value from its annotation, and its description."""
+    annotation = parameter.annotation
+    if annotation is bool:
+        return (lambda v: type(v) is bool), "true or false"
+    if annotation is float:
+        return _number, "a number"
+    if annotation is int:
+        return (lambda v: type(v) is int), "an integer"
+    if typing.get_origin(annotation) is Sequence and typing.get_args(annotation) == (float,):
+        length = len(parameter.default)
+        return ((lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(_number(i) for i in v)),
+                f"a list of {length} numbers")
+    raise TypeError(f"fmnist.trust cannot check a hyperparameter annotated {annotation!r}: add it to _expected")
+
+
+def checked_hparams(cls: type, hparams: Any, source: str | Path) -> dict[str, Any]:
+    """`hparams` read from `source`, if every name is a constructor parameter of `cls` and every value
+    is plain and of its declared type (the optimizer a spec in OPTIMIZERS); else one FmnistError."""
+    prefix = f"{source} does not match {cls.__name__}"
+    if not isinstance(hparams, dict):
+        raise FmnistError(f"{prefix}: hyper_parameters must be a mapping, not {_shown(hparams)}")
+    settings = _settings(cls)
+    for name, value in hparams.items():
+        if name not in settings:
+            raise FmnistError(f"{prefix}: hyper_parameters.{_key(name)} is not a {cls.__name__} "
+                              f"setting (expected: {', '.join(settings)})")
+        if name == "optimizer":
+            optimizer_class(value, f"{source} is refused: hyper_parameters.optimizer")
+            continue
+        test, description = _expected(settings[name])
+        if not test(value):
+            raise FmnistError(f"{prefix}: hyper_parameters.{name} must be {description}, not {_shown(value)}")
+    return hparams
+
+
+def check_targets(cfg: DictConfig, source: str | Path) -> None:
+    """Refuse, with one FmnistError naming the key, a config from `source` with any `_target_` (at any
+    depth: Hydra instantiates nested ones too) outside `config_targets()`."""
+    allowed = config_targets()
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{_key(key)}" if path else _key(key)
+                if key == "_target_" and (not isinstance(value, str) or value not in allowed):
+                    raise FmnistError(f"{source} is refused: {where} {_shown(value)} is not a class fmnist builds "
+                                      "from a run's config (fmnist's own and the Lightning classes of its conf/ "
+                                      "only). Fix: start a new run, or delete that entry from the file")
+                walk(value, where)
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{path}[{index}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
