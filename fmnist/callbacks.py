@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from fmnist.errors import FmnistError
+from fmnist.files import write_atomically
 from fmnist.summary import keras_summary_markdown
 
 # The fit-time figures of metrics.json, also kept in every checkpoint (`fmnist_fit`): a run stopped
@@ -165,45 +166,7 @@ class KerasModelSummary(L.Callback):
         rank_zero_info(text)
         if self.output_dir:
             Path(self.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.output_dir) / "model_summary.md").write_text(text)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomically(path: str | os.PathLike, data: bytes | memoryview, then: str = "") -> None:
-    """Write `data` to `path` whole or not at all: a temporary file in the same folder, fsync, rename.
-
-    An OSError (a full disk, a read-only folder) removes the temporary file, leaves whatever was at
-    `path` as it was and raises one FmnistError naming the file; `then` is what to do after the fix.
-    """
-    target, temp = Path(path), None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with open(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o666 & ~_UMASK)  # what open() would give it, not mkstemp's 0600
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-        temp = None
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # the rename itself survives a crash
-        finally:
-            os.close(folder)
-    except OSError as error:
-        kept = f"the previous {target.name} is intact" if target.exists() else "nothing was written"
-        fix = ("free some space on that disk" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "make the folder writable")
-        raise FmnistError(f"cannot write {target}: {error.strerror or error} ({kept}). "
-                          f"Fix: {fix}{', then ' + then if then else ''}") from None
-    finally:
-        if temp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            write_atomically(Path(self.output_dir) / "model_summary.md", text.encode())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,9 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fmnist.checks import check_new_files  # noqa: E402
 from fmnist.data import CLASS_NAMES  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
-from fmnist.runs import aggregate, completed, find_runs, format_seconds  # noqa: E402
+from fmnist.runs import aggregate, completed, find_runs, format_count, format_seconds  # noqa: E402
 from fmnist.study import STUDY  # noqa: E402
 
 WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard classes
@@ -37,7 +38,8 @@ def study_references(rows: list[dict]):
 
 
 def _label(row: dict) -> str:
-    return f"{row['model']} ({row['epochs']} ep, {row['recipe']})"
+    """A legend label; a `$` in a run's name is shown as is, not read as matplotlib mathtext."""
+    return f"{row['model']} ({row['epochs']} ep, {row['recipe']})".replace("$", r"\$")
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -60,8 +62,7 @@ def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def _count(value) -> str:
-    return f"{value:,}" if isinstance(value, int) else "?"
+_count = format_count  # a missing parameter count is "?"
 
 
 STATUS_HEADER = ["run", "model", "seed", "state", "details"]
@@ -76,8 +77,13 @@ def status_rows(runs: list[dict], base: Path | None = None) -> list[list[str]]:
             for r in runs if r["state"] != "completed"]
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")  # one table row per run, whatever the names hold
+def markdown_text(text) -> str:
+    """Text shown as itself in a Markdown page: no raw HTML from run names or notes (`<img onerror=...>`)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cell(text: str) -> str:  # one table row per run, whatever the names hold
+    return markdown_text(" ".join(str(text).split())).replace("|", "\\|")
 
 
 def markdown_table(header: list[str], cells: list[list[str]]) -> str:
@@ -157,10 +163,14 @@ tr.study{{color:#555;font-style:italic;background:#f6f6f6}}img{{max-width:100%}}
 """
 
 
-def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] = ()) -> Path:
+OUTPUTS = ("comparison.md", "comparison.html", "per_class_f1.png", "acc_vs_time.png")
+
+
+def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] = (), overwrite: bool = False) -> Path:
     """Write the comparison files for the runs found under `paths`; return the output folder.
 
-    `not_run` adds status rows (as `status_rows` makes them) for sweep jobs that have no folder.
+    `not_run` adds status rows (as `status_rows` makes them) for sweep jobs that have no folder. Files of
+    an earlier comparison in the output folder are replaced only with `overwrite`.
     """
     runs = find_runs(paths)
     if not runs and not not_run:
@@ -168,6 +178,11 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
                           "or its metrics.json). Fix: give run folders or multirun folders")
     rows = aggregate(runs)
     out_dir = Path(out or paths[0])
+    try:
+        check_new_files([out_dir / name for name in OUTPUTS], overwrite, key="--out")
+    except FmnistError as error:
+        raise FmnistError(str(error).replace("--out=PATH", "--out DIR").replace("overwrite=true", "--overwrite")) \
+            from None
     out_dir.mkdir(parents=True, exist_ok=True)
     header, cells = comparison_rows(rows)
     others = status_rows(runs, Path(paths[0])) + list(not_run)
@@ -185,7 +200,7 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
     figures = "".join(f"\n\n![{captions[name]}]({path.name})" for name, path in images.items())
     (out_dir / "comparison.md").write_text(
         f"# Model comparison\n\n{len(completed(runs))} completed runs of {len(runs) + len(not_run)} from "
-        f"{', '.join(paths)}.\n\n{table}{left_out}{figures}\n")
+        f"{markdown_text(', '.join(paths))}.\n\n{table}{left_out}{figures}\n")
     (out_dir / "comparison.html").write_text(html_page(header, cells, images, others))
     print(table + left_out)
     print(f"wrote {out_dir}/comparison.md, comparison.html" + "".join(f", {p.name}" for p in images.values()))
@@ -196,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders or multirun folders")
     parser.add_argument("--out", help="where to write (default: the first folder given)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the comparison files already there")
     args = parser.parse_args(argv)
     try:
-        compare(args.paths, args.out)
+        compare(args.paths, args.out, overwrite=args.overwrite)
     except FmnistError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

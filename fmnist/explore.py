@@ -1,4 +1,4 @@
-"""Explore the data, as the study's first step: `python -m fmnist.explore [output_dir=DIR]`.
+"""Explore the data, as the study's first step: `python -m fmnist.explore [output_dir=DIR] [overwrite=true]`.
 
 Prints, for the training and test sets, type, shape, labels with class names and counts, pixel
 minimum, maximum, mean and std; writes `samples.png`, one labelled row of examples per class.
@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from fmnist.checks import boolean, check_new_files, check_output_folder, check_values  # noqa: E402
 from fmnist.data import CLASS_NAMES, ensure_raw_files, load_split  # noqa: E402
 from fmnist.errors import exit_on_error  # noqa: E402
 
@@ -52,12 +53,15 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, per_class: int = 
 
 def explore(cfg: DictConfig) -> Path:
     """Print the description of both splits and write samples.png; return its path."""
+    check_values(cfg, {"overwrite": (boolean, "true or false", None, "true or false", False)})
+    output = Path(cfg.output_dir)
+    check_output_folder(output)
+    check_new_files([output / "samples.png"], cfg.overwrite)  # before the data is read
     data = cfg.data
     ensure_raw_files(data.root, data.search_dirs, data.download)
     splits = {"training set": load_split(data.root, train=True), "test set": load_split(data.root, train=False)}
     for name, (images, labels) in splits.items():
         print(describe(name, images, labels))
-    output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     fig = samples_figure(*splits["training set"], per_class=cfg.samples_per_class)
     fig.savefig(output / "samples.png", dpi=100)

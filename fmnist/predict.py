@@ -68,6 +68,8 @@ def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
 def _high_depth_gray(image: Image.Image) -> np.ndarray:
     """16-bit (I;16, I) or float (F) gray as 0..255 floats; Pillow's convert("L") would clip them to white."""
     values = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(values).all():  # float TIFFs: inf would wash the garment out, NaN would empty it
+        raise ValueError("the image has pixels that are NaN or infinite")
     if image.mode == "F" and values.max(initial=0) <= 1:
         return values * 255  # floats in [0, 1]
     scale = 1.0 if image.mode == "F" else 257.0  # 65535 / 255

@@ -4,6 +4,7 @@ most confident mistakes, training curves. Numbers come from torchmetrics, plots 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from torchmetrics.functional.classification import (  # noqa: E402
     multiclass_recall, multiclass_stat_scores)
 
 from fmnist.data import to_unit_float  # noqa: E402
+from fmnist.files import write_atomically  # noqa: E402
 
 
 @torch.inference_mode()
@@ -164,8 +166,9 @@ def write_reports(model: torch.nn.Module, loader, class_names: Sequence[str], ou
     logits, labels, images = predict(model, loader, device)
     probs = logits.softmax(dim=1)
     report = classification_report(probs, labels, class_names)
-    (output_dir / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "classification_report.md").write_text(report_markdown(report, f"Classification report {title}".strip()))
+    write_atomically(output_dir / "classification_report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_atomically(output_dir / "classification_report.md",
+                     report_markdown(report, f"Classification report {title}".strip()).encode())
     print(report_text(report))
     figures = {"confusion_matrix": confusion_matrix_figure(probs, labels, class_names),
                "misclassified": misclassified_figure(probs, labels, images, class_names)}
@@ -173,7 +176,9 @@ def write_reports(model: torch.nn.Module, loader, class_names: Sequence[str], ou
     if curves:
         figures["curves"] = curves_figure(curves, title)
     for name, fig in figures.items():
-        fig.savefig(output_dir / f"{name}.png", dpi=110)
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=110)
+        write_atomically(output_dir / f"{name}.png", image.getbuffer())
         if writer is not None:
             writer.add_figure(f"reports/{name}", fig, global_step=step, close=False)
         plt.close(fig)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fmnist.errors import FmnistError
-from fmnist.runs import aggregate, find_runs, format_seconds, write_section
+from fmnist.runs import aggregate, find_runs, format_count, format_seconds, write_section
 from fmnist.study import STUDY
 
 def results_table(rows: list[dict]) -> str:
@@ -33,7 +33,7 @@ def results_table(rows: list[dict]) -> str:
         reference = (f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "")
         lines.append(
             f"| {row['model']} | {row['recipe']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
-            f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {row['params_total_keras']:,} | "
+            f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {format_count(row['params_total_keras'])} | "
             f"{format_seconds(row['train_seconds_mean'])} | {row['device']} | {reference} |")
     return "\n".join(lines)
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import re
 import shlex
 import signal
 import threading
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
 from lightning.pytorch.utilities import rank_zero_info
@@ -115,7 +118,8 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     if refused:
         raise FmnistError(f"resume={run} continues that run with its own config: {' '.join(refused)} "
                           f"cannot change on resume (only {', '.join(RESUMABLE_KEYS)} can)")
-    saved = OmegaConf.load(config_file)
+    saved = _load_run_config(config_file)
+    check_run_config(saved, config_file)  # before anything is resolved or built from it
     for override in overrides:
         OmegaConf.update(saved, _key(override), OmegaConf.select(cfg, _key(override)), force_add=True)
     resolved = saved.copy()
@@ -269,14 +273,83 @@ def never_poorer(metrics: dict, previous: dict | None) -> dict:
     return {**metrics, **carried}
 
 
+# A run's config is a file: its interpolations may only read other keys and the run's Hydra choices
+# (`${oc.env:...}` would copy secrets into metrics.json, `${oc.create:...}` build objects), and whatever it
+# writes stays in the run folder.
+RESOLVERS = ("hydra", "oc.select")
+PATH_KEYS = ("dirpath", "output_dir", "save_dir", "default_root_dir", "root_dir", "log_dir")
+NAME_KEYS = ("filename", "name", "version", "sub_dir", "prefix")
+_RESOLVER = re.compile(r"\$\{\s*([^}\s:]+)\s*:")
+
+
+def _load_run_config(path: Path) -> DictConfig:
+    """A run's saved YAML as a DictConfig, or one FmnistError naming the file."""
+    try:
+        config = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable YAML gets the same message
+        reason = " ".join(str(error).split())[:200]
+        raise FmnistError(f"{path} is not a readable run config ({reason}). Fix: start a new run") from None
+    if not isinstance(config, DictConfig):
+        raise FmnistError(f"{path} is not a run config: it holds a {type(config).__name__}, not a mapping. "
+                          "Fix: start a new run")
+    return config
+
+
+def check_run_config(saved: DictConfig, source: Path) -> None:
+    """Refuse, with one FmnistError naming the key, a run config (as saved, unresolved) that uses a resolver
+    other than RESOLVERS or makes a callback, logger or the trainer write outside `${output_dir}`."""
+    def refuse(where: str, value: Any, why: str) -> None:
+        raise FmnistError(f"{source} is refused: {where}={str(value)[:200]!r} {why}. Fix: start a new run, "
+                          "or restore that entry as fmnist.train wrote it")
+
+    def walk(node: Any, where: str, writer: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}.{key}" if where else str(key)
+                if writer and isinstance(value, str) and key in PATH_KEYS:
+                    parts = Path(value).parts
+                    if not value.startswith("${output_dir}") or ".." in parts:
+                        refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes "
+                                            "only there")
+                if writer and isinstance(value, str) and key in NAME_KEYS and ("/" in value or "\\" in value
+                                                                            or ".." in value):
+                    refuse(path, value, "is a path, not a name: a resumed run writes only in its own folder")
+                walk(value, path, writer or (not where and key in ("callbacks", "logger", "trainer")))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{where}[{index}]", writer)
+        elif isinstance(node, str):
+            for resolver in _RESOLVER.findall(node):
+                if resolver not in RESOLVERS:
+                    refuse(where, node, f"uses the resolver {resolver}: a run's config may only read other keys "
+                                        f"and {', '.join(RESOLVERS)}")
+
+    walk(OmegaConf.to_container(saved, resolve=False), "", False)
+
+
 def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
-    """Resolve `cfg` in place, `${hydra:...}` (e.g. the model's name) from the run's own `hydra.yaml`."""
+    """Resolve `cfg` in place, `${hydra:runtime.choices...}` (e.g. the model's name) from the run's own
+    `hydra.yaml`: only its config-group choices are read from it, as plain strings."""
+    choices: dict[str, str | None] = {}
+    if hydra_file.is_file():
+        saved = OmegaConf.to_container(_load_run_config(hydra_file), resolve=False)
+        runtime = saved.get("hydra", {}).get("runtime", {}) if isinstance(saved.get("hydra"), dict) else {}
+        raw = runtime.get("choices", {}) if isinstance(runtime, dict) else {}
+        for group, choice in (raw.items() if isinstance(raw, dict) else ()):
+            if choice is not None and (not isinstance(choice, str) or "${" in choice):
+                raise FmnistError(f"{hydra_file} is refused: hydra.runtime.choices.{group}={str(choice)[:200]!r} "
+                                  "is not a plain config name. Fix: start a new run")
+            choices[str(group)] = choice
     instance = HydraConfig.instance()
     current = instance.cfg
-    if hydra_file.is_file():
-        instance.cfg = OmegaConf.load(hydra_file)  # what HydraConfig.get() and `${hydra:...}` read
+    # what HydraConfig.get() and `${hydra:...}` read: the run's choices and folder, nothing else of the file
+    instance.cfg = OmegaConf.create({"hydra": {"runtime": {"choices": choices, "output_dir": cfg.output_dir}}})
     try:
         OmegaConf.resolve(cfg)
+    except Exception as error:  # noqa: BLE001 - e.g. a key that names nothing, a loop of interpolations
+        reason = " ".join(str(error).split())[:300]
+        raise FmnistError(f"{hydra_file.with_name('config.yaml')} cannot be resolved ({reason}). "
+                          "Fix: start a new run") from None
     finally:
         instance.cfg = current
 
@@ -304,6 +377,41 @@ def interrupted_message(run_dir: str | Path) -> str:
     if not checkpoint.is_file():
         return "interrupted before the first checkpoint: nothing to resume"
     return f"interrupted: the run is saved in {checkpoint}; continue it with `{resume_command(run_dir)}`"
+
+
+RUN_MARKERS = ("metrics.json", "checkpoints")  # the results that make a folder a run's
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback: a new run never writes into the folder of an earlier run (Hydra would replace its
+    `.hydra/` before the job starts, and the run its checkpoints and metrics.json). `resume=RUN_DIR`
+    continues a run in its folder; `overwrite=true` replaces it on purpose."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume") or config.get("overwrite") or os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # Lightning starts DDP's other ranks in the folder rank 0 has just made
+        folder = Path(config.hydra.run.dir)
+        if _holds_run(folder):
+            found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
+            raise SystemExit(f"error: {folder} holds an earlier run (its {found}), "
+                             f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
+                             "another hydra.run.dir=PATH, or add overwrite=true to replace it")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+        if config.get("overwrite") or subdir != "${hydra.job.num}":
+            return  # e.g. an Optuna search, whose job folders are new on every start
+        folder = Path(config.hydra.sweep.dir)
+        taken = sorted(p.name for p in folder.iterdir() if p.is_dir() and _holds_run(p)) if folder.is_dir() else []
+        if taken:
+            shown = ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else "")
+            raise SystemExit(f"error: {folder} holds the runs of an earlier sweep (job folders {shown}), which this "
+                             "sweep would replace. Fix: choose another hydra.sweep.dir=PATH, or add overwrite=true to "
+                             "replace them")
 
 
 class SaveOnInterrupt(L.Callback):

@@ -57,11 +57,45 @@ def _training_config(folder: Path) -> dict | None:
     return config if isinstance(config, dict) and "model" in config and "trainer" in config else None
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The keys that aggregate, recipe and the reports read, and what each must be (absent keys are not checked here).
+KEY_TYPES = {
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "epochs": (_integer, "an integer"),
+    "seed": (lambda v: v is None or _integer(v), "an integer or null"),
+    "optimizer": (lambda v: v is None or isinstance(v, dict), "a mapping"),
+    "batch_size": (lambda v: v is None or _integer(v), "an integer"),
+    "params_total_keras": (lambda v: v is None or _integer(v), "an integer"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+    "status": (lambda v: isinstance(v, str), "a string"),
+}
+NUMBER_KEYS = ("test/macro_f1", "train_seconds")  # of a completed run, and every test/f1/<class>
+
+
+def _wrong_type(metrics: dict, numbers: bool = False) -> str:
+    """'model=["x"] (must be a string)' for the first key of a wrong type, or ''. With `numbers`, also the
+    figures that a comparison averages (only a completed run's are: a diverged run's may be NaN)."""
+    checks = dict(KEY_TYPES)
+    if numbers:
+        for key in [*NUMBER_KEYS, *(k for k in metrics if isinstance(k, str) and k.startswith("test/f1/"))]:
+            checks[key] = (lambda v: v is None or _number(v), "a finite number")
+    for key, (ok, what) in checks.items():
+        if key in metrics and not ok(metrics[key]):
+            return f"{key}={json.dumps(metrics[key], default=str)[:60]} (must be {what})"
+    return ""
+
+
 def metrics_state(metrics: dict) -> tuple[str, str]:
     """(state, note) of a run from its readable metrics.json."""
     missing = [k for k in TRAINING_KEYS if k not in metrics]
     if missing:
         return "unreadable", f"metrics.json lacks {', '.join(missing)}"
+    wrong = _wrong_type(metrics)
+    if wrong:
+        return "unreadable", f"metrics.json has {wrong}: edited or damaged"
     tested = _number(metrics.get("test/acc"))
     if metrics.get("status") == "diverged":
         where = f"diverged in epoch {metrics.get('diverged_epoch')}, step {metrics.get('diverged_step')}"
@@ -75,6 +109,9 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
         return "unreadable", f"test/acc is {metrics['test/acc']!r}, not a number"
     if metrics.get("status", "completed") != "completed":
         return "unreadable", f"unknown status {metrics.get('status')!r}"
+    wrong = _wrong_type(metrics, numbers=True)
+    if wrong:
+        return "unreadable", f"metrics.json has {wrong}: edited or damaged"
     return "completed", ""
 
 
@@ -175,6 +212,11 @@ def aggregate(runs: list[dict]) -> list[dict]:
             "run_dirs": [r["run_dir"] for r in members],
         })
     return rows
+
+
+def format_count(value) -> str:
+    """'1,234' for a parameter count, '?' where the run's metrics.json has none."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def format_seconds(seconds: float) -> str:

@@ -92,7 +92,11 @@ def job_rows(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[dict[
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else " ".join(str(value).split()).replace("|", "\\|")
+    """A Markdown table cell shown as itself: one line, `|` escaped, and no raw HTML from names or overrides."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = " ".join(str(value).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|")
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -180,7 +184,7 @@ class SweepSummary(Callback):
             not_run = [[f"job {r['job']}", "?", "?", "not run", f"never started: {r['overrides']}"]
                        for r in rows if r["status"] == "NOT_RUN"]
             try:
-                compare([str(sweep_dir)], not_run=not_run)
+                compare([str(sweep_dir)], not_run=not_run, overwrite=True)  # the sweep's own report, rewritten
             except (FmnistError, OSError) as error:
                 problem = f"; no comparison: {error}"
         n = counts(rows)

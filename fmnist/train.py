@@ -354,6 +354,9 @@ def _best_path(trainer: L.Trainer) -> str:
         moved = Path(callback.dirpath) / Path(best).name
         if moved.is_file():
             return str(moved)
+    if best and not Path(best).is_file():
+        raise FmnistError(f"the run's best checkpoint {best} is gone, so its test cannot run. Fix: copy the "
+                          "checkpoint back, or test another one with `python -m fmnist.evaluate ckpt_path=...`")
     return best
 
 

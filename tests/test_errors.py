@@ -456,3 +456,31 @@ def test_only_plain_image_formats_are_decoded(tmp_path, ckpt):
     Image.new("RGB", (28, 28)).save(tmp_path / "garment.eps")  # Pillow would hand EPS to Ghostscript
     (row,) = predict_files(load_model(ckpt), [tmp_path / "garment.eps"])
     assert row["error"] == "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_float_image_with_nan_or_inf_pixels_is_refused(tmp_path, bad):
+    garment = np.zeros((60, 40), np.float32)
+    garment[10:50, 12:30] = 0.8
+    garment[20:30, 15:25] = bad
+    with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
+        to_fashion_mnist(Image.fromarray(garment))  # mode "F", as a float TIFF opens
+    Image.fromarray(garment).save(tmp_path / "float.tif")
+    from fmnist.predict import load_image
+    with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
+        load_image(tmp_path / "float.tif")
+
+
+def test_explore_never_replaces_samples_png_without_overwrite(tmp_path, monkeypatch):
+    import fmnist.explore
+    monkeypatch.setattr(fmnist.explore, "ensure_raw_files", lambda *a, **k: pytest.fail("the data was touched"))
+    (tmp_path / "samples.png").write_text("kept")
+    function, cfg = _command("explore", f"output_dir={tmp_path}")
+    with pytest.raises(FmnistError) as info:
+        function(cfg)
+    assert str(info.value) == (f"{tmp_path / 'samples.png'} already exists and would be replaced. Fix: choose "
+                               "another output_dir=PATH, or add overwrite=true to replace it")
+    assert (tmp_path / "samples.png").read_text() == "kept"
+    function, cfg = _command("explore", f"output_dir={tmp_path}", "overwrite=maybe")
+    with pytest.raises(FmnistError, match="^overwrite=maybe is not true or false"):
+        function(cfg)

@@ -242,3 +242,75 @@ def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_
         assert not set(shard0) & set(shard1) and set(shard0) | set(shard1) == set(range(N_TRAIN_SPLIT))
     for rank in ranks:
         assert rank["orders"]["0"] != rank["orders"]["1"]
+
+
+# ---- outside review: edited metrics.json values, replaced comparisons, raw HTML in names -------------------
+
+
+def _completed_metrics(**changes) -> dict:
+    """A completed run's metrics.json as fmnist.train writes it (the keys a comparison reads), with `changes`."""
+    metrics = {"model": "cnn", "status": "completed", "seed": 1, "device": "cpu", "epochs": 1, "batch_size": 100,
+               "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001}, "test/acc": 0.8, "test/macro_f1": 0.79,
+               "test/f1/Shirt": 0.5, "train_seconds": 3.0, "params_total_keras": 1234}
+    return {**metrics, **changes}
+
+
+@pytest.mark.parametrize("changes, note", [
+    ({"model": "$\\frac$"}, None),  # a valid name: drawn as text, not read as mathtext
+    ({"optimizer": "adam"}, 'metrics.json has optimizer="adam" (must be a mapping): edited or damaged'),
+    ({"epochs": [1]}, "metrics.json has epochs=[1] (must be an integer): edited or damaged"),
+    ({"seed": "1"}, 'metrics.json has seed="1" (must be an integer or null): edited or damaged'),
+    ({"model": ["cnn"]}, 'metrics.json has model=["cnn"] (must be a string): edited or damaged'),
+    ({"test/macro_f1": "0.8"}, 'metrics.json has test/macro_f1="0.8" (must be a finite number): edited or damaged'),
+    ({"train_seconds": float("inf")}, "metrics.json has train_seconds=Infinity (must be a finite number): edited or "
+                                      "damaged"),
+])
+def test_compare_lists_a_run_with_edited_metrics_values_as_unreadable(tmp_path, changes, note):
+    for name, metrics in (("good", _completed_metrics()), ("edited", _completed_metrics(**changes))):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(metrics))
+    runs = {Path(r["run_dir"]).name: r for r in find_runs([tmp_path / "runs"])}
+    assert runs["edited"]["state"] == ("completed" if note is None else "unreadable")
+    assert runs["edited"]["note"] == (note or "")
+    out = compare([str(tmp_path / "runs")], str(tmp_path / "out"))
+    assert (out / "per_class_f1.png").is_file() and (out / "acc_vs_time.png").is_file()
+    if note is not None:
+        assert f"| edited | ? | ? | unreadable | {note} |" in (out / "comparison.md").read_text()
+
+
+def test_reproduce_collect_shows_a_missing_parameter_count_as_a_question_mark(tmp_path, capsys):
+    from fmnist.reproduce import main as reproduce_main
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(_completed_metrics(params_total_keras=None)))
+    assert reproduce_main(["--collect", str(tmp_path / "run"), "--docs", str(tmp_path / "docs")]) == 0
+    assert "| 0.7900 | ? |" in (tmp_path / "docs" / "RESULTS.md").read_text()
+
+
+def test_compare_never_replaces_an_earlier_comparison_without_overwrite(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(_completed_metrics()))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "comparison.md").write_text("kept")
+    assert compare_main([str(tmp_path / "run"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {out / 'comparison.md'} already exists and would be replaced. Fix: "
+                                       "choose another --out DIR, or add --overwrite to replace it\n")
+    assert (out / "comparison.md").read_text() == "kept" and sorted(p.name for p in out.iterdir()) == ["comparison.md"]
+    assert compare_main([str(tmp_path / "run"), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "comparison.md").read_text().startswith("# Model comparison")
+
+
+def test_comparison_and_sweep_summary_markdown_carry_no_raw_html_from_names(tmp_path):
+    from fmnist.sweeps import write_summary
+    name = "<img src=x onerror=alert(1)> & co"
+    (tmp_path / "runs" / "0").mkdir(parents=True)
+    (tmp_path / "runs" / "0" / "metrics.json").write_text(json.dumps(_completed_metrics(model=name)))
+    (tmp_path / "runs" / "0" / "job_status.json").write_text(json.dumps(
+        {"job": 0, "status": "COMPLETED", "overrides": [f"+name={name}"]}))
+    out = compare([str(tmp_path / "runs")], str(tmp_path / "out"))
+    text = (out / "comparison.md").read_text()
+    assert "<img" not in text and "| &lt;img src=x onerror=alert(1)&gt; &amp; co |" in text
+    assert "<img src=x" not in (out / "comparison.html").read_text()  # its own <img> tags are the figures
+    write_summary(tmp_path / "runs")
+    summary = (tmp_path / "runs" / "sweep_summary.md").read_text()
+    assert "<img" not in summary and "&lt;img src=x onerror=alert(1)&gt; &amp; co" in summary
