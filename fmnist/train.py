@@ -14,7 +14,6 @@ import math
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +32,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist.callbacks import (FIT_KEYS, AtomicCheckpointIO, EpochTimer, TrainingDiverged, run_folder_lock,
                               write_atomically)
-from fmnist.checks import (DATA_RULES, SEED_RANGE, Rule, boolean, check_values, integer, number, seed_in_range,
-                           shown)
+from fmnist.checks import (DATA_RULES, SEED_RANGE, Rule, boolean, check_output_folder, check_values, integer, number,
+                           seed_in_range, shown)
 from fmnist.data import check_root, count_images, validation_size
 from fmnist.errors import FmnistError
 from fmnist.progress import EpochProgressBar
@@ -183,14 +182,7 @@ MIN_FREE_BYTES = 100 * 2**20  # a run's checkpoints, event files and reports (th
 
 def check_output_dir(path: Path) -> None:
     """Fail now, naming the folder, if the run could not write its results there."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path) as probe:
-            probe.write(b"fmnist")
-            probe.flush()
-    except OSError as error:
-        raise FmnistError(f"cannot write to the output folder {path}: {error.strerror or error}. "
-                          "Fix: choose a writable folder with hydra.run.dir=PATH") from None
+    check_output_folder(path, key="hydra.run.dir")
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
         raise FmnistError(f"the output folder {path} has {free / 2**20:.0f} MiB free, a run needs at least "
