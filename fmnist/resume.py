@@ -295,6 +295,15 @@ def _load_run_config(path: Path) -> DictConfig:
     return config
 
 
+def _inside(value: str, run: Path) -> bool:
+    """Whether a path from a run's config is `${output_dir}[/...]` or a plain path inside the run folder."""
+    if ".." in Path(value).parts:
+        return False
+    if value.startswith("${output_dir}"):
+        return True
+    return "${" not in value and Path(value).resolve().is_relative_to(run.resolve())
+
+
 def check_run_config(saved: DictConfig, source: Path) -> None:
     """Refuse, with one FmnistError naming the key, a run config (as saved, unresolved) that uses a resolver
     other than RESOLVERS or makes a callback, logger or the trainer write outside `${output_dir}`."""
@@ -306,11 +315,9 @@ def check_run_config(saved: DictConfig, source: Path) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 path = f"{where}.{key}" if where else str(key)
-                if writer and isinstance(value, str) and key in PATH_KEYS:
-                    parts = Path(value).parts
-                    if not value.startswith("${output_dir}") or ".." in parts:
-                        refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes "
-                                            "only there")
+                if writer and isinstance(value, str) and key in PATH_KEYS and not _inside(value, run):
+                    refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes "
+                                        "only there")
                 if writer and isinstance(value, str) and key in NAME_KEYS and ("/" in value or "\\" in value
                                                                             or ".." in value):
                     refuse(path, value, "is a path, not a name: a resumed run writes only in its own folder")
@@ -324,6 +331,7 @@ def check_run_config(saved: DictConfig, source: Path) -> None:
                     refuse(where, node, f"uses the resolver {resolver}: a run's config may only read other keys "
                                         f"and {', '.join(RESOLVERS)}")
 
+    run = source.parent.parent  # <run>/.hydra/config.yaml
     walk(OmegaConf.to_container(saved, resolve=False), "", False)
 
 

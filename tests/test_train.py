@@ -132,6 +132,6 @@ def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
     from fmnist.train import train
 
     train(train_cfg("rnn", "trainer.max_epochs=2", "trainer.enable_progress_bar=true", "test=false"))
-    err = capfd.readouterr().err
-    assert "Epoch 1/2" in err and "Epoch 2/2" in err
-    assert "Epoch 0" not in err
+    out = capfd.readouterr().out  # Lightning's tqdm bars write to stdout
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out
+    assert "Epoch 0" not in out
