@@ -110,3 +110,14 @@ def real_bilstm(tmp_path_factory) -> Path:
     metrics = train(cfg)
     GlobalHydra.instance().clear()
     return run_dir / metrics["best_checkpoint"]
+
+
+@pytest.fixture
+def no_data_access(monkeypatch):
+    """Any attempt to find, size or read the data fails the test."""
+    import fmnist.data
+
+    def touched(*args, **kwargs):
+        raise AssertionError("the data was touched")
+    for name in ("ensure_raw_files", "load_split", "count_images"):
+        monkeypatch.setattr(fmnist.data, name, touched)

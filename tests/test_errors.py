@@ -31,15 +31,6 @@ from tests.conftest import ROOT, idx_bytes, run_cli, write_tiny_fashion_mnist
 
 
 @pytest.fixture
-def no_data_access(monkeypatch):
-    def touched(*args, **kwargs):
-        raise AssertionError("the data was touched")
-    monkeypatch.setattr(fmnist.data, "ensure_raw_files", touched)
-    monkeypatch.setattr(fmnist.data, "load_split", touched)
-    monkeypatch.setattr(fmnist.data, "count_images", touched)
-
-
-@pytest.fixture
 def no_gpu(monkeypatch):
     monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
     monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))

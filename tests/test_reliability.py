@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-import fmnist.data
 from fmnist.callbacks import TrainingDiverged
 from fmnist.checkpoints import load_model
 from fmnist.data import FashionMNISTDataModule, ensure_raw_files, raw_folder
@@ -141,13 +140,6 @@ def test_cli_broken_data_is_one_line_before_training(tmp_path):
 
 # ---- config values ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def no_data_access(monkeypatch):
-    """Any attempt to find or read the data fails the test."""
-    def touched(*args, **kwargs):
-        raise AssertionError("the data was touched")
-    monkeypatch.setattr(fmnist.data, "ensure_raw_files", touched)
-    monkeypatch.setattr(fmnist.data, "load_split", touched)
 
 
 @pytest.mark.parametrize("override, message", [
