@@ -34,20 +34,33 @@ from fmnist.data import FashionMNISTDataModule  # noqa: E402
 from fmnist.runs import write_section  # noqa: E402
 from fmnist.train import train  # noqa: E402
 
-
 LAST_LOSSES: dict[str, dict[str, float]] = {}  # final train/loss of each path, a check that both learn alike
 
 
-def lightning_epoch_seconds(model: str, steps: int, epochs: int, root: str, accelerator: str,
-                            fast: bool = False) -> list[float]:
+def lightning_epoch_seconds(
+    model: str, steps: int, epochs: int, root: str, accelerator: str, fast: bool = False
+) -> list[float]:
     """The project's own path: `fmnist.train` with its default callbacks, logger and progress bar;
     with `fast`, trainer=gpu_fast or cpu_fast (all `steps` batches of an epoch in one chunk)."""
-    trainer = [f"trainer={accelerator}_fast", f"data.batches_per_step={steps}", "trainer.limit_train_batches=1"] if fast \
+    trainer = (
+        [f"trainer={accelerator}_fast", f"data.batches_per_step={steps}", "trainer.limit_train_batches=1"]
+        if fast
         else [f"trainer.limit_train_batches={steps}"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}", f"trainer.max_epochs={epochs}",
-                              *trainer, f"trainer.accelerator={accelerator}", "trainer.limit_val_batches=1",
-                              "test=false", "trainer.num_sanity_val_steps=0"])
+        cfg = compose_config(
+            [
+                f"model={model}",
+                f"data.root={root}",
+                f"output_dir={tmp}",
+                f"trainer.max_epochs={epochs}",
+                *trainer,
+                f"trainer.accelerator={accelerator}",
+                "trainer.limit_val_batches=1",
+                "test=false",
+                "trainer.num_sanity_val_steps=0",
+            ]
+        )
         metrics = train(cfg)
         LAST_LOSSES.setdefault(model, {})["fast" if fast else "lightning"] = metrics["train/loss"]
         return metrics["epoch_seconds"]
@@ -58,21 +71,33 @@ def plain_seconds(model: str, steps: int, epochs: int, root: str, images, labels
         cfg = compose_config([f"model={model}", f"data.root={root}", f"output_dir={tmp}"])
     torch.set_flush_denormal(cfg.flush_denormal)  # the project's CPU setting, for both paths
     module = hydra.utils.instantiate(cfg.model).to(device)
-    return plain_epoch_seconds(module, module.configure_optimizers(), images.to(device), labels.to(device),
-                               cfg.data.batch_size, steps, epochs, device=device)
+    return plain_epoch_seconds(
+        module,
+        module.configure_optimizers(),
+        images.to(device),
+        labels.to(device),
+        cfg.data.batch_size,
+        steps,
+        epochs,
+        device=device,
+    )
 
 
 def keras_seconds(model: str, steps: int, epochs: int, python: Path) -> list[float]:
     """The study's Keras model, timed by benchmarks/keras_peer.py in its own environment."""
-    out = subprocess.run([str(python), str(ROOT / "benchmarks" / "keras_peer.py"), model, str(steps), str(epochs)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(python), str(ROOT / "benchmarks" / "keras_peer.py"), model, str(steps), str(epochs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["epoch_seconds"]
 
 
 def paired_ratio(runs: dict[str, list[float]], a: str, b: str) -> float:
     """Median over repetitions of a/b within each repetition: this machine's speed drifts over
     minutes, and paths timed back to back see the same drift."""
-    return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+    return statistics.median(x / y for x, y in zip(runs[a], runs[b], strict=False))
 
 
 def steady(seconds: list[float]) -> float:
@@ -86,8 +111,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
     parser.add_argument("--images", type=int, default=6000, help="training images per epoch")
     parser.add_argument("--root", default=str(ROOT / "data"))
-    parser.add_argument("--paths", nargs="+", choices=["lightning", "plain", "fast", "keras"],
-                        default=["lightning", "plain", "fast"], help="fast: trainer=gpu_fast/cpu_fast; keras: the study's own models")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=["lightning", "plain", "fast", "keras"],
+        default=["lightning", "plain", "fast"],
+        help="fast: trainer=gpu_fast/cpu_fast; keras: the study's own models",
+    )
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--keras-python", default=str(ROOT / ".venv-keras" / "bin" / "python"))
@@ -97,7 +127,7 @@ def main() -> None:
     datamodule = FashionMNISTDataModule(root=args.root)
     datamodule.prepare_data()
     datamodule.setup()
-    images, labels = datamodule.train_set.images[:args.images], datamodule.train_set.labels[:args.images]
+    images, labels = datamodule.train_set.images[: args.images], datamodule.train_set.labels[: args.images]
     rows = []
     for model in args.models:
         batch = compose_config([f"model={model}", "output_dir=."]).data.batch_size
@@ -113,9 +143,17 @@ def main() -> None:
         for rep in range(args.reps):
             for path in args.paths:
                 runs[path].append(steady(timers[path]()))
-            print(f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True)
-        row = {"model": model, "batch": batch, "steps": steps, **{k: statistics.median(v) for k, v in runs.items() if v},
-               "spread": {k: (min(v), max(v)) for k, v in runs.items() if v}, "runs": runs}
+            print(
+                f"{model} rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in runs.items() if v), flush=True
+            )
+        row = {
+            "model": model,
+            "batch": batch,
+            "steps": steps,
+            **{k: statistics.median(v) for k, v in runs.items() if v},
+            "spread": {k: (min(v), max(v)) for k, v in runs.items() if v},
+            "runs": runs,
+        }
         if "lightning" in row and "plain" in row:
             row["ratio"] = paired_ratio(runs, "lightning", "plain")
         row["final_train_loss"] = LAST_LOSSES.get(model, {})
@@ -128,8 +166,10 @@ def main() -> None:
 def machine_line() -> str:
     """Processor or GPU, threads and versions, for the report."""
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine()
-    return (f"{where}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, lightning {lightning.__version__}")
+    return (
+        f"{where}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, lightning {lightning.__version__}"
+    )
 
 
 def _cell(row: dict, path: str) -> str:
@@ -139,23 +179,37 @@ def _cell(row: dict, path: str) -> str:
 
 def write_report(rows: list[dict], args) -> None:
     """Print the table and write it into docs/BENCHMARKS.md (one section per accelerator)."""
-    titles = {"lightning": "Lightning (s/epoch)", "plain": "plain loop (s/epoch)", "fast": "fast path (s/epoch)",
-              "keras": "Keras (s/epoch)"}
-    ratios = {"Lightning / plain": ("lightning", "plain"), "plain / fast": ("plain", "fast"),
-              "Lightning / Keras": ("lightning", "keras")}
+    titles = {
+        "lightning": "Lightning (s/epoch)",
+        "plain": "plain loop (s/epoch)",
+        "fast": "fast path (s/epoch)",
+        "keras": "Keras (s/epoch)",
+    }
+    ratios = {
+        "Lightning / plain": ("lightning", "plain"),
+        "plain / fast": ("plain", "fast"),
+        "Lightning / Keras": ("lightning", "keras"),
+    }
     ratios = {name: pair for name, pair in ratios.items() if set(pair) <= set(args.paths)}
     columns = [titles[path] for path in args.paths] + list(ratios)
-    lines = ["| model | batch | steps/epoch | " + " | ".join(columns) + " |", "|---|---:|---:|" + "---:|" * len(columns)]
+    lines = [
+        "| model | batch | steps/epoch | " + " | ".join(columns) + " |",
+        "|---|---:|---:|" + "---:|" * len(columns),
+    ]
     for r in rows:
-        cells = [_cell(r, path) for path in args.paths] + [f"{paired_ratio(r['runs'], a, b):.3f}" for a, b in ratios.values()]
+        cells = [_cell(r, path) for path in args.paths] + [
+            f"{paired_ratio(r['runs'], a, b):.3f}" for a, b in ratios.values()
+        ]
         lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
-    generated = (f"Machine: {machine_line()}. Command: `{command.strip()}` "
-                 f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
-                 f"{args.images} training images per epoch; median, with min–max over repetitions; ratios are the "
-                 f"median of each repetition's ratio).\n\n{table}")
+    generated = (
+        f"Machine: {machine_line()}. Command: `{command.strip()}` "
+        f"({args.reps} repetitions alternating the paths, {args.epochs} epochs each, first epoch left out; "
+        f"{args.images} training images per epoch; median, with min–max over repetitions; ratios are the "
+        f"median of each repetition's ratio).\n\n{table}"
+    )
     section = "bench" if args.accelerator == "cpu" else "bench-gpu"
     write_section(Path(args.out), section, generated, "Benchmarks")
     print(f"wrote {args.out}")

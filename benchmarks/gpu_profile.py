@@ -67,8 +67,15 @@ def profile_model(name: str, steps: int, overrides: list[str]) -> dict:
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     kernel_ms = sum(e.device_time for e in kernels) / 20 / 1000
-    return {"model": name, "batch": batch, "eager_ms": eager_ms, "graphed_ms": fast_ms,
-            "kernel_ms": kernel_ms, "kernels_per_step": len(kernels) / 20, "graph_captured": graphed.graph is not None}
+    return {
+        "model": name,
+        "batch": batch,
+        "eager_ms": eager_ms,
+        "graphed_ms": fast_ms,
+        "kernel_ms": kernel_ms,
+        "kernels_per_step": len(kernels) / 20,
+        "graph_captured": graphed.graph is not None,
+    }
 
 
 def main() -> None:
@@ -82,8 +89,10 @@ def main() -> None:
     print("| model | batch | eager ms/step | graphed ms/step | GPU kernel ms/step | kernels/step |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['eager_ms']:.2f} | {r['graphed_ms']:.2f} | {r['kernel_ms']:.2f} "
-              f"| {r['kernels_per_step']:.0f} |")
+        print(
+            f"| {r['model']} | {r['batch']} | {r['eager_ms']:.2f} | {r['graphed_ms']:.2f} | {r['kernel_ms']:.2f} "
+            f"| {r['kernels_per_step']:.0f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=2) + "\n")
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def read_idx(path: Path) -> np.ndarray:
     data = path.read_bytes()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -43,22 +43,32 @@ def cnn():
 
 
 def rnn():
-    model = keras.Sequential([keras.Input((28, 28)),
-                              layers.SimpleRNN(256, activation="relu", return_sequences=True),
-                              layers.SimpleRNN(128, activation="relu", return_sequences=True),
-                              layers.SimpleRNN(64, activation="relu"),
-                              layers.BatchNormalization(),
-                              layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            layers.SimpleRNN(256, activation="relu", return_sequences=True),
+            layers.SimpleRNN(128, activation="relu", return_sequences=True),
+            layers.SimpleRNN(64, activation="relu"),
+            layers.BatchNormalization(),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
     return model, keras.optimizers.SGD(learning_rate=0.01), 65
 
 
 def bilstm():
-    model = keras.Sequential([keras.Input((28, 28)),
-                              layers.Bidirectional(layers.LSTM(256, return_sequences=True)),
-                              layers.Bidirectional(layers.LSTM(128)),
-                              layers.Dense(256, activation="relu"), layers.Dropout(0.3),
-                              layers.Dense(128, activation="relu"), layers.Dropout(0.3),
-                              layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            layers.Bidirectional(layers.LSTM(256, return_sequences=True)),
+            layers.Bidirectional(layers.LSTM(128)),
+            layers.Dense(256, activation="relu"),
+            layers.Dropout(0.3),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.3),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
     return model, keras.optimizers.Adam(learning_rate=1e-3), 64
 
 
@@ -77,8 +87,8 @@ def main():
     name, steps, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     model, optimizer, batch = {"cnn": cnn, "rnn": rnn, "bilstm": bilstm}[name]()
     raw = ROOT / "data" / "FashionMNIST" / "raw"
-    x = read_idx(raw / "train-images-idx3-ubyte")[:steps * batch].astype("float32") / 255
-    y = keras.utils.to_categorical(read_idx(raw / "train-labels-idx1-ubyte")[:steps * batch], 10)
+    x = read_idx(raw / "train-images-idx3-ubyte")[: steps * batch].astype("float32") / 255
+    y = keras.utils.to_categorical(read_idx(raw / "train-labels-idx1-ubyte")[: steps * batch], 10)
     if name == "cnn":
         x = x[..., None]
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])

@@ -13,9 +13,16 @@ import torch
 import torch.nn.functional as F
 
 
-def plain_epoch_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                        labels: torch.Tensor, batch_size: int, steps: int, epochs: int,
-                        device: str | torch.device = "cpu") -> list[float]:
+def plain_epoch_seconds(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    epochs: int,
+    device: str | torch.device = "cpu",
+) -> list[float]:
     """Train for `epochs` epochs of `steps` shuffled batches; return each epoch's wall time."""
     model.to(device).train()
     seconds = []
@@ -25,7 +32,7 @@ def plain_epoch_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for step in range(steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size]
             x = images[index].to(device, non_blocking=True).float().div_(255)
             y = labels[index].to(device, non_blocking=True)
             logits = model(x)

@@ -5,11 +5,9 @@ the Keras-style model summary, and what keeps a run folder's results safe: its l
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import io
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +60,9 @@ class EpochTimer(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # Saved after the epoch's figures are logged: the last epoch's, as metrics.json has them.
-        checkpoint["fmnist_fit"] = {key: float(value) for key, value in trainer.callback_metrics.items()
-                                    if key in FIT_KEYS}
+        checkpoint["fmnist_fit"] = {
+            key: float(value) for key, value in trainer.callback_metrics.items() if key in FIT_KEYS
+        }
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._loaded is not None:
@@ -122,9 +121,9 @@ class StopOnNonFiniteLoss(L.Callback):
         if self._losses is None or end > len(self._losses):
             grown = losses.new_empty(max(2 * end, 1024))
             if self._losses is not None:
-                grown[:self._count] = self._losses[:self._count]
+                grown[: self._count] = self._losses[: self._count]
             self._losses = grown
-        self._losses[self._count:end] = losses
+        self._losses[self._count : end] = losses
         self._count = end
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -135,7 +134,7 @@ class StopOnNonFiniteLoss(L.Callback):
         self._check(trainer)  # epochs without validation
 
     def _check(self, trainer) -> None:
-        bad = ~torch.isfinite(self._losses[:self._count]) if self._count else None
+        bad = ~torch.isfinite(self._losses[: self._count]) if self._count else None
         local = bad is not None and bool(bad.any())  # the one host read
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
@@ -150,7 +149,10 @@ class StopOnNonFiniteLoss(L.Callback):
         kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
         raise TrainingDiverged(
             f"training diverged: the training loss became {value} at {at}; {kept}. "
-            "Fix: lower model.optimizer.lr or clip gradients with trainer.gradient_clip_val=1.0", epoch, step)
+            "Fix: lower model.optimizer.lr or clip gradients with trainer.gradient_clip_val=1.0",
+            epoch,
+            step,
+        )
 
 
 class KerasModelSummary(L.Callback):
@@ -226,8 +228,11 @@ class RunCheckpoint(ModelCheckpoint):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         name = self._name
-        state.update({key: name(state[key]) for key in self._PATHS}, dirpath=".",
-                     best_k_models={name(path): score for path, score in state["best_k_models"].items()})
+        state.update(
+            {key: name(state[key]) for key in self._PATHS},
+            dirpath=".",
+            best_k_models={name(path): score for path, score in state["best_k_models"].items()},
+        )
         return state
 
     def _name(self, path: str) -> str:
@@ -237,11 +242,15 @@ class RunCheckpoint(ModelCheckpoint):
         saved_dir = state_dict.get("dirpath")
         best_k = state_dict.get("best_k_models") or {}
         if not isinstance(best_k, dict):
-            raise FmnistError(f"the checkpoint's {self.state_key} state is not fmnist's: "
-                              "best_k_models is not a mapping")
-        mapped = {**state_dict, "dirpath": self.dirpath,
-                  **{key: self._here(state_dict.get(key), saved_dir) for key in self._PATHS},
-                  "best_k_models": {self._here(path, saved_dir): score for path, score in best_k.items()}}
+            raise FmnistError(
+                f"the checkpoint's {self.state_key} state is not fmnist's: best_k_models is not a mapping"
+            )
+        mapped = {
+            **state_dict,
+            "dirpath": self.dirpath,
+            **{key: self._here(state_dict.get(key), saved_dir) for key in self._PATHS},
+            "best_k_models": {self._here(path, saved_dir): score for path, score in best_k.items()},
+        }
         try:
             super().load_state_dict(mapped)
         except KeyError as error:
@@ -255,9 +264,11 @@ class RunCheckpoint(ModelCheckpoint):
             if os.path.dirname(path) == os.path.normpath(saved_dir):  # written before paths were names
                 path = os.path.basename(path)
         if not isinstance(path, str) or os.path.dirname(path) or path in (".", ".."):
-            raise FmnistError(f"the checkpoint's {self.state_key} state names {str(path)[:200]!r}, which is not a "
-                              "file of its checkpoints folder: refused (fmnist keeps and deletes checkpoints only "
-                              "in the run's own folder)")
+            raise FmnistError(
+                f"the checkpoint's {self.state_key} state names {str(path)[:200]!r}, which is not a "
+                "file of its checkpoints folder: refused (fmnist keeps and deletes checkpoints only "
+                "in the run's own folder)"
+            )
         return os.path.join(self.dirpath, path)
 
 
@@ -273,17 +284,21 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
-        raise FmnistError(f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
-                          "Fix: choose a writable folder with hydra.run.dir=PATH") from None
+        raise FmnistError(
+            f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
+            "Fix: choose a writable folder with hydra.run.dir=PATH"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             holder = holder if holder.isdigit() else "unknown"
-            raise FmnistError(f"{run_dir} is in use: fmnist.train process {holder} is training in it "
-                              f"(it holds {path}). Fix: wait until it ends, or stop it with `kill {holder}` "
-                              "(it saves last.ckpt) and resume then") from None
+            raise FmnistError(
+                f"{run_dir} is in use: fmnist.train process {holder} is training in it "
+                f"(it holds {path}). Fix: wait until it ends, or stop it with `kill {holder}` "
+                "(it saves last.ckpt) and resume then"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

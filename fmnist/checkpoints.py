@@ -47,10 +47,14 @@ def load_model(ckpt_path: str | Path) -> FashionClassifier:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # weights_only=True met something other than plain values
-        refused = next((line.split(": ", 1)[1] for line in str(error).splitlines() if "WeightsUnpickler" in line),
-                       "not plain values")
-        raise FmnistError(f"{path} is refused: it carries pickled objects or code, which fmnist never loads "
-                          f"({refused.split('. ')[0]})") from None
+        refused = next(
+            (line.split(": ", 1)[1] for line in str(error).splitlines() if "WeightsUnpickler" in line),
+            "not plain values",
+        )
+        raise FmnistError(
+            f"{path} is refused: it carries pickled objects or code, which fmnist never loads "
+            f"({refused.split('. ')[0]})"
+        ) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise FmnistError(f"{path} is not an fmnist checkpoint: torch.load failed ({reason})") from None

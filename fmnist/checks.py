@@ -93,8 +93,10 @@ def pick_device(name: Any) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise FmnistError(f"device={name}: this machine has no CUDA GPU that torch can use. "
-                              "Fix: device=cpu (or device=auto, which picks a GPU when there is one)")
+            raise FmnistError(
+                f"device={name}: this machine has no CUDA GPU that torch can use. "
+                "Fix: device=cpu (or device=auto, which picks a GPU when there is one)"
+            )
         if (device.index or 0) >= count:
             raise FmnistError(f"device={name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         return device
@@ -106,16 +108,17 @@ def pick_device(name: Any) -> torch.device:
 def check_output_folder(folder: Path, key: str = "output_dir") -> None:
     """Create `folder` if needed and probe it with a small write, or one FmnistError naming it and `key`."""
     if folder.exists() and not folder.is_dir():
-        raise FmnistError(f"the output folder {folder} is a file, not a folder. Fix: choose a folder with "
-                          f"{key}=PATH")
+        raise FmnistError(f"the output folder {folder} is a file, not a folder. Fix: choose a folder with {key}=PATH")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder) as probe:
             probe.write(b"fmnist")
             probe.flush()
     except OSError as error:
-        raise FmnistError(f"cannot write to the output folder {folder}: {error.strerror or error}. "
-                          f"Fix: choose a writable folder with {key}=PATH") from None
+        raise FmnistError(
+            f"cannot write to the output folder {folder}: {error.strerror or error}. "
+            f"Fix: choose a writable folder with {key}=PATH"
+        ) from None
 
 
 def check_new_files(paths: Iterable[Path], overwrite: bool, key: str = "output_dir") -> None:
@@ -126,10 +129,11 @@ def check_new_files(paths: Iterable[Path], overwrite: bool, key: str = "output_d
     paths = list(paths)
     folders = [p for p in paths if p.is_dir()]
     if folders:
-        raise FmnistError(f"{folders[0]} is a folder, where the command writes a file. Fix: choose another "
-                          f"{key}=PATH")
+        raise FmnistError(f"{folders[0]} is a folder, where the command writes a file. Fix: choose another {key}=PATH")
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of the files it writes)" if len(existing) > 1 else ""
-        raise FmnistError(f"{existing[0]} already exists{more} and would be replaced. Fix: choose another "
-                          f"{key}=PATH, or add overwrite=true to replace it")
+        raise FmnistError(
+            f"{existing[0]} already exists{more} and would be replaced. Fix: choose another "
+            f"{key}=PATH, or add overwrite=true to replace it"
+        )

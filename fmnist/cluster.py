@@ -27,8 +27,18 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
 
 from fmnist.checkpoints import load_model  # noqa: E402
-from fmnist.checks import (DATA_RULES, SEED_RANGE, boolean, check_new_files, check_output_folder,  # noqa: E402
-                           check_values, integer, pick_device, seed_in_range, text)
+from fmnist.checks import (
+    DATA_RULES,
+    SEED_RANGE,
+    boolean,
+    check_new_files,
+    check_output_folder,  # noqa: E402
+    check_values,
+    integer,
+    pick_device,
+    seed_in_range,
+    text,
+)
 from fmnist.data import CLASS_NAMES  # noqa: E402
 from fmnist.errors import FmnistError, exit_on_error  # noqa: E402
 from fmnist.reports import predict  # noqa: E402
@@ -55,9 +65,11 @@ def cluster_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]
     """NMI and ARI (torchmetrics) and purity (share of each cluster's majority class)."""
     t_labels, t_clusters = torch.as_tensor(labels), torch.as_tensor(clusters)
     contingency = contingency_matrix(labels, clusters)  # classes x clusters
-    return {"nmi": float(normalized_mutual_info_score(t_clusters, t_labels)),
-            "ari": float(adjusted_rand_score(t_clusters, t_labels)),
-            "purity": float(contingency.max(axis=0).sum() / contingency.sum())}
+    return {
+        "nmi": float(normalized_mutual_info_score(t_clusters, t_labels)),
+        "ari": float(adjusted_rand_score(t_clusters, t_labels)),
+        "purity": float(contingency.max(axis=0).sum() / contingency.sum()),
+    }
 
 
 def class_mix(labels: np.ndarray, clusters: np.ndarray, top: int = 3) -> list[dict]:
@@ -67,8 +79,13 @@ def class_mix(labels: np.ndarray, clusters: np.ndarray, top: int = 3) -> list[di
         members = labels[clusters == c]
         counts = np.bincount(members, minlength=len(CLASS_NAMES))
         order = counts.argsort()[::-1][:top]
-        mix.append({"cluster": int(c), "size": int(len(members)),
-                    "classes": {CLASS_NAMES[i]: round(float(counts[i] / len(members)), 3) for i in order if counts[i]}})
+        mix.append(
+            {
+                "cluster": int(c),
+                "size": int(len(members)),
+                "classes": {CLASS_NAMES[i]: round(float(counts[i] / len(members)), 3) for i in order if counts[i]},
+            }
+        )
     return sorted(mix, key=lambda m: -m["size"])
 
 
@@ -79,7 +96,7 @@ def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], scores: dict[str, dict]):
     """2-D PCA maps of each representation, points coloured by their k-means cluster."""
     fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 6.2), squeeze=False)
-    for ax, (name, points) in zip(axes[0], maps.items()):
+    for ax, (name, points) in zip(axes[0], maps.items(), strict=False):
         ax.scatter(points[:, 0], points[:, 1], c=clusters[name], cmap="tab10", s=3, alpha=0.6)
         s = scores[name]
         ax.set_title(f"{name}: NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}, purity {s['purity']:.3f}")
@@ -90,13 +107,19 @@ def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], sco
     return fig
 
 
-def write_projector(log_dir: Path, embeddings: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
-                    clusters: np.ndarray) -> None:
+def write_projector(
+    log_dir: Path, embeddings: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, clusters: np.ndarray
+) -> None:
     """TensorBoard projector: embeddings with a garment sprite and class / cluster metadata."""
-    metadata = [[CLASS_NAMES[y], str(c)] for y, c in zip(labels.tolist(), clusters.tolist())]
+    metadata = [[CLASS_NAMES[y], str(c)] for y, c in zip(labels.tolist(), clusters.tolist(), strict=False)]
     with SummaryWriter(str(log_dir)) as writer:
-        writer.add_embedding(embeddings, metadata=metadata, metadata_header=["class", "cluster"],
-                             label_img=images.float() / 255, tag="test_embedding")
+        writer.add_embedding(
+            embeddings,
+            metadata=metadata,
+            metadata_header=["class", "cluster"],
+            label_img=images.float() / 255,
+            tag="test_embedding",
+        )
 
 
 def cluster(cfg: DictConfig) -> dict:
@@ -114,8 +137,10 @@ def cluster(cfg: DictConfig) -> dict:
     if cfg.k > n:
         raise FmnistError(f"k={cfg.k} is more than the {n:,} test images to cluster: must be at most {n:,}")
     if cfg.pixels_pca and cfg.pixels_pca > min(n, 784):
-        raise FmnistError(f"pixels_pca={cfg.pixels_pca} is more than PCA can give for {n:,} images of 784 pixels: "
-                          f"must be at most {min(n, 784)} (or null: all 784 pixels)")
+        raise FmnistError(
+            f"pixels_pca={cfg.pixels_pca} is more than PCA can give for {n:,} images of 784 pixels: "
+            f"must be at most {min(n, 784)} (or null: all 784 pixels)"
+        )
     embeddings, labels, images = predict(model, datamodule.test_dataloader(), device, embed=True)
     pixels = images.flatten(1).float().numpy() / 255
     if cfg.pixels_pca:
@@ -145,15 +170,21 @@ def cluster(cfg: DictConfig) -> dict:
 
 def clusters_markdown(result: dict) -> str:
     """The scores side by side, then each embedding cluster's class mix."""
-    lines = [f"# k-means with k={result['k']} on the test set", "",
-             "| representation | dims | NMI | ARI | purity |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# k-means with k={result['k']} on the test set",
+        "",
+        "| representation | dims | NMI | ARI | purity |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name in ("embedding", "pixels"):
         r = result[name]
         lines.append(f"| {name} | {r['dims']} | {r['nmi']:.3f} | {r['ari']:.3f} | {r['purity']:.3f} |")
     lines += ["", "Class mix of each cluster of the trained embedding (largest first):", ""]
-    lines += [f"- cluster {m['cluster']} ({m['size']:,} images): "
-              + ", ".join(f"{c} {share:.0%}" for c, share in m["classes"].items())
-              for m in result["embedding"]["clusters"]]
+    lines += [
+        f"- cluster {m['cluster']} ({m['size']:,} images): "
+        + ", ".join(f"{c} {share:.0%}" for c, share in m["classes"].items())
+        for m in result["embedding"]["clusters"]
+    ]
     return "\n".join(lines) + "\n"
 
 

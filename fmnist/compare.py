@@ -44,21 +44,50 @@ def _label(row: dict) -> str:
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison table: measured rows, then the study's reference rows."""
-    header = ["model", "recipe", "runs", "test accuracy", "macro F1", *CLASS_NAMES, "params (Keras)", "epochs",
-              "training time", "device"]
+    header = [
+        "model",
+        "recipe",
+        "runs",
+        "test accuracy",
+        "macro F1",
+        *CLASS_NAMES,
+        "params (Keras)",
+        "epochs",
+        "training time",
+        "device",
+    ]
     cells = []
     for row in rows:
-        std = lambda key: f" ± {row[key]:.4f}" if len(row["seeds"]) > 1 else ""  # noqa: E731
-        cells.append([row["model"], row["recipe"], str(len(row["seeds"])), f"{row['test_acc_mean']:.4f}{std('test_acc_std')}",
-                      f"{row['macro_f1_mean']:.4f}{std('macro_f1_std')}",
-                      *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
-                      _count(row["params_total_keras"]), str(row["epochs"]),
-                      format_seconds(row["train_seconds_mean"]), row["device"]])
+        std = lambda key, row=row: f" ± {row[key]:.4f}" if len(row["seeds"]) > 1 else ""
+        cells.append(
+            [
+                row["model"],
+                row["recipe"],
+                str(len(row["seeds"])),
+                f"{row['test_acc_mean']:.4f}{std('test_acc_std')}",
+                f"{row['macro_f1_mean']:.4f}{std('macro_f1_std')}",
+                *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
+                _count(row["params_total_keras"]),
+                str(row["epochs"]),
+                format_seconds(row["train_seconds_mean"]),
+                row["device"],
+            ]
+        )
     for name, study in study_references(rows):
-        cells.append([f"study: {name}", "as published", "1", f"{study['test_acc']:.4f}", f"{study['macro_f1']:.3f}",
-                      *[f"{study['class_f1'][c]:.3f}" if c in study["class_f1"] else "" for c in CLASS_NAMES],
-                      f"{study['params_total_keras']:,}", str(study["epochs"]),
-                      format_seconds(study["train_seconds"]), "not stated"])
+        cells.append(
+            [
+                f"study: {name}",
+                "as published",
+                "1",
+                f"{study['test_acc']:.4f}",
+                f"{study['macro_f1']:.3f}",
+                *[f"{study['class_f1'][c]:.3f}" if c in study["class_f1"] else "" for c in CLASS_NAMES],
+                f"{study['params_total_keras']:,}",
+                str(study["epochs"]),
+                format_seconds(study["train_seconds"]),
+                "not stated",
+            ]
+        )
     return header, cells
 
 
@@ -70,11 +99,16 @@ STATUS_HEADER = ["run", "model", "seed", "state", "details"]
 
 def status_rows(runs: list[dict], base: Path | None = None) -> list[list[str]]:
     """One row per run left out of the comparison: its folder, model, seed, state and why."""
+
     def where(run: dict) -> str:
         folder = Path(run["run_dir"])
         return str(folder.relative_to(base)) if base is not None and folder.is_relative_to(base) else str(folder)
-    return [[where(r), str(r.get("model", "?")), str(r.get("seed", "?")), r["state"], r["note"]]
-            for r in runs if r["state"] != "completed"]
+
+    return [
+        [where(r), str(r.get("model", "?")), str(r.get("seed", "?")), r["state"], r["note"]]
+        for r in runs
+        if r["state"] != "completed"
+    ]
 
 
 def markdown_text(text) -> str:
@@ -97,12 +131,24 @@ def per_class_f1_figure(rows: list[dict]):
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(CLASS_NAMES))
     for i, row in enumerate(rows):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [row["class_f1"].get(c, np.nan) for c in CLASS_NAMES],
-               width, label=_label(row))
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            [row["class_f1"].get(c, np.nan) for c in CLASS_NAMES],
+            width,
+            label=_label(row),
+        )
     for name, study in study_references(rows):
         known = [(j, study["class_f1"][c]) for j, c in enumerate(CLASS_NAMES) if c in study["class_f1"]]
-        ax.scatter([j for j, _ in known], [v for _, v in known], marker="_", s=500, linewidths=2.5,
-                   color=STUDY_COLORS.get(name, "black"), label=f"study: {name}", zorder=3)
+        ax.scatter(
+            [j for j, _ in known],
+            [v for _, v in known],
+            marker="_",
+            s=500,
+            linewidths=2.5,
+            color=STUDY_COLORS.get(name, "black"),
+            label=f"study: {name}",
+            zorder=3,
+        )
     ax.set_xticks(x, CLASS_NAMES, rotation=20)
     for tick in ax.get_xticklabels():
         if tick.get_text() in WEAK_CLASSES:
@@ -122,13 +168,23 @@ def acc_vs_time_figure(rows: list[dict]):
     """Test accuracy against training time (log scale), measured runs and the study's."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for row in rows:
-        ax.errorbar(row["train_seconds_mean"], row["test_acc_mean"], yerr=row["test_acc_std"], fmt="o",
-                    capsize=4, label=_label(row))
+        ax.errorbar(
+            row["train_seconds_mean"],
+            row["test_acc_mean"],
+            yerr=row["test_acc_std"],
+            fmt="o",
+            capsize=4,
+            label=_label(row),
+        )
     for name, study in study_references(rows):
-        ax.scatter(study["train_seconds"], study["test_acc"], marker="*", s=160, facecolors="none",
-                   edgecolors="black")
-        ax.annotate(f"study: {name}", (study["train_seconds"], study["test_acc"]), fontsize=8,
-                    textcoords="offset points", xytext=(6, -10))
+        ax.scatter(study["train_seconds"], study["test_acc"], marker="*", s=160, facecolors="none", edgecolors="black")
+        ax.annotate(
+            f"study: {name}",
+            (study["train_seconds"], study["test_acc"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(6, -10),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training time (s, log scale)")
     ax.set_ylabel("test accuracy")
@@ -141,17 +197,25 @@ def acc_vs_time_figure(rows: list[dict]):
 
 def _html_table(header: list[str], cells: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr" + (' class="study"' if row[0].startswith("study") else "") + ">"
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    body = "".join(
+        "<tr"
+        + (' class="study"' if row[0].startswith("study") else "")
+        + ">"
+        + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        + "</tr>"
+        for row in cells
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def html_page(header, cells, images: dict[str, Path], others: list[list[str]] = ()) -> str:
     """One self-contained page: the table, the runs left out, and the figures embedded as base64 PNGs."""
-    left_out = (f"<h2>Runs not in the comparison</h2>{_html_table(STATUS_HEADER, list(others))}" if others else "")
+    left_out = f"<h2>Runs not in the comparison</h2>{_html_table(STATUS_HEADER, list(others))}" if others else ""
     figures = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-        f"<figcaption>{name}</figcaption></figure>" for name, path in images.items())
+        f"<figcaption>{name}</figcaption></figure>"
+        for name, path in images.items()
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fmnist comparison</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
@@ -174,15 +238,18 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
     """
     runs = find_runs(paths)
     if not runs and not not_run:
-        raise FmnistError(f"no runs of fmnist.train in {', '.join(paths)} (a run folder holds its .hydra/config.yaml "
-                          "or its metrics.json). Fix: give run folders or multirun folders")
+        raise FmnistError(
+            f"no runs of fmnist.train in {', '.join(paths)} (a run folder holds its .hydra/config.yaml "
+            "or its metrics.json). Fix: give run folders or multirun folders"
+        )
     rows = aggregate(runs)
     out_dir = Path(out or paths[0])
     try:
         check_new_files([out_dir / name for name in OUTPUTS], overwrite, key="--out")
     except FmnistError as error:
-        raise FmnistError(str(error).replace("--out=PATH", "--out DIR").replace("overwrite=true", "--overwrite")) \
-            from None
+        raise FmnistError(
+            str(error).replace("--out=PATH", "--out DIR").replace("overwrite=true", "--overwrite")
+        ) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     header, cells = comparison_rows(rows)
     others = status_rows(runs, Path(paths[0])) + list(not_run)
@@ -195,12 +262,13 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
             fig.savefig(images[name], dpi=110)
             plt.close(fig)
     table = markdown_table(header, cells) if rows else "No run completed its training and test."
-    left_out = (f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else "")
+    left_out = f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else ""
     captions = {"per_class_f1": "per-class F1", "acc_vs_time": "accuracy vs time"}
     figures = "".join(f"\n\n![{captions[name]}]({path.name})" for name, path in images.items())
     (out_dir / "comparison.md").write_text(
         f"# Model comparison\n\n{len(completed(runs))} completed runs of {len(runs) + len(not_run)} from "
-        f"{markdown_text(', '.join(paths))}.\n\n{table}{left_out}{figures}\n")
+        f"{markdown_text(', '.join(paths))}.\n\n{table}{left_out}{figures}\n"
+    )
     (out_dir / "comparison.html").write_text(html_page(header, cells, images, others))
     print(table + left_out)
     print(f"wrote {out_dir}/comparison.md, comparison.html" + "".join(f", {p.name}" for p in images.values()))
@@ -219,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: cannot write the comparison to {args.out or args.paths[0]}: {error.strerror or error}. "
-              "Fix: choose a writable folder with --out DIR", file=sys.stderr)
+        print(
+            f"error: cannot write the comparison to {args.out or args.paths[0]}: {error.strerror or error}. "
+            "Fix: choose a writable folder with --out DIR",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

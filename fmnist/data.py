@@ -15,8 +15,8 @@ import struct
 import sys
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import torch
@@ -76,7 +76,7 @@ class EpochShuffle(DistributedSampler):
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
         if len(order) < self.total_size:  # as DistributedSampler: repeat the first indices so that shards are equal
             order = (order * math.ceil(self.total_size / max(1, len(order))))[: self.total_size]
-        return iter(order[self.rank:self.total_size:self.num_replicas])
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 class ResumableLoader(DataLoader):
@@ -117,7 +117,7 @@ def keep_batch(batch):
 def split_batches(chunk, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """collate_fn for the fast path: one gathered chunk cut into consecutive training batches."""
     images, labels = chunk
-    return list(zip(images.split(batch_size), labels.split(batch_size)))
+    return list(zip(images.split(batch_size), labels.split(batch_size), strict=False))
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -130,8 +130,9 @@ def raw_folder(root: str | os.PathLike) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
-def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBIAN_DIR,),
-                     download: bool = False) -> Path:
+def ensure_raw_files(
+    root: str | os.PathLike, search_dirs: Sequence[str] = (DEBIAN_DIR,), download: bool = False
+) -> Path:
     """Make the four IDX files present in `<root>/FashionMNIST/raw/`, or raise one clear FmnistError.
 
     Order: already there; the `.gz` files in one of `search_dirs` (decompressed into place; their
@@ -167,17 +168,21 @@ def ensure_raw_files(root: str | os.PathLike, search_dirs: Sequence[str] = (DEBI
             raise FmnistError(
                 f"Fashion-MNIST not found in {searched} and the download failed ({reason}). "
                 "Fix: `apt-get install dataset-fashion-mnist`, or put the four IDX files in "
-                f"{raw}.") from None
+                f"{raw}."
+            ) from None
     raise FmnistError(
         f"Fashion-MNIST not found in {searched}. Fix: `apt-get install dataset-fashion-mnist` "
-        "(Debian), or add `data.download=true` to fetch it from the internet.")
+        "(Debian), or add `data.download=true` to fetch it from the internet."
+    )
 
 
 def check_root(root: str | os.PathLike) -> None:
     """`data.root` must be a folder (or not exist yet)."""
     if Path(root).exists() and not Path(root).is_dir():
-        raise FmnistError(f"data.root={root} is a file, not a folder: the data goes to <data.root>/FashionMNIST/raw/. "
-                          "Fix: give a folder, e.g. data.root=data")
+        raise FmnistError(
+            f"data.root={root} is a file, not a folder: the data goes to <data.root>/FashionMNIST/raw/. "
+            "Fix: give a folder, e.g. data.root=data"
+        )
 
 
 class DataInterrupted(SystemExit):
@@ -199,8 +204,10 @@ def _placing(raw: Path):
     try:
         yield
     except OSError as error:  # the folder cannot be made or written: read-only, full disk, a file in its place
-        raise FmnistError(f"cannot place the Fashion-MNIST files in {raw}: {error.strerror or error}. Fix: choose "
-                          "a writable folder with data.root=PATH") from None
+        raise FmnistError(
+            f"cannot place the Fashion-MNIST files in {raw}: {error.strerror or error}. Fix: choose "
+            "a writable folder with data.root=PATH"
+        ) from None
 
 
 def _extract(archive: Path, folder: str) -> None:
@@ -215,8 +222,10 @@ def _extract(archive: Path, folder: str) -> None:
 def _idx_dims(path: Path, ndim: int, what: str) -> tuple[int, ...]:
     """The dimensions an IDX file of unsigned bytes announces, once its magic number and size are checked."""
     if path.is_dir():
-        raise FmnistError(f"{path} is a folder, not an IDX file of {what}. Fix: remove the folder and put the "
-                          "original Fashion-MNIST file there")
+        raise FmnistError(
+            f"{path} is a folder, not an IDX file of {what}. Fix: remove the folder and put the "
+            "original Fashion-MNIST file there"
+        )
     try:
         size = path.stat().st_size
         with open(path, "rb") as file:
@@ -229,14 +238,18 @@ def _idx_dims(path: Path, ndim: int, what: str) -> tuple[int, ...]:
         raise FmnistError(f"{path} is truncated: {size} bytes, shorter than its IDX header. {FIX_RAW}")
     magic, expected_magic = int.from_bytes(header[:4], "big"), 0x0800 + ndim
     if magic != expected_magic:
-        raise FmnistError(f"{path} is not an IDX file of {what}: magic number {magic:#010x}, expected "
-                          f"{expected_magic:#010x}. {FIX_RAW}")
+        raise FmnistError(
+            f"{path} is not an IDX file of {what}: magic number {magic:#010x}, expected "
+            f"{expected_magic:#010x}. {FIX_RAW}"
+        )
     dims = struct.unpack(f">{ndim}I", header[4:])
     expected = len(header) + math.prod(dims)
     if size != expected:
         state = "truncated" if size < expected else "longer than its header says"
-        raise FmnistError(f"{path} is {state}: the header announces {'x'.join(map(str, dims))} {what}, "
-                          f"{expected:,} bytes, the file has {size:,} bytes. {FIX_RAW}")
+        raise FmnistError(
+            f"{path} is {state}: the header announces {'x'.join(map(str, dims))} {what}, "
+            f"{expected:,} bytes, the file has {size:,} bytes. {FIX_RAW}"
+        )
     return dims
 
 
@@ -284,10 +297,19 @@ class FashionMNISTDataModule(L.LightningDataModule):
     shuffling, exactly like Keras `model.fit(validation_split=...)`; test is the official 10,000.
     """
 
-    def __init__(self, root: str = "data", batch_size: int = 100, val_fraction: float = 0.1,
-                 download: bool = False, search_dirs: Sequence[str] = (DEBIAN_DIR,),
-                 num_workers: int = 0, eval_batch_size: int | None = None, device_resident: bool = False,
-                 batches_per_step: int = 1, seed: int | None = None):
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 100,
+        val_fraction: float = 0.1,
+        download: bool = False,
+        search_dirs: Sequence[str] = (DEBIAN_DIR,),
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        device_resident: bool = False,
+        batches_per_step: int = 1,
+        seed: int | None = None,
+    ):
         """`device_resident` keeps the splits on the training device (still uint8); `batches_per_step` > 1
         hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast).
         `seed` fixes the training order of each epoch (None: drawn from torch's generator)."""
@@ -323,22 +345,31 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool, collate_fn=keep_batch) -> DataLoader:
-        options = dict(batch_size=batch_size, collate_fn=collate_fn, num_workers=self.num_workers,
-                       persistent_workers=self.num_workers > 0)
+        options = dict(
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
         if not shuffle:
             return DataLoader(dataset, **options)
         # An order fixed by (seed, epoch) and a loader that Lightning checkpoints in mid-epoch: an
         # interrupted run resumes exactly. The loader's own generator (worker seeds) leaves torch's
         # global one, which dropout draws from, alone.
         seed = self.seed if self.seed is not None else int(torch.randint(2**32, ()).item())
-        return ResumableLoader(dataset, sampler=EpochShuffle(dataset, seed),
-                               generator=torch.Generator().manual_seed(seed), **options)
+        return ResumableLoader(
+            dataset, sampler=EpochShuffle(dataset, seed), generator=torch.Generator().manual_seed(seed), **options
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.batches_per_step > 1:
             # Shuffled by the same sampler as the default path, so the CPU test can compare the two.
-            return self._loader(self.train_set, self.batch_size * self.batches_per_step, shuffle=True,
-                                collate_fn=functools.partial(split_batches, batch_size=self.batch_size))
+            return self._loader(
+                self.train_set,
+                self.batch_size * self.batches_per_step,
+                shuffle=True,
+                collate_fn=functools.partial(split_batches, batch_size=self.batch_size),
+            )
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -15,8 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from fmnist.checkpoints import load_model
-from fmnist.checks import (DATA_RULES, boolean, check_new_files, check_output_folder, check_values, pick_device,
-                           text)
+from fmnist.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, pick_device, text
 from fmnist.errors import FmnistError, exit_on_error
 from fmnist.reports import write_reports
 from fmnist.summary import keras_summary_markdown
@@ -31,8 +30,15 @@ RULES = {
 }
 # What write_reports writes (curves.png when the run's curves are found), then the model summary and metrics;
 # TensorBoard event files are new files, never replaced.
-OUTPUTS = ("classification_report.json", "classification_report.md", "confusion_matrix.png", "misclassified.png",
-           "curves.png", "model_summary.md", "metrics.json")
+OUTPUTS = (
+    "classification_report.json",
+    "classification_report.md",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "curves.png",
+    "model_summary.md",
+    "metrics.json",
+)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -41,7 +47,9 @@ def evaluate(cfg: DictConfig) -> dict:
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path)
     ckpt = Path(cfg.ckpt_path)
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / ("eval" if cfg.split == "test" else "eval-val")
+    output_dir = (
+        Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / ("eval" if cfg.split == "test" else "eval-val")
+    )
     check_output_folder(output_dir)
     check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -49,19 +57,33 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     if len(loader.dataset) == 0:
-        raise FmnistError(f"split=val is empty: data.val_fraction={cfg.data.val_fraction} leaves no validation image. "
-                          "Fix: a larger data.val_fraction, or split=test")
+        raise FmnistError(
+            f"split=val is empty: data.val_fraction={cfg.data.val_fraction} leaves no validation image. "
+            "Fix: a larger data.val_fraction, or split=test"
+        )
     run_tensorboard = ckpt.parent.parent / "tensorboard"
     with SummaryWriter(str(output_dir / "tensorboard")) as writer:
-        report, loss = write_reports(model, loader, datamodule.class_names, output_dir, device=device,
-                                     tensorboard_dir=run_tensorboard if run_tensorboard.exists() else None,
-                                     writer=writer, title=type(model).__name__)
+        report, loss = write_reports(
+            model,
+            loader,
+            datamodule.class_names,
+            output_dir,
+            device=device,
+            tensorboard_dir=run_tensorboard if run_tensorboard.exists() else None,
+            writer=writer,
+            title=type(model).__name__,
+        )
     (output_dir / "model_summary.md").write_text(keras_summary_markdown(model))
     split = cfg.split
-    metrics = {"checkpoint": str(ckpt), "model_class": type(model).__name__, "split": split,
-               f"{split}/acc": report["accuracy"]["f1-score"], f"{split}/loss": float(loss),
-               f"{split}/macro_f1": report["macro avg"]["f1-score"],
-               **{f"{split}/f1/{name}": report[name]["f1-score"] for name in datamodule.class_names}}
+    metrics = {
+        "checkpoint": str(ckpt),
+        "model_class": type(model).__name__,
+        "split": split,
+        f"{split}/acc": report["accuracy"]["f1-score"],
+        f"{split}/loss": float(loss),
+        f"{split}/macro_f1": report["macro avg"]["f1-score"],
+        **{f"{split}/f1/{name}": report[name]["f1-score"] for name in datamodule.class_names},
+    }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {output_dir}")
     return metrics

@@ -25,10 +25,12 @@ def describe(name: str, images: torch.Tensor, labels: torch.Tensor) -> str:
     """A plain-text description of one split."""
     counts = torch.bincount(labels, minlength=len(CLASS_NAMES))
     pixels = images.float()
-    lines = [f"{name}: {type(images).__name__} {images.dtype}, images {tuple(images.shape)}, labels {tuple(labels.shape)}",
-             f"  pixels: min {int(images.min())}, max {int(images.max())}, mean {pixels.mean():.2f}, "
-             f"std {pixels.std():.2f} (on 0..255; divided by 255 for training)",
-             "  label  class         count"]
+    lines = [
+        f"{name}: {type(images).__name__} {images.dtype}, images {tuple(images.shape)}, labels {tuple(labels.shape)}",
+        f"  pixels: min {int(images.min())}, max {int(images.max())}, mean {pixels.mean():.2f}, "
+        f"std {pixels.std():.2f} (on 0..255; divided by 255 for training)",
+        "  label  class         count",
+    ]
     lines += [f"  {i:>5}  {CLASS_NAMES[i]:<12}  {int(c):>6,}" for i, c in enumerate(counts)]
     return "\n".join(lines)
 

@@ -53,9 +53,15 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
     try:
         with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
             warnings.simplefilter("ignore")
-            model.to_onnx(str(path), example, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, dynamo=True,
-                          external_data=False)
+            model.to_onnx(
+                str(path),
+                example,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                dynamo=True,
+                external_data=False,
+            )
     except Exception as error:  # noqa: BLE001
         raise FmnistError(f"ONNX export failed: {error}\n{log.getvalue()[-2000:]}") from None
 
@@ -76,8 +82,9 @@ def export(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     path = Path(cfg.output) if cfg.output else ckpt.with_suffix(SUFFIX[cfg.format])
     if path.resolve() == ckpt.resolve():
-        raise FmnistError(f"{path} is the checkpoint being exported: the export would replace it. Fix: choose "
-                          "another output=PATH")
+        raise FmnistError(
+            f"{path} is the checkpoint being exported: the export would replace it. Fix: choose another output=PATH"
+        )
     check_output_folder(path.parent, key="output")
     check_new_files([path], cfg.overwrite, key="output")
     images = check_batch(cfg)
@@ -92,8 +99,14 @@ def export(cfg: DictConfig) -> dict:
             model.to_torchscript(str(path), method="trace", example_inputs=images[:2])
             got = torch.jit.load(str(path))(images).detach()
     difference = float((got - expected).abs().max())
-    check = {"file": str(path), "format": cfg.format, "batch": len(images), "max_abs_diff": difference,
-             "tolerance": cfg.tolerance, "ok": difference <= cfg.tolerance}
+    check = {
+        "file": str(path),
+        "format": cfg.format,
+        "batch": len(images),
+        "max_abs_diff": difference,
+        "tolerance": cfg.tolerance,
+        "ok": difference <= cfg.tolerance,
+    }
     print(json.dumps(check, indent=2))
     if not check["ok"]:
         raise FmnistError(f"the exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}")

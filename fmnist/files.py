@@ -38,10 +38,14 @@ def write_atomically(path: str | os.PathLike, data: bytes | memoryview, then: st
             os.close(folder)
     except OSError as error:
         kept = f"the previous {target.name} is intact" if target.exists() else "nothing was written"
-        fix = ("free some space on that disk" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "make the folder writable")
-        raise FmnistError(f"cannot write {target}: {error.strerror or error} ({kept}). "
-                          f"Fix: {fix}{', then ' + then if then else ''}") from None
+        fix = (
+            "free some space on that disk"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "make the folder writable"
+        )
+        raise FmnistError(
+            f"cannot write {target}: {error.strerror or error} ({kept}). Fix: {fix}{', then ' + then if then else ''}"
+        ) from None
     finally:
         if temp is not None:
             with contextlib.suppress(OSError):

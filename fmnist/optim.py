@@ -8,7 +8,7 @@ small in value, but visible over the study's 150 epochs at lr 1e-4. Parameters w
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -69,17 +69,20 @@ class KerasRMSprop(_KerasOptimizer):
 class KerasAdam(_KerasOptimizer):
     """Keras Adam: `w -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)`, eps on the uncorrected v."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-7):
+    def __init__(
+        self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7
+    ):
         beta1, beta2 = betas
         if lr < 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps < 0:
             raise ValueError(f"invalid KerasAdam settings: lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=(beta1, beta2), eps=eps))
 
     def _init_state(self, p: torch.Tensor) -> dict:
-        return {"step": torch.tensor(0.0),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {
+            "step": torch.tensor(0.0),
+            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+        }
 
     def _update(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
@@ -92,7 +95,7 @@ class KerasAdam(_KerasOptimizer):
         for s in states:  # "step" lives on the CPU, like torch's non-capturable optimizers: no sync
             s["step"] += 1
             t = s["step"].item()
-            step_sizes.append(-group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
+            step_sizes.append(-group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t))
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denom, group["eps"])
         torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)

@@ -58,7 +58,7 @@ def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
     if peak <= 0:
         raise ValueError("the image is blank: no garment to see")
     rows, cols = np.nonzero(gray > 0.1 * peak)
-    crop = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1] * (255.0 / peak)
+    crop = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] * (255.0 / peak)
     fitted = ImageOps.contain(Image.fromarray(crop.astype(np.uint8)), (28, 28), Image.Resampling.LANCZOS)
     canvas = Image.new("L", (28, 28), 0)
     canvas.paste(fitted, ((28 - fitted.width) // 2, (28 - fitted.height) // 2))
@@ -97,13 +97,16 @@ def load_image(path: Path) -> torch.Tensor:
             image = Image.open(path, formats=FORMATS)
         with image:
             if image.width * image.height > MAX_PIXELS:  # the header alone: nothing is decoded yet
-                raise ValueError(f"too large: {image.width}x{image.height} pixels, more than the "
-                                 f"{MAX_PIXELS:,} fmnist decodes (a decompression bomb?)")
+                raise ValueError(
+                    f"too large: {image.width}x{image.height} pixels, more than the "
+                    f"{MAX_PIXELS:,} fmnist decodes (a decompression bomb?)"
+                )
             image.load()
             return to_fashion_mnist(image)
     except Image.DecompressionBombError:
-        raise ValueError(f"too large: more than the {MAX_PIXELS:,} pixels fmnist decodes (a decompression bomb?)") \
-            from None
+        raise ValueError(
+            f"too large: more than the {MAX_PIXELS:,} pixels fmnist decodes (a decompression bomb?)"
+        ) from None
     except UnidentifiedImageError:
         raise ValueError(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
     except OSError as error:  # truncated or damaged files
@@ -118,7 +121,7 @@ def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 25
     """
     results = []
     for start in range(0, len(files), batch_size):
-        rows = [{"file": str(path)} for path in files[start:start + batch_size]]
+        rows = [{"file": str(path)} for path in files[start : start + batch_size]]
         images, read = [], []
         for row in rows:
             try:
@@ -130,9 +133,11 @@ def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 25
             probs = model(torch.stack(images)).softmax(dim=1)
             top = probs.topk(min(top_k, len(CLASS_NAMES)), dim=1)
             finite = probs.isfinite().all(dim=1).tolist()
-            for row, ok, values, indices in zip(read, finite, top.values.tolist(), top.indices.tolist()):
+            for row, ok, values, indices in zip(read, finite, top.values.tolist(), top.indices.tolist(), strict=False):
                 if ok:
-                    row["top"] = [{"class": CLASS_NAMES[i], "prob": round(p, 4)} for p, i in zip(values, indices)]
+                    row["top"] = [
+                        {"class": CLASS_NAMES[i], "prob": round(p, 4)} for p, i in zip(values, indices, strict=False)
+                    ]
                 else:
                     row["error"] = NOT_A_NUMBER
         results += rows
@@ -160,7 +165,7 @@ def printable(name: str) -> str:
 def print_table(results: list[dict]) -> None:
     names = [printable(r["file"]) for r in results]
     width = max(map(len, names))
-    for name, r in zip(names, results):
+    for name, r in zip(names, results, strict=False):
         row = r.get("error") and f"error: {r['error']}" or "  ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
         print(f"{name:<{width}}  {printable(row)}")
 
@@ -177,8 +182,10 @@ def predict(cfg: DictConfig) -> list[dict]:
     print_table(results)
     write_predictions(results, output_dir, min(cfg.top_k, len(CLASS_NAMES)))
     if all(r.get("error") == NOT_A_NUMBER for r in results):
-        raise FmnistError(f"no prediction for the {len(files)} input file(s): {NOT_A_NUMBER}. Fix: use a "
-                          "checkpoint from before the run diverged")
+        raise FmnistError(
+            f"no prediction for the {len(files)} input file(s): {NOT_A_NUMBER}. Fix: use a "
+            "checkpoint from before the run diverged"
+        )
     if all("error" in r for r in results):
         raise FmnistError(f"none of the {len(files)} input file(s) could be read as an image")
     return results

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -16,8 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import (  # noqa: E402
-    multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score, multiclass_precision,
-    multiclass_recall, multiclass_stat_scores)
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+    multiclass_stat_scores,
+)
 
 from fmnist.data import to_unit_float  # noqa: E402
 from fmnist.files import write_atomically  # noqa: E402
@@ -42,17 +47,26 @@ def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu", 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
     """Per class precision, recall, F1 and support, then accuracy, macro avg and weighted avg."""
     n = len(class_names)
-    scores = {avg: {"precision": multiclass_precision(probs, labels, n, average=avg),
-                    "recall": multiclass_recall(probs, labels, n, average=avg),
-                    "f1-score": multiclass_f1_score(probs, labels, n, average=avg)}
-              for avg in (None, "macro", "weighted")}
+    scores = {
+        avg: {
+            "precision": multiclass_precision(probs, labels, n, average=avg),
+            "recall": multiclass_recall(probs, labels, n, average=avg),
+            "f1-score": multiclass_f1_score(probs, labels, n, average=avg),
+        }
+        for avg in (None, "macro", "weighted")
+    }
     support = multiclass_stat_scores(probs, labels, n, average=None)[:, 4]
     total = int(support.sum())
-    report = {name: {k: float(v[i]) for k, v in scores[None].items()} | {"support": int(support[i])}
-              for i, name in enumerate(class_names)}
-    report["accuracy"] = {"precision": None, "recall": None,
-                          "f1-score": float(multiclass_accuracy(probs, labels, n, average="micro")),
-                          "support": total}
+    report = {
+        name: {k: float(v[i]) for k, v in scores[None].items()} | {"support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    report["accuracy"] = {
+        "precision": None,
+        "recall": None,
+        "f1-score": float(multiclass_accuracy(probs, labels, n, average="micro")),
+        "support": total,
+    }
     for avg in ("macro", "weighted"):
         report[f"{avg} avg"] = {k: float(v) for k, v in scores[avg].items()} | {"support": total}
     return report
@@ -63,8 +77,10 @@ def report_markdown(report: dict, title: str = "Classification report") -> str:
     lines = [f"# {title}", "", "| | precision | recall | f1-score | support |", "|---|---:|---:|---:|---:|"]
     for name, row in report.items():
         cells = ["" if row[k] is None else f"{row[k]:.3f}" for k in ("precision", "recall", "f1-score")]
-        lines.append(f"| {'**' + name + '**' if name in ('accuracy', 'macro avg', 'weighted avg') else name} | "
-                     f"{' | '.join(cells)} | {row['support']:,} |")
+        lines.append(
+            f"| {'**' + name + '**' if name in ('accuracy', 'macro avg', 'weighted avg') else name} | "
+            f"{' | '.join(cells)} | {row['support']:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +91,9 @@ def report_text(report: dict) -> str:
     for name, row in report.items():
         if name == "accuracy":
             lines.append("")
-        cells = "".join(f"{'' if row[k] is None else format(row[k], '.3f'):>11}"
-                        for k in ("precision", "recall", "f1-score"))
+        cells = "".join(
+            f"{'' if row[k] is None else format(row[k], '.3f'):>11}" for k in ("precision", "recall", "f1-score")
+        )
         lines.append(f"{name:>{width}}{cells}{row['support']:>10,}")
     return "\n".join(lines)
 
@@ -87,7 +104,10 @@ def confusion_matrix_figure(probs, labels, class_names: Sequence[str]):
     counts = multiclass_confusion_matrix(probs, labels, n).numpy()
     rates = multiclass_confusion_matrix(probs, labels, n, normalize="true").numpy()
     fig, axes = plt.subplots(1, 2, figsize=(17, 7.5))
-    for ax, matrix, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], rates, "Row-normalised (recall)", ".2f")):
+    for ax, matrix, title, fmt in (
+        (axes[0], counts, "Counts", "d"),
+        (axes[1], rates, "Row-normalised (recall)", ".2f"),
+    ):
         image = ax.imshow(matrix, cmap="Blues")
         ax.set_title(title)
         ax.set_xticks(range(n), class_names, rotation=45, ha="right")
@@ -96,8 +116,15 @@ def confusion_matrix_figure(probs, labels, class_names: Sequence[str]):
         ax.set_ylabel("true")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
-                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(matrix[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+                )
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
@@ -113,10 +140,11 @@ def misclassified_figure(probs, labels, images, class_names: Sequence[str], coun
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, order.tolist()):
+    for ax, i in zip(axes.flat, order.tolist(), strict=False):
         ax.imshow(images[i, 0].numpy(), cmap="gray_r")
-        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})",
-                     fontsize=8)
+        ax.set_title(
+            f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({confidence[i]:.0%})", fontsize=8
+        )
     fig.suptitle(f"Most confident mistakes ({len(wrong):,} wrong of {len(labels):,})")
     fig.tight_layout()
     return fig
@@ -127,18 +155,22 @@ def read_curves(tensorboard_dir: str | Path) -> dict[str, list[float]]:
     import logging
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs each file it opens
     accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     tags = set(accumulator.Tags().get("scalars", []))
-    return {tag: [event.value for event in accumulator.Scalars(tag)]
-            for tag in ("train/acc", "val/acc", "train/loss", "val/loss") if tag in tags}
+    return {
+        tag: [event.value for event in accumulator.Scalars(tag)]
+        for tag in ("train/acc", "val/acc", "train/loss", "val/loss")
+        if tag in tags
+    }
 
 
 def curves_figure(curves: dict[str, list[float]], title: str = ""):
     """Accuracy and loss per epoch, training and validation, in two panels like the study's figures."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric in zip(axes, ("acc", "loss")):
+    for ax, metric in zip(axes, ("acc", "loss"), strict=False):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = curves.get(f"{split}/{metric}", [])
             if values:
@@ -153,9 +185,17 @@ def curves_figure(curves: dict[str, list[float]], title: str = ""):
     return fig
 
 
-def write_reports(model: torch.nn.Module, loader, class_names: Sequence[str], output_dir: str | Path,
-                  device="cpu", tensorboard_dir: str | Path | None = None, writer=None, step: int = 0,
-                  title: str = "") -> dict:
+def write_reports(
+    model: torch.nn.Module,
+    loader,
+    class_names: Sequence[str],
+    output_dir: str | Path,
+    device="cpu",
+    tensorboard_dir: str | Path | None = None,
+    writer=None,
+    step: int = 0,
+    title: str = "",
+) -> dict:
     """Predict over `loader` and write the report files; log the figures to `writer` if given.
 
     Returns (classification report, mean cross-entropy). Also writes `curves.png` when
@@ -167,11 +207,15 @@ def write_reports(model: torch.nn.Module, loader, class_names: Sequence[str], ou
     probs = logits.softmax(dim=1)
     report = classification_report(probs, labels, class_names)
     write_atomically(output_dir / "classification_report.json", (json.dumps(report, indent=2) + "\n").encode())
-    write_atomically(output_dir / "classification_report.md",
-                     report_markdown(report, f"Classification report {title}".strip()).encode())
+    write_atomically(
+        output_dir / "classification_report.md",
+        report_markdown(report, f"Classification report {title}".strip()).encode(),
+    )
     print(report_text(report))
-    figures = {"confusion_matrix": confusion_matrix_figure(probs, labels, class_names),
-               "misclassified": misclassified_figure(probs, labels, images, class_names)}
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(probs, labels, class_names),
+        "misclassified": misclassified_figure(probs, labels, images, class_names),
+    }
     curves = read_curves(tensorboard_dir) if tensorboard_dir and Path(tensorboard_dir).exists() else {}
     if curves:
         figures["curves"] = curves_figure(curves, title)

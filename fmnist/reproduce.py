@@ -21,20 +21,24 @@ from fmnist.errors import FmnistError
 from fmnist.runs import aggregate, find_runs, format_count, format_seconds, write_section
 from fmnist.study import STUDY
 
+
 def results_table(rows: list[dict]) -> str:
     """Markdown: each measured (model, epochs) row next to the study's figures."""
-    lines = ["| model | recipe | epochs | seeds | test accuracy (mean ± std) | macro F1 | params (Keras) | "
-             "training time (mean) | device | study: accuracy, time |",
-             "|---|---|---|---|---|---|---:|---|---|---|"]
+    lines = [
+        "| model | recipe | epochs | seeds | test accuracy (mean ± std) | macro F1 | params (Keras) | "
+        "training time (mean) | device | study: accuracy, time |",
+        "|---|---|---|---|---|---|---:|---|---|---|",
+    ]
     for row in rows:
         study = STUDY.get(row["model"], {})
         recipe = study.get("epochs")
         epochs = f"{row['epochs']}" + (f" of {recipe} (reduced)" if recipe and row["epochs"] < recipe else "")
-        reference = (f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "")
+        reference = f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else ""
         lines.append(
             f"| {row['model']} | {row['recipe']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
             f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {format_count(row['params_total_keras'])} | "
-            f"{format_seconds(row['train_seconds_mean'])} | {row['device']} | {reference} |")
+            f"{format_seconds(row['train_seconds_mean'])} | {row['device']} | {reference} |"
+        )
     return "\n".join(lines)
 
 
@@ -45,9 +49,23 @@ def results_json(rows: list[dict]) -> dict:
         recipe = STUDY.get(row["model"], {}).get("epochs")
         key = row["model"] if row["epochs"] == recipe else f"{row['model']}@{row['epochs']}ep"
         key += "" if key not in out else f" ({row['recipe']})"
-        out[key] = {k: row[k] for k in ("model", "recipe", "test_acc_mean", "test_acc_std", "macro_f1_mean", "seeds",
-                                         "epochs", "train_seconds_mean", "device", "batch_size", "optimizer",
-                                         "params_total_keras")}
+        out[key] = {
+            k: row[k]
+            for k in (
+                "model",
+                "recipe",
+                "test_acc_mean",
+                "test_acc_std",
+                "macro_f1_mean",
+                "seeds",
+                "epochs",
+                "train_seconds_mean",
+                "device",
+                "batch_size",
+                "optimizer",
+                "params_total_keras",
+            )
+        }
         out[key]["full_recipe"] = row["epochs"] == recipe
     return out
 
@@ -63,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["cnn", "rnn", "bilstm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sweep-dir", default=None, help="multirun folder (default outputs/reproduce/<time>)")
-    parser.add_argument("--collect", nargs="*", default=[],
-                        help="also (or, with no training, only) tabulate the runs in these folders")
+    parser.add_argument(
+        "--collect", nargs="*", default=[], help="also (or, with no training, only) tabulate the runs in these folders"
+    )
     parser.add_argument("--docs", default="docs", help="where RESULTS.md and results.json go")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job, after --")
     args = parser.parse_args(argv)
@@ -72,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.collect or args.overrides or args.sweep_dir:
             sweep = args.sweep_dir or f"outputs/reproduce/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-            command = [sys.executable, "-m", "fmnist.train", "-m", f"model={','.join(args.models)}",
-                       f"seed={','.join(map(str, args.seeds))}", f"hydra.sweep.dir={sweep}",
-                       *args.overrides]
+            command = [
+                sys.executable,
+                "-m",
+                "fmnist.train",
+                "-m",
+                f"model={','.join(args.models)}",
+                f"seed={','.join(map(str, args.seeds))}",
+                f"hydra.sweep.dir={sweep}",
+                *args.overrides,
+            ]
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=True)
             folders.append(sweep)

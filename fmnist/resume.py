@@ -21,16 +21,17 @@ import shlex
 import signal
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -57,11 +58,15 @@ def run_files(run_dir: str | Path) -> tuple[Path, Path]:
     if not config.is_file():
         raise FmnistError(f"resume={run_dir}: not a training run folder (it has no .hydra/config.yaml)")
     if not checkpoint.is_file():
-        raise FmnistError(f"resume={run_dir}: nothing to resume, {checkpoint} does not exist "
-                          "(the run stopped before its first checkpoint: start it again)")
+        raise FmnistError(
+            f"resume={run_dir}: nothing to resume, {checkpoint} does not exist "
+            "(the run stopped before its first checkpoint: start it again)"
+        )
     if not zipfile.is_zipfile(checkpoint):  # e.g. cut short by a kill while it was written
-        raise FmnistError(f"resume={run_dir}: {checkpoint} is damaged. Fix: copy one of the run's "
-                          "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch")
+        raise FmnistError(
+            f"resume={run_dir}: {checkpoint} is damaged. Fix: copy one of the run's "
+            "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch"
+        )
     return config, checkpoint
 
 
@@ -80,8 +85,9 @@ def cli_args(argv: list[str]) -> list[str]:
         raise FmnistError(f"resume={run_dir} cannot be read: {str(error).splitlines()[0]}") from None
     run_files(str(run_dir))
     if "${" in str(run_dir):  # Hydra would read it as an interpolation in its own paths (its job log's)
-        raise FmnistError(f"resume={run_dir}: Hydra cannot run in a folder whose name contains '${{'. "
-                          "Fix: rename the folder")
+        raise FmnistError(
+            f"resume={run_dir}: Hydra cannot run in a folder whose name contains '${{'. Fix: rename the folder"
+        )
     return [*argv, "hydra.run.dir=${resume}", "hydra.output_subdir=null"]
 
 
@@ -116,8 +122,10 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     overrides = [o for o in HydraConfig.get().overrides.task if _key(o) != "resume"]
     refused = [o for o in overrides if _key(o) not in RESUMABLE_KEYS]
     if refused:
-        raise FmnistError(f"resume={run} continues that run with its own config: {' '.join(refused)} "
-                          f"cannot change on resume (only {', '.join(RESUMABLE_KEYS)} can)")
+        raise FmnistError(
+            f"resume={run} continues that run with its own config: {' '.join(refused)} "
+            f"cannot change on resume (only {', '.join(RESUMABLE_KEYS)} can)"
+        )
     saved = _load_run_config(config_file)
     check_run_config(saved, config_file)  # before anything is resolved or built from it
     for override in overrides:
@@ -132,8 +140,10 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     previous = read_metrics(run / "metrics.json")
     plan, done = resume_plan(resolved, checkpoint, previous, {_key(o) for o in overrides})
     if plan == "finished":
-        rank_zero_info(f"resume={run}: the run is finished ({done}) and its metrics.json is complete; nothing "
-                       "was changed. To train it further, raise trainer.max_epochs")
+        rank_zero_info(
+            f"resume={run}: the run is finished ({done}) and its metrics.json is complete; nothing "
+            "was changed. To train it further, raise trainer.max_epochs"
+        )
         return Resume(resolved, checkpoint_path, checkpoint, previous, plan)
 
     def record() -> None:
@@ -144,8 +154,11 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
         recorded = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
         write_atomically(overrides_file, OmegaConf.to_yaml(OmegaConf.create(recorded + overrides)).encode())
 
-    rank_zero_info(f"resuming {run} from {checkpoint_path}" + (f" with {' '.join(overrides)}" if overrides else "")
-                   + (f" to finish it ({done}): testing and writing metrics.json" if plan == "finish" else ""))
+    rank_zero_info(
+        f"resuming {run} from {checkpoint_path}"
+        + (f" with {' '.join(overrides)}" if overrides else "")
+        + (f" to finish it ({done}): testing and writing metrics.json" if plan == "finish" else "")
+    )
     return Resume(resolved, checkpoint_path, checkpoint, previous, plan, record)
 
 
@@ -168,32 +181,44 @@ def read_checkpoint(path: Path, run: Path) -> dict:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         code = next((line for line in lines if "Unsupported global" in line), None)
         if code is not None:
-            raise FmnistError(f"resume={run}: {path} is refused: it carries pickled objects or code, which fmnist "
-                              f"never loads ({code[:200]}). {fix}") from None
+            raise FmnistError(
+                f"resume={run}: {path} is refused: it carries pickled objects or code, which fmnist "
+                f"never loads ({code[:200]}). {fix}"
+            ) from None
         reason = next((line for line in lines if "WeightsUnpickler" in line), lines[0])[:200]
         raise FmnistError(f"resume={run}: {path} is damaged ({reason}). {fix}") from None
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise FmnistError(f"resume={run}: {path} is damaged ({reason}). {fix}") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)
-            and _count(checkpoint.get("global_step"))
-            and _count(_get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed"))):
-        raise FmnistError(f"resume={run}: {path} is not a training checkpoint of fmnist (it lacks Lightning's "
-                          f"weights or loop state). {fix}")
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+        and _count(checkpoint.get("global_step"))
+        and _count(_get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed"))
+    ):
+        raise FmnistError(
+            f"resume={run}: {path} is not a training checkpoint of fmnist (it lacks Lightning's "
+            f"weights or loop state). {fix}"
+        )
     return checkpoint
 
 
 def check_weights(resume: Resume, model: L.LightningModule) -> None:
     """Refuse a last.ckpt whose weights are not those of the run's model (another class, another size)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    found = {key: tuple(value.shape) for key, value in resume.checkpoint["state_dict"].items()
-             if isinstance(value, torch.Tensor)}
+    found = {
+        key: tuple(value.shape)
+        for key, value in resume.checkpoint["state_dict"].items()
+        if isinstance(value, torch.Tensor)
+    }
     if found != expected:
         saved = resume.checkpoint.get("fmnist_model")
         holds = f" (it holds {str(saved).rsplit('.', 1)[-1][:60]} weights)" if isinstance(saved, str) else ""
-        raise FmnistError(f"resume={resume.cfg.output_dir}: {resume.path} does not match the run's "
-                          f"{type(model).__name__}{holds}. Fix: copy one of the run's own "
-                          "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch")
+        raise FmnistError(
+            f"resume={resume.cfg.output_dir}: {resume.path} does not match the run's "
+            f"{type(model).__name__}{holds}. Fix: copy one of the run's own "
+            "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch"
+        )
 
 
 def read_metrics(path: Path) -> dict | None:
@@ -215,8 +240,9 @@ def _max_epochs(cfg: DictConfig) -> int:
 
 def metrics_describe(previous: dict | None, checkpoint: dict) -> bool:
     """Whether a run's metrics.json (written when a fit ends) describes the state its last.ckpt holds."""
-    return previous is not None and (previous.get("steps") == checkpoint["global_step"]
-                                     or previous.get("status") == "diverged")  # last.ckpt: the last good epoch
+    return previous is not None and (
+        previous.get("steps") == checkpoint["global_step"] or previous.get("status") == "diverged"
+    )  # last.ckpt: the last good epoch
 
 
 def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given: set[str]) -> tuple[str, str]:
@@ -235,8 +261,11 @@ def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given:
     if not (reached or describes):
         return "fit", ""
     status = previous.get("status") if describes else None
-    done = (f"{status} at epoch {previous.get('diverged_epoch')}" if status == "diverged"
-            else f"trained {epochs} epoch{'s' * (epochs != 1)} of trainer.max_epochs={limit}")
+    done = (
+        f"{status} at epoch {previous.get('diverged_epoch')}"
+        if status == "diverged"
+        else f"trained {epochs} epoch{'s' * (epochs != 1)} of trainer.max_epochs={limit}"
+    )
     tested = describes and "test/acc" in previous and "test_checkpoint" not in previous
     if not describes or (cfg.get("test", True) and not tested):
         return "finish", done
@@ -247,8 +276,11 @@ def saved_fit(resume: Resume) -> tuple[dict[str, float], list[float]]:
     """The fit-time figures (FIT_KEYS) and `epoch_seconds` that a run's last.ckpt holds."""
     checkpoint = resume.checkpoint
     figures = checkpoint.get("fmnist_fit")
-    fit = {key: float(value) for key, value in (figures.items() if isinstance(figures, dict) else ())
-           if key in FIT_KEYS and isinstance(value, float)}
+    fit = {
+        key: float(value)
+        for key, value in (figures.items() if isinstance(figures, dict) else ())
+        if key in FIT_KEYS and isinstance(value, float)
+    }
     best = _get(checkpoint, "fmnist_running", "val_acc_best", "max_value")  # checkpoints before fmnist_fit
     if "val/acc_best" not in fit and isinstance(best, torch.Tensor) and best.numel() == 1 and best.isfinite():
         fit["val/acc_best"] = best.item()
@@ -290,8 +322,9 @@ def _load_run_config(path: Path) -> DictConfig:
         reason = " ".join(str(error).split())[:200]
         raise FmnistError(f"{path} is not a readable run config ({reason}). Fix: start a new run") from None
     if not isinstance(config, DictConfig):
-        raise FmnistError(f"{path} is not a run config: it holds a {type(config).__name__}, not a mapping. "
-                          "Fix: start a new run")
+        raise FmnistError(
+            f"{path} is not a run config: it holds a {type(config).__name__}, not a mapping. Fix: start a new run"
+        )
     return config
 
 
@@ -307,19 +340,25 @@ def _inside(value: str, run: Path) -> bool:
 def check_run_config(saved: DictConfig, source: Path) -> None:
     """Refuse, with one FmnistError naming the key, a run config (as saved, unresolved) that uses a resolver
     other than RESOLVERS or makes a callback, logger or the trainer write outside `${output_dir}`."""
+
     def refuse(where: str, value: Any, why: str) -> None:
-        raise FmnistError(f"{source} is refused: {where}={str(value)[:200]!r} {why}. Fix: start a new run, "
-                          "or restore that entry as fmnist.train wrote it")
+        raise FmnistError(
+            f"{source} is refused: {where}={str(value)[:200]!r} {why}. Fix: start a new run, "
+            "or restore that entry as fmnist.train wrote it"
+        )
 
     def walk(node: Any, where: str, writer: bool) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 path = f"{where}.{key}" if where else str(key)
                 if writer and isinstance(value, str) and key in PATH_KEYS and not _inside(value, run):
-                    refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes "
-                                        "only there")
-                if writer and isinstance(value, str) and key in NAME_KEYS and ("/" in value or "\\" in value
-                                                                            or ".." in value):
+                    refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes only there")
+                if (
+                    writer
+                    and isinstance(value, str)
+                    and key in NAME_KEYS
+                    and ("/" in value or "\\" in value or ".." in value)
+                ):
                     refuse(path, value, "is a path, not a name: a resumed run writes only in its own folder")
                 walk(value, path, writer or (not where and key in ("callbacks", "logger", "trainer")))
         elif isinstance(node, list):
@@ -328,8 +367,12 @@ def check_run_config(saved: DictConfig, source: Path) -> None:
         elif isinstance(node, str):
             for resolver in _RESOLVER.findall(node):
                 if resolver not in RESOLVERS:
-                    refuse(where, node, f"uses the resolver {resolver}: a run's config may only read other keys "
-                                        f"and {', '.join(RESOLVERS)}")
+                    refuse(
+                        where,
+                        node,
+                        f"uses the resolver {resolver}: a run's config may only read other keys "
+                        f"and {', '.join(RESOLVERS)}",
+                    )
 
     run = source.parent.parent  # <run>/.hydra/config.yaml
     walk(OmegaConf.to_container(saved, resolve=False), "", False)
@@ -343,10 +386,12 @@ def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
         saved = OmegaConf.to_container(_load_run_config(hydra_file), resolve=False)
         runtime = saved.get("hydra", {}).get("runtime", {}) if isinstance(saved.get("hydra"), dict) else {}
         raw = runtime.get("choices", {}) if isinstance(runtime, dict) else {}
-        for group, choice in (raw.items() if isinstance(raw, dict) else ()):
+        for group, choice in raw.items() if isinstance(raw, dict) else ():
             if choice is not None and (not isinstance(choice, str) or "${" in choice):
-                raise FmnistError(f"{hydra_file} is refused: hydra.runtime.choices.{group}={str(choice)[:200]!r} "
-                                  "is not a plain config name. Fix: start a new run")
+                raise FmnistError(
+                    f"{hydra_file} is refused: hydra.runtime.choices.{group}={str(choice)[:200]!r} "
+                    "is not a plain config name. Fix: start a new run"
+                )
             choices[str(group)] = choice
     instance = HydraConfig.instance()
     current = instance.cfg
@@ -356,8 +401,9 @@ def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
         OmegaConf.resolve(cfg)
     except Exception as error:  # noqa: BLE001 - e.g. a key that names nothing, a loop of interpolations
         reason = " ".join(str(error).split())[:300]
-        raise FmnistError(f"{hydra_file.with_name('config.yaml')} cannot be resolved ({reason}). "
-                          "Fix: start a new run") from None
+        raise FmnistError(
+            f"{hydra_file.with_name('config.yaml')} cannot be resolved ({reason}). Fix: start a new run"
+        ) from None
     finally:
         instance.cfg = current
 
@@ -405,9 +451,11 @@ class RunFolderGuard(Callback):
         folder = Path(config.hydra.run.dir)
         if _holds_run(folder):
             found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
-            raise SystemExit(f"error: {folder} holds an earlier run (its {found}), "
-                             f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
-                             "another hydra.run.dir=PATH, or add overwrite=true to replace it")
+            raise SystemExit(
+                f"error: {folder} holds an earlier run (its {found}), "
+                f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
+                "another hydra.run.dir=PATH, or add overwrite=true to replace it"
+            )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
@@ -417,9 +465,11 @@ class RunFolderGuard(Callback):
         taken = sorted(p.name for p in folder.iterdir() if p.is_dir() and _holds_run(p)) if folder.is_dir() else []
         if taken:
             shown = ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else "")
-            raise SystemExit(f"error: {folder} holds the runs of an earlier sweep (job folders {shown}), which this "
-                             "sweep would replace. Fix: choose another hydra.sweep.dir=PATH, or add overwrite=true to "
-                             "replace them")
+            raise SystemExit(
+                f"error: {folder} holds the runs of an earlier sweep (job folders {shown}), which this "
+                "sweep would replace. Fix: choose another hydra.sweep.dir=PATH, or add overwrite=true to "
+                "replace them"
+            )
 
 
 class SaveOnInterrupt(L.Callback):

@@ -99,12 +99,16 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
     tested = _number(metrics.get("test/acc"))
     if metrics.get("status") == "diverged":
         where = f"diverged in epoch {metrics.get('diverged_epoch')}, step {metrics.get('diverged_step')}"
-        return "diverged", where + (f"; its best checkpoint tested {metrics['test/acc']:.4f}" if tested else
-                                    "; no checkpoint from before the divergence was tested")
+        return "diverged", where + (
+            f"; its best checkpoint tested {metrics['test/acc']:.4f}"
+            if tested
+            else "; no checkpoint from before the divergence was tested"
+        )
     if "test/acc" not in metrics:
         epochs = metrics["epochs"]
-        return "untested", (f"trained {epochs} epoch{'' if epochs == 1 else 's'}, not tested "
-                            "(test=false, or stopped while testing)")
+        return "untested", (
+            f"trained {epochs} epoch{'' if epochs == 1 else 's'}, not tested (test=false, or stopped while testing)"
+        )
     if not tested:
         return "unreadable", f"test/acc is {metrics['test/acc']!r}, not a number"
     if metrics.get("status", "completed") != "completed":
@@ -120,8 +124,9 @@ def _state_without_metrics(folder: Path) -> tuple[str, str]:
     if isinstance(job, dict) and job.get("status") in ("FAILED", "INTERRUPTED"):
         return job["status"].lower(), str(job.get("error", ""))
     if (folder / "checkpoints" / "last.ckpt").is_file():
-        return "interrupted", ("stopped before it finished; continue it with "
-                               f"`python -m fmnist.train resume={shlex.quote(str(folder))}`")
+        return "interrupted", (
+            f"stopped before it finished; continue it with `python -m fmnist.train resume={shlex.quote(str(folder))}`"
+        )
     return "unfinished", "no metrics.json: still running, or stopped before its first checkpoint"
 
 
@@ -198,19 +203,31 @@ def aggregate(runs: list[dict]) -> list[dict]:
         acc_mean, acc_std = _mean_std([r["test/acc"] for r in members])
         f1 = [r["test/macro_f1"] for r in members if _number(r.get("test/macro_f1"))]
         f1_mean, f1_std = _mean_std(f1) if f1 else (float("nan"), float("nan"))
-        class_names = [k[len("test/f1/"):] for k in members[0] if k.startswith("test/f1/")]
+        class_names = [k[len("test/f1/") :] for k in members[0] if k.startswith("test/f1/")]
         seconds = [r["train_seconds"] for r in members if _number(r.get("train_seconds"))]
-        rows.append({
-            "model": model, "epochs": epochs, "recipe": variant, "seeds": sorted(str(r.get("seed")) for r in members),
-            "test_acc_mean": acc_mean, "test_acc_std": acc_std, "macro_f1_mean": f1_mean, "macro_f1_std": f1_std,
-            "class_f1": {c: statistics.fmean(r[f"test/f1/{c}"] for r in members if _number(r.get(f"test/f1/{c}")))
-                         for c in class_names if any(_number(r.get(f"test/f1/{c}")) for r in members)},
-            "params_total_keras": members[0].get("params_total_keras"),
-            "train_seconds_mean": statistics.fmean(seconds) if seconds else float("nan"),
-            "device": ", ".join(sorted({str(r.get("device", "?")) for r in members})),
-            "batch_size": members[0].get("batch_size"), "optimizer": members[0].get("optimizer"),
-            "run_dirs": [r["run_dir"] for r in members],
-        })
+        rows.append(
+            {
+                "model": model,
+                "epochs": epochs,
+                "recipe": variant,
+                "seeds": sorted(str(r.get("seed")) for r in members),
+                "test_acc_mean": acc_mean,
+                "test_acc_std": acc_std,
+                "macro_f1_mean": f1_mean,
+                "macro_f1_std": f1_std,
+                "class_f1": {
+                    c: statistics.fmean(r[f"test/f1/{c}"] for r in members if _number(r.get(f"test/f1/{c}")))
+                    for c in class_names
+                    if any(_number(r.get(f"test/f1/{c}")) for r in members)
+                },
+                "params_total_keras": members[0].get("params_total_keras"),
+                "train_seconds_mean": statistics.fmean(seconds) if seconds else float("nan"),
+                "device": ", ".join(sorted({str(r.get("device", "?")) for r in members})),
+                "batch_size": members[0].get("batch_size"),
+                "optimizer": members[0].get("optimizer"),
+                "run_dirs": [r["run_dir"] for r in members],
+            }
+        )
     return rows
 
 

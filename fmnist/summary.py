@@ -14,8 +14,9 @@ ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Softmax)  # folded into the prev
 
 
 def _bn_statistics(module: nn.Module) -> int:
-    return sum(b.numel() for name, b in module.named_buffers()
-               if name.rsplit(".", 1)[-1] in ("running_mean", "running_var"))
+    return sum(
+        b.numel() for name, b in module.named_buffers() if name.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+    )
 
 
 def keras_param_counts(model: nn.Module) -> dict[str, int]:
@@ -30,8 +31,9 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for part in ("features", "classifier"):
         module = getattr(model, part)
         children = list(module.named_children()) if isinstance(module, nn.Sequential) else [("", module)]
-        layers += [(f"{part}.{name}".rstrip("."), child) for name, child in children
-                   if not isinstance(child, ACTIVATIONS)]
+        layers += [
+            (f"{part}.{name}".rstrip("."), child) for name, child in children if not isinstance(child, ACTIVATIONS)
+        ]
     return layers
 
 
@@ -39,9 +41,10 @@ def keras_summary_rows(model: nn.Module, input_shape=(1, 1, 28, 28)) -> list[dic
     """One dict per Keras-visible layer: name, type, output shape (batch as None), params."""
     layers = _layers(model)
     shapes: dict[int, tuple] = {}
-    hooks = [layer.register_forward_hook(
-        lambda mod, args, out, key=id(layer): shapes.__setitem__(key, tuple(out.shape)))
-        for _, layer in layers]
+    hooks = [
+        layer.register_forward_hook(lambda mod, args, out, key=id(layer): shapes.__setitem__(key, tuple(out.shape)))  # noqa: B008
+        for _, layer in layers
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -57,8 +60,9 @@ def keras_summary_rows(model: nn.Module, input_shape=(1, 1, 28, 28)) -> list[dic
         if hasattr(layer, "cell"):  # KerasRecurrent
             kind = ("Bidirectional " if layer.bidirectional else "") + {"rnn": "SimpleRNN", "lstm": "LSTM"}[layer.cell]
         counts = keras_param_counts(layer)
-        rows.append({"name": name, "type": kind, "output_shape": (None, *shapes[id(layer)][1:]),
-                     "params": counts["total"]})
+        rows.append(
+            {"name": name, "type": kind, "output_shape": (None, *shapes[id(layer)][1:]), "params": counts["total"]}
+        )
     return rows
 
 
@@ -66,10 +70,13 @@ def keras_summary_markdown(model: nn.Module, title: str | None = None) -> str:
     """The summary as a Markdown table plus Keras's three totals."""
     rows = keras_summary_rows(model)
     counts = keras_param_counts(model)
-    lines = [f"# {title or type(model).__name__}", "",
-             "| Layer (type) | Output shape | Param # |", "|---|---|---:|"]
+    lines = [f"# {title or type(model).__name__}", "", "| Layer (type) | Output shape | Param # |", "|---|---|---:|"]
     lines += [f"| {r['name']} ({r['type']}) | {r['output_shape']} | {r['params']:,} |" for r in rows]
-    lines += ["", f"Total params: {counts['total']:,}",
-              f"Trainable params: {counts['trainable']:,}",
-              f"Non-trainable params: {counts['non_trainable']:,} (BatchNorm moving mean and variance)", ""]
+    lines += [
+        "",
+        f"Total params: {counts['total']:,}",
+        f"Trainable params: {counts['trainable']:,}",
+        f"Non-trainable params: {counts['non_trainable']:,} (BatchNorm moving mean and variance)",
+        "",
+    ]
     return "\n".join(lines)

@@ -76,18 +76,37 @@ def job_rows(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[dict[
         status, problem = read_json(status_file)
         if not isinstance(status, dict):  # the job number from its folder's name (hydra.sweep.subdir starts with it)
             number = re.match(r"\d+", status_file.parent.name)
-            status = {"job": int(number.group()) if number else "?", "status": "UNKNOWN", "overrides": [],
-                      "error": f"job_status.json {problem or 'is not a JSON object'}"}
+            status = {
+                "job": int(number.group()) if number else "?",
+                "status": "UNKNOWN",
+                "overrides": [],
+                "error": f"job_status.json {problem or 'is not a JSON object'}",
+            }
         metrics, _ = read_json(status_file.parent / "metrics.json")
         metrics = metrics if isinstance(metrics, dict) else {}
-        rows.append({"job": status.get("job", "?"), "status": status.get("status", "UNKNOWN"),
-                     "overrides": " ".join(map(str, status.get("overrides") or [])),
-                     **{k: metrics.get(k, "") for k in SUMMARY_METRICS}, "error": status.get("error", ""),
-                     "dir": str(status_file.parent.relative_to(sweep_dir))})
+        rows.append(
+            {
+                "job": status.get("job", "?"),
+                "status": status.get("status", "UNKNOWN"),
+                "overrides": " ".join(map(str, status.get("overrides") or [])),
+                **{k: metrics.get(k, "") for k in SUMMARY_METRICS},
+                "error": status.get("error", ""),
+                "dir": str(status_file.parent.relative_to(sweep_dir)),
+            }
+        )
     ran = {row["job"] for row in rows}
-    rows += [{"job": number, "status": "NOT_RUN", "overrides": " ".join(overrides),
-              **dict.fromkeys(SUMMARY_METRICS, ""), "error": "never started: the sweep stopped before it", "dir": ""}
-             for number, overrides in enumerate(plan or []) if number not in ran]
+    rows += [
+        {
+            "job": number,
+            "status": "NOT_RUN",
+            "overrides": " ".join(overrides),
+            **dict.fromkeys(SUMMARY_METRICS, ""),
+            "error": "never started: the sweep stopped before it",
+            "dir": "",
+        }
+        for number, overrides in enumerate(plan or [])
+        if number not in ran
+    ]
     return sorted(rows, key=lambda r: (str(r["job"]).zfill(6), r["dir"]))
 
 
@@ -120,14 +139,17 @@ def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[
         writer.writerows(rows)
     n = counts(rows)
     title = f"# Sweep summary: {n['completed']} completed, {n['failed']} failed" + "".join(
-        f", {n[name]} {name}" for name in ("interrupted", "not run") if n[name])
+        f", {n[name]} {name}" for name in ("interrupted", "not run") if n[name]
+    )
     lines = [title, "", "| " + " | ".join(c for c in columns if c != "error") + " |", "|" + "---|" * (len(columns) - 1)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in columns if c != "error") + " |" for r in rows]
     others = [r for r in rows if r["status"] != "COMPLETED"]
     if others:
         lines += ["", "## Jobs that did not complete", ""]
-        lines += [f"- job {r['job']} ({_cell(r['overrides'])}), {r['status'].lower().replace('_', ' ')}: "
-                  f"{_cell(r['error'])}" for r in others]
+        lines += [
+            f"- job {r['job']} ({_cell(r['overrides'])}), {r['status'].lower().replace('_', ' ')}: {_cell(r['error'])}"
+            for r in others
+        ]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
     return rows
 
@@ -149,8 +171,11 @@ class SweepSummary(Callback):
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
             return
         job_dir = Path(config.hydra.runtime.output_dir)
-        status = {"job": config.hydra.job.num, "status": job_return.status.name,
-                  "overrides": list(job_return.overrides or [])}
+        status = {
+            "job": config.hydra.job.num,
+            "status": job_return.status.name,
+            "overrides": list(job_return.overrides or []),
+        }
         result = job_return._return_value  # the property would re-raise a failed job's error
         if isinstance(result, FailedJob):
             status.update(status=result.status, error=result.error)
@@ -181,20 +206,27 @@ class SweepSummary(Callback):
         problem = ""
         if self.compare:
             from fmnist.compare import compare
-            not_run = [[f"job {r['job']}", "?", "?", "not run", f"never started: {r['overrides']}"]
-                       for r in rows if r["status"] == "NOT_RUN"]
+
+            not_run = [
+                [f"job {r['job']}", "?", "?", "not run", f"never started: {r['overrides']}"]
+                for r in rows
+                if r["status"] == "NOT_RUN"
+            ]
             try:
                 compare([str(sweep_dir)], not_run=not_run, overwrite=True)  # the sweep's own report, rewritten
             except (FmnistError, OSError) as error:
                 problem = f"; no comparison: {error}"
         n = counts(rows)
         if interrupted:
-            raise SystemExit(f"error: the sweep was interrupted: {n['completed']} of {len(rows)} jobs completed, "
-                             f"{n['failed']} failed, {n['interrupted']} interrupted, {n['not run']} not run: see "
-                             f"{summary}{problem}")
+            raise SystemExit(
+                f"error: the sweep was interrupted: {n['completed']} of {len(rows)} jobs completed, "
+                f"{n['failed']} failed, {n['interrupted']} interrupted, {n['not run']} not run: see "
+                f"{summary}{problem}"
+            )
         if len(rows) > n["completed"]:
             never = f" ({n['not run']} never ran)" if n["not run"] else ""
-            raise SystemExit(f"error: {len(rows) - n['completed']} of {len(rows)} jobs failed{never}: see {summary}"
-                             f"{problem}")
+            raise SystemExit(
+                f"error: {len(rows) - n['completed']} of {len(rows)} jobs failed{never}: see {summary}{problem}"
+            )
         if problem:
             raise SystemExit(f"error: {problem[2:]}")

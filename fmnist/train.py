@@ -16,32 +16,58 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fmnist.callbacks import (FIT_KEYS, AtomicCheckpointIO, EpochTimer, TrainingDiverged, run_folder_lock,
-                              write_atomically)
-from fmnist.checks import (DATA_RULES, SEED_RANGE, Rule, boolean, check_output_folder, check_values, integer, number,
-                           seed_in_range, shown)
+from fmnist.callbacks import (
+    FIT_KEYS,
+    AtomicCheckpointIO,
+    EpochTimer,
+    TrainingDiverged,
+    run_folder_lock,
+    write_atomically,
+)
+from fmnist.checks import (
+    DATA_RULES,
+    SEED_RANGE,
+    Rule,
+    boolean,
+    check_output_folder,
+    check_values,
+    integer,
+    number,
+    seed_in_range,
+    shown,
+)
 from fmnist.data import check_root, count_images, validation_size
 from fmnist.errors import FmnistError
 from fmnist.progress import EpochProgressBar
 from fmnist.reports import write_reports
-from fmnist.sweeps import FailedJob
-from fmnist.resume import (Resume, check_weights, cli_args, interrupted_message, metrics_describe, never_poorer,
-                           resume_config, run_files, saved_fit)
+from fmnist.resume import (
+    Resume,
+    check_weights,
+    cli_args,
+    interrupted_message,
+    metrics_describe,
+    never_poorer,
+    resume_config,
+    run_files,
+    saved_fit,
+)
 from fmnist.summary import keras_param_counts
+from fmnist.sweeps import FailedJob
 
 # The splits live in memory as tensors, so loader workers would only add overhead.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -77,22 +103,47 @@ LIMIT = "an integer >= 1 (batches) or a fraction in (0, 1] (or null)"
 CONFIG_RULES: dict[str, Rule] = {
     **DATA_RULES,
     "data.batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
-    "trainer.max_epochs": (integer, "an integer", lambda v: v >= 1 or v == -1,
-                           "an integer >= 1 (or -1 for no limit)", True),
-    "trainer.max_steps": (integer, "an integer", lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1 for no limit)",
-                          False),
-    "trainer.max_time": (_duration, "a duration DD:HH:MM:SS", lambda v: Timer(duration=v).time_remaining() > 0,
-                         "a duration DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)", True),
+    "trainer.max_epochs": (
+        integer,
+        "an integer",
+        lambda v: v >= 1 or v == -1,
+        "an integer >= 1 (or -1 for no limit)",
+        True,
+    ),
+    "trainer.max_steps": (
+        integer,
+        "an integer",
+        lambda v: v >= 1 or v == -1,
+        "an integer >= 1 (or -1 for no limit)",
+        False,
+    ),
+    "trainer.max_time": (
+        _duration,
+        "a duration DD:HH:MM:SS",
+        lambda v: Timer(duration=v).time_remaining() > 0,
+        "a duration DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)",
+        True,
+    ),
     "trainer.limit_train_batches": (number, "a number", _batches, LIMIT, True),
     "trainer.limit_val_batches": (number, "a number", _batches, LIMIT, True),
     "trainer.limit_test_batches": (number, "a number", _batches, LIMIT, True),
     "trainer.check_val_every_n_epoch": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null)", True),
-    "trainer.devices": (_devices, "an integer, a list of device numbers or auto", lambda v: v not in (0, []),
-                        "an integer >= 1, -1 for all, a list of device numbers or auto", False),
+    "trainer.devices": (
+        _devices,
+        "an integer, a list of device numbers or auto",
+        lambda v: v not in (0, []),
+        "an integer >= 1, -1 for all, a list of device numbers or auto",
+        False,
+    ),
     "trainer.gradient_clip_val": (number, "a number", lambda v: v >= 0, "a number >= 0 (or null)", True),
     "model.optimizer.lr": (number, "a number", lambda v: v > 0, "a number > 0", False),
-    "model.conv_dropout": (_dropouts(3), "a list of 3 numbers", lambda v: all(map(_probability, v)),
-                           "a list of 3 numbers in [0, 1), one per convolution stage", False),
+    "model.conv_dropout": (
+        _dropouts(3),
+        "a list of 3 numbers",
+        lambda v: all(map(_probability, v)),
+        "a list of 3 numbers in [0, 1), one per convolution stage",
+        False,
+    ),
     "model.dense_dropout": (number, "a number", _probability, "a number in [0, 1)", False),
     "model.dropout": (number, "a number", _probability, "a number in [0, 1)", False),
     "seed": (integer, "an integer", seed_in_range, f"{SEED_RANGE} (or null)", True),
@@ -108,15 +159,19 @@ def check_config(cfg: DictConfig) -> None:
     check_root(cfg.data.root)
     if OmegaConf.select(cfg, "model.fast_step", default=False):
         if OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None):
-            raise FmnistError("trainer.gradient_clip_val does not apply to the fast path (trainer=gpu_fast steps the "
-                              "optimizer itself): drop it, or train with trainer=gpu")
+            raise FmnistError(
+                "trainer.gradient_clip_val does not apply to the fast path (trainer=gpu_fast steps the "
+                "optimizer itself): drop it, or train with trainer=gpu"
+            )
     if OmegaConf.select(cfg, "data.device_resident", default=False) and OmegaConf.select(cfg, "data.num_workers"):
         raise FmnistError("data.num_workers must be 0 with data.device_resident=true (the splits are on the device)")
     every, epochs = (OmegaConf.select(cfg, f"trainer.{key}") for key in ("check_val_every_n_epoch", "max_epochs"))
     if every and epochs and epochs != -1 and every > epochs:
-        raise FmnistError(f"trainer.check_val_every_n_epoch={every} is more than trainer.max_epochs={epochs}: no "
-                          "epoch would be validated and no best checkpoint kept. Fix: lower "
-                          "trainer.check_val_every_n_epoch")
+        raise FmnistError(
+            f"trainer.check_val_every_n_epoch={every} is more than trainer.max_epochs={epochs}: no "
+            "epoch would be validated and no best checkpoint kept. Fix: lower "
+            "trainer.check_val_every_n_epoch"
+        )
     check_accelerator(cfg)
 
 
@@ -125,24 +180,31 @@ def check_accelerator(cfg: DictConfig) -> None:
     name, devices = OmegaConf.select(cfg, "trainer.accelerator"), OmegaConf.select(cfg, "trainer.devices")
     known = sorted(AcceleratorRegistry.available_accelerators())
     if name not in (*known, "gpu", "auto", None):
-        raise FmnistError(f"trainer.accelerator={name} is not one of Lightning's accelerators: must be auto, gpu or "
-                          f"{', '.join(known)}")
+        raise FmnistError(
+            f"trainer.accelerator={name} is not one of Lightning's accelerators: must be auto, gpu or "
+            f"{', '.join(known)}"
+        )
     candidates = {"gpu": ("cuda", "mps"), "auto": ("cuda", "mps", "cpu"), None: ("cuda", "mps", "cpu")}
     candidates = candidates.get(name, (name,))
     available = [n for n in candidates if AcceleratorRegistry[n]["accelerator"].is_available()]
     if not available:
         what = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}.get(name, name.upper())
-        raise FmnistError(f"trainer.accelerator={name}: this machine has no {what} that torch can use. Fix: train on "
-                          "the CPU with trainer.accelerator=cpu (trainer=cpu_fast in place of trainer=gpu_fast, "
-                          "trainer=ddp_cpu in place of trainer=ddp)")
+        raise FmnistError(
+            f"trainer.accelerator={name}: this machine has no {what} that torch can use. Fix: train on "
+            "the CPU with trainer.accelerator=cpu (trainer=cpu_fast in place of trainer=gpu_fast, "
+            "trainer=ddp_cpu in place of trainer=ddp)"
+        )
     if devices == "auto":
         return
     try:  # Lightning's own check of the devices against the machine
         AcceleratorRegistry[available[0]]["accelerator"].parse_devices(
-            OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices)
+            OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices
+        )
     except (MisconfigurationException, TypeError, ValueError) as error:
-        raise FmnistError(f"trainer.devices={shown(devices)} cannot run on {available[0]} here: "
-                          f"{' '.join(str(error).split())} Fix: trainer.devices=1, or auto") from None
+        raise FmnistError(
+            f"trainer.devices={shown(devices)} cannot run on {available[0]} here: "
+            f"{' '.join(str(error).split())} Fix: trainer.devices=1, or auto"
+        ) from None
 
 
 def check_splits(cfg: DictConfig, model: L.LightningModule) -> None:
@@ -152,17 +214,23 @@ def check_splits(cfg: DictConfig, model: L.LightningModule) -> None:
     n_val = validation_size(n_images, data.val_fraction)
     n_train = n_images - n_val
     if n_val == 0:
-        raise FmnistError(f"data.val_fraction={data.val_fraction} leaves no validation image ({n_images:,} x "
-                          f"{data.val_fraction} rounds to 0), so no best checkpoint could be chosen. Fix: "
-                          f"data.val_fraction={1 / n_images:.2g} or more")
+        raise FmnistError(
+            f"data.val_fraction={data.val_fraction} leaves no validation image ({n_images:,} x "
+            f"{data.val_fraction} rounds to 0), so no best checkpoint could be chosen. Fix: "
+            f"data.val_fraction={1 / n_images:.2g} or more"
+        )
     if n_train < data.batch_size:
-        raise FmnistError(f"data.batch_size={data.batch_size} is larger than the training split: "
-                          f"data.val_fraction={data.val_fraction} leaves {n_train:,} of the {n_images:,} training "
-                          "images. Fix: lower data.batch_size or data.val_fraction")
+        raise FmnistError(
+            f"data.batch_size={data.batch_size} is larger than the training split: "
+            f"data.val_fraction={data.val_fraction} leaves {n_train:,} of the {n_images:,} training "
+            "images. Fix: lower data.batch_size or data.val_fraction"
+        )
     if n_train % data.batch_size == 1 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
-        raise FmnistError(f"data.batch_size={data.batch_size} leaves a last training batch of 1 image "
-                          f"({n_train:,} = {n_train // data.batch_size:,} x {data.batch_size} + 1), which "
-                          f"{type(model).__name__}'s BatchNorm cannot train on. Fix: choose another data.batch_size")
+        raise FmnistError(
+            f"data.batch_size={data.batch_size} leaves a last training batch of 1 image "
+            f"({n_train:,} = {n_train // data.batch_size:,} x {data.batch_size} + 1), which "
+            f"{type(model).__name__}'s BatchNorm cannot train on. Fix: choose another data.batch_size"
+        )
     per_step = data.batch_size * (OmegaConf.select(cfg, "data.batches_per_step") or 1)
     eval_batch = OmegaConf.select(cfg, "data.eval_batch_size") or data.batch_size
     splits = {"train": (n_train, per_step), "val": (n_val, eval_batch)}
@@ -172,9 +240,11 @@ def check_splits(cfg: DictConfig, model: L.LightningModule) -> None:
         limit, batches = trainer.get(f"limit_{split}_batches"), math.ceil(n / batch)
         if isinstance(limit, float) and int(batches * limit) == 0:  # Lightning rounds the share down
             name = {"train": "training", "val": "validation"}.get(split, split)
-            raise FmnistError(f"trainer.limit_{split}_batches={limit} leaves no {name} batch ({batches:,} batches x "
-                              f"{limit} < 1). Fix: trainer.limit_{split}_batches=1 (an integer counts batches), or a "
-                              "larger share")
+            raise FmnistError(
+                f"trainer.limit_{split}_batches={limit} leaves no {name} batch ({batches:,} batches x "
+                f"{limit} < 1). Fix: trainer.limit_{split}_batches=1 (an integer counts batches), or a "
+                "larger share"
+            )
 
 
 MIN_FREE_BYTES = 100 * 2**20  # a run's checkpoints, event files and reports (the BiLSTM's checkpoints: 32 MB)
@@ -185,9 +255,11 @@ def check_output_dir(path: Path) -> None:
     check_output_folder(path, key="hydra.run.dir")
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
-        raise FmnistError(f"the output folder {path} has {free / 2**20:.0f} MiB free, a run needs at least "
-                          f"{MIN_FREE_BYTES // 2**20} MiB. Fix: free some space or choose another folder with "
-                          "hydra.run.dir=PATH")
+        raise FmnistError(
+            f"the output folder {path} has {free / 2**20:.0f} MiB free, a run needs at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB. Fix: free some space or choose another folder with "
+            "hydra.run.dir=PATH"
+        )
 
 
 def describe_device(trainer: L.Trainer) -> str:
@@ -248,8 +320,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     checkpoint_io = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO(output_dir)]}
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 **checkpoint_io)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **checkpoint_io
+    )
     previous = resume.previous if resume is not None else None
     record = functools.partial(_record, cfg, trainer, model, datamodule)
 
@@ -263,9 +336,15 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
         else:
             fit, epoch_seconds = saved_fit(resume)
             # The session times are lost with the process; the epochs' sum is what the checkpoint keeps.
-            metrics = record(status="completed", epochs=resume.checkpoint["loops"]["fit_loop"]["epoch_progress"]
-                             ["current"]["processed"], steps=resume.checkpoint["global_step"], fit=fit, test=test,
-                             train_seconds=sum(epoch_seconds), epoch_seconds=epoch_seconds)
+            metrics = record(
+                status="completed",
+                epochs=resume.checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"],
+                steps=resume.checkpoint["global_step"],
+                fit=fit,
+                test=test,
+                train_seconds=sum(epoch_seconds),
+                epoch_seconds=epoch_seconds,
+            )
         metrics["best_checkpoint"] = _in_run(best, output_dir)
         diverged = None
     else:
@@ -278,11 +357,20 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
         fit = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k in FIT_KEYS}
         best = _best_path(trainer)
         record = functools.partial(
-            record, status="diverged" if diverged else "completed", epochs=trainer.current_epoch,
-            steps=trainer.global_step, fit=fit, train_seconds=time.perf_counter() - start,
-            epoch_seconds=timer.epoch_seconds, best=_in_run(best, output_dir),
-            **({"diverged_epoch": diverged.epoch, "diverged_step": diverged.step, "error": str(diverged)}
-               if diverged else {}))
+            record,
+            status="diverged" if diverged else "completed",
+            epochs=trainer.current_epoch,
+            steps=trainer.global_step,
+            fit=fit,
+            train_seconds=time.perf_counter() - start,
+            epoch_seconds=timer.epoch_seconds,
+            best=_in_run(best, output_dir),
+            **(
+                {"diverged_epoch": diverged.epoch, "diverged_step": diverged.step, "error": str(diverged)}
+                if diverged
+                else {}
+            ),
+        )
         metrics = record(test={})
         tested = cfg.get("test", True) and bool(best or not diverged)  # never the diverged weights
         if tested:
@@ -296,9 +384,22 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     return metrics
 
 
-def _record(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule, *, status: str, epochs: int,
-            steps: int, fit: dict, test: dict, train_seconds: float, epoch_seconds: list[float], best: str = "",
-            **extra: Any) -> dict[str, Any]:
+def _record(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule,
+    *,
+    status: str,
+    epochs: int,
+    steps: int,
+    fit: dict,
+    test: dict,
+    train_seconds: float,
+    epoch_seconds: list[float],
+    best: str = "",
+    **extra: Any,
+) -> dict[str, Any]:
     """The run's metrics.json."""
     counts = keras_param_counts(model)
     return {
@@ -347,8 +448,10 @@ def _best_path(trainer: L.Trainer) -> str:
         if moved.is_file():
             return str(moved)
     if best and not Path(best).is_file():
-        raise FmnistError(f"the run's best checkpoint {best} is gone, so its test cannot run. Fix: copy the "
-                          "checkpoint back, or test another one with `python -m fmnist.evaluate ckpt_path=...`")
+        raise FmnistError(
+            f"the run's best checkpoint {best} is gone, so its test cannot run. Fix: copy the "
+            "checkpoint back, or test another one with `python -m fmnist.evaluate ckpt_path=...`"
+        )
     return best
 
 
@@ -372,8 +475,13 @@ def _write_metrics(trainer: L.Trainer, output_dir: Path, metrics: dict, previous
 
 def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
     """The run's hyperparameters as flat scalars/strings for TensorBoard's HPARAMS tab."""
-    params = {"model": cfg.get("name"), "seed": cfg.seed, "batch_size": cfg.data.batch_size,
-              "max_epochs": cfg.trainer.max_epochs, "val_fraction": cfg.data.val_fraction}
+    params = {
+        "model": cfg.get("name"),
+        "seed": cfg.seed,
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.max_epochs,
+        "val_fraction": cfg.data.val_fraction,
+    }
     for key, value in model.hparams["optimizer"].items():
         params[f"optimizer/{key.strip('_')}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     for key, value in model.hparams.items():
@@ -387,10 +495,17 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None:
         tensorboard.experiment.flush()
-    write_reports(model, datamodule.test_dataloader(), datamodule.class_names, cfg.output_dir,
-                  device=trainer.strategy.root_device, title=str(metrics["model"]),
-                  tensorboard_dir=tensorboard.log_dir if tensorboard else None,
-                  writer=tensorboard.experiment if tensorboard else None, step=trainer.global_step)
+    write_reports(
+        model,
+        datamodule.test_dataloader(),
+        datamodule.class_names,
+        cfg.output_dir,
+        device=trainer.strategy.root_device,
+        title=str(metrics["model"]),
+        tensorboard_dir=tensorboard.log_dir if tensorboard else None,
+        writer=tensorboard.experiment if tensorboard else None,
+        step=trainer.global_step,
+    )
     if tensorboard is not None:
         final = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/macro_f1", "train_seconds") if k in metrics}
         tensorboard.log_hyperparams(hparams_for_tensorboard(cfg, model), metrics=final)

@@ -24,28 +24,35 @@ from fmnist.errors import FmnistError
 
 # The optimizers of conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
 # checkpoints store (torch.optim.adam.Adam, from the partial's module).
-_OPTIMIZER_CLASSES = {"torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop),
-                      "fmnist.optim": (optim.KerasRMSprop, optim.KerasAdam)}
+_OPTIMIZER_CLASSES = {
+    "torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop),
+    "fmnist.optim": (optim.KerasRMSprop, optim.KerasAdam),
+}
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    name: cls for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes
-    for name in (f"{module}.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")}
+    name: cls
+    for module, classes in _OPTIMIZER_CLASSES.items()
+    for cls in classes
+    for name in (f"{module}.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")
+}
 OPTIMIZER_NAMES = tuple(f"{module}.{cls.__name__}" for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes)
 
 # Every other `_target_` a run's config may hold: fmnist's own classes and the Lightning ones that
 # conf/ uses (tests/test_trust.py checks that this covers conf/). Models and optimizers are added from
 # their tables in `config_targets`.
-CONFIG_TARGETS = frozenset({
-    "fmnist.data.FashionMNISTDataModule",
-    "fmnist.callbacks.KerasModelSummary",
-    "fmnist.callbacks.RunCheckpoint",
-    "fmnist.callbacks.StopOnNonFiniteLoss",
-    "fmnist.resume.SaveOnInterrupt",
-    "fmnist.resume.RandomState",
-    "lightning.pytorch.Trainer",
-    "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
-    "lightning.pytorch.callbacks.EarlyStopping",
-    "lightning.pytorch.loggers.TensorBoardLogger",
-})
+CONFIG_TARGETS = frozenset(
+    {
+        "fmnist.data.FashionMNISTDataModule",
+        "fmnist.callbacks.KerasModelSummary",
+        "fmnist.callbacks.RunCheckpoint",
+        "fmnist.callbacks.StopOnNonFiniteLoss",
+        "fmnist.resume.SaveOnInterrupt",
+        "fmnist.resume.RandomState",
+        "lightning.pytorch.Trainer",
+        "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
+        "lightning.pytorch.callbacks.EarlyStopping",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+    }
+)
 
 
 def _shown(value: Any) -> str:
@@ -76,9 +83,11 @@ def model_class(name: Any, source: str | Path, key: str = "fmnist_model") -> typ
     models, names = _models()
     if isinstance(name, str) and name in names:
         return names[name]
-    raise FmnistError(f"{source} is refused: its {key} {_shown(name)} is not an fmnist model "
-                      f"({', '.join(models)}), and fmnist builds no other class from a file. "
-                      "Fix: use a checkpoint written by fmnist.train")
+    raise FmnistError(
+        f"{source} is refused: its {key} {_shown(name)} is not an fmnist model "
+        f"({', '.join(models)}), and fmnist builds no other class from a file. "
+        "Fix: use a checkpoint written by fmnist.train"
+    )
 
 
 def _number(value: Any) -> bool:
@@ -99,17 +108,19 @@ def optimizer_class(spec: Any, where: str) -> tuple[type[torch.optim.Optimizer],
         raise FmnistError(f"{where} must be a mapping with a _target_ naming an optimizer, not {_shown(spec)}")
     target, kwargs = spec["_target_"], {k: v for k, v in spec.items() if k != "_target_"}
     if target not in OPTIMIZERS:
-        raise FmnistError(f"{where}._target_ {_shown(target)} is not an optimizer fmnist builds: "
-                          f"use one of {', '.join(OPTIMIZER_NAMES)} (conf/optimizer/)")
+        raise FmnistError(
+            f"{where}._target_ {_shown(target)} is not an optimizer fmnist builds: "
+            f"use one of {', '.join(OPTIMIZER_NAMES)} (conf/optimizer/)"
+        )
     cls = OPTIMIZERS[target]
     accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")]
     for name, value in kwargs.items():
         if name not in accepted:
-            raise FmnistError(f"{where}.{_key(name)} is not a setting of {target} "
-                              f"(expected: {', '.join(accepted)})")
+            raise FmnistError(f"{where}.{_key(name)} is not a setting of {target} (expected: {', '.join(accepted)})")
         if not _plain(value):
-            raise FmnistError(f"{where}.{name} must be a number, true/false, null or a list of numbers, "
-                              f"not {_shown(value)}")
+            raise FmnistError(
+                f"{where}.{name} must be a number, true/false, null or a list of numbers, not {_shown(value)}"
+            )
     return cls, kwargs
 
 
@@ -139,8 +150,10 @@ def _expected(parameter: inspect.Parameter) -> tuple[Callable[[Any], bool], str]
         return (lambda v: type(v) is int), "an integer"
     if typing.get_origin(annotation) is Sequence and typing.get_args(annotation) == (float,):
         length = len(parameter.default)
-        return ((lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(_number(i) for i in v)),
-                f"a list of {length} numbers")
+        return (
+            (lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(_number(i) for i in v)),
+            f"a list of {length} numbers",
+        )
     raise TypeError(f"fmnist.trust cannot check a hyperparameter annotated {annotation!r}: add it to _expected")
 
 
@@ -153,8 +166,10 @@ def checked_hparams(cls: type, hparams: Any, source: str | Path) -> dict[str, An
     settings = _settings(cls)
     for name, value in hparams.items():
         if name not in settings:
-            raise FmnistError(f"{prefix}: hyper_parameters.{_key(name)} is not a {cls.__name__} "
-                              f"setting (expected: {', '.join(settings)})")
+            raise FmnistError(
+                f"{prefix}: hyper_parameters.{_key(name)} is not a {cls.__name__} "
+                f"setting (expected: {', '.join(settings)})"
+            )
         if name == "optimizer":
             optimizer_class(value, f"{source} is refused: hyper_parameters.optimizer")
             continue
@@ -174,9 +189,11 @@ def check_targets(cfg: DictConfig, source: str | Path) -> None:
             for key, value in node.items():
                 where = f"{path}.{_key(key)}" if path else _key(key)
                 if key == "_target_" and (not isinstance(value, str) or value not in allowed):
-                    raise FmnistError(f"{source} is refused: {where} {_shown(value)} is not a class fmnist builds "
-                                      "from a run's config (fmnist's own and the Lightning classes of its conf/ "
-                                      "only). Fix: start a new run, or delete that entry from the file")
+                    raise FmnistError(
+                        f"{source} is refused: {where} {_shown(value)} is not a class fmnist builds "
+                        "from a run's config (fmnist's own and the Lightning classes of its conf/ "
+                        "only). Fix: start a new run, or delete that entry from the file"
+                    )
                 walk(value, where)
         elif isinstance(node, list):
             for index, item in enumerate(node):

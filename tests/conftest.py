@@ -34,7 +34,7 @@ def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng.shuffle(labels)
     images = rng.integers(0, 60, size=(n, 28, 28))
     for i, c in enumerate(labels):
-        images[i, 2 * c + 2: 2 * c + 6, 4:24] = 255
+        images[i, 2 * c + 2 : 2 * c + 6, 4:24] = 255
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
@@ -67,11 +67,22 @@ def compose_train(overrides: list[str]):
 @pytest.fixture
 def train_cfg(tmp_path, tiny_root):
     """A factory: the composed config for a tiny CPU run writing into tmp_path."""
+
     def make(model: str = "cnn", *extra: str):
-        return compose_train([
-            f"model={model}", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={tmp_path}",
-            "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-            "data.batch_size=50", *extra])
+        return compose_train(
+            [
+                f"model={model}",
+                f"data.root={tiny_root}",
+                "data.search_dirs=[]",
+                f"output_dir={tmp_path}",
+                "trainer.accelerator=cpu",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "data.batch_size=50",
+                *extra,
+            ]
+        )
+
     yield make
     GlobalHydra.instance().clear()
 
@@ -79,18 +90,29 @@ def train_cfg(tmp_path, tiny_root):
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m fmnist.<args>` in a subprocess, as a user would type it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_root) -> Path:
     """One short CNN training on the tiny dataset, shared by the tests that need a finished run."""
     from fmnist.train import train
+
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={run_dir}",
-                         "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-                         "data.batch_size=50"])
+    cfg = compose_train(
+        [
+            "model=cnn",
+            f"data.root={tiny_root}",
+            "data.search_dirs=[]",
+            f"output_dir={run_dir}",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=50",
+        ]
+    )
     train(cfg)
     GlobalHydra.instance().clear()
     return run_dir
@@ -102,11 +124,22 @@ def real_bilstm(tmp_path_factory) -> Path:
     if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist")
     from fmnist.train import train
+
     run_dir = tmp_path_factory.mktemp("real_bilstm")
-    cfg = compose_train(["model=bilstm", f"data.root={tmp_path_factory.mktemp('real_data')}",
-                         f"output_dir={run_dir}", "trainer.accelerator=cpu", "trainer.max_epochs=1",
-                         "trainer.limit_train_batches=200", "trainer.limit_val_batches=10",
-                         "trainer.limit_test_batches=10", "trainer.enable_progress_bar=false", "logger={}"])
+    cfg = compose_train(
+        [
+            "model=bilstm",
+            f"data.root={tmp_path_factory.mktemp('real_data')}",
+            f"output_dir={run_dir}",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=200",
+            "trainer.limit_val_batches=10",
+            "trainer.limit_test_batches=10",
+            "trainer.enable_progress_bar=false",
+            "logger={}",
+        ]
+    )
     metrics = train(cfg)
     GlobalHydra.instance().clear()
     return run_dir / metrics["best_checkpoint"]
@@ -119,5 +152,6 @@ def no_data_access(monkeypatch):
 
     def touched(*args, **kwargs):
         raise AssertionError("the data was touched")
+
     for name in ("ensure_raw_files", "load_split", "count_images"):
         monkeypatch.setattr(fmnist.data, name, touched)

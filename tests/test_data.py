@@ -49,7 +49,8 @@ def test_gz_files_from_a_search_dir_are_placed_where_torchvision_looks(tmp_path)
     raw = ensure_raw_files(root, search_dirs=[str(debian)])
     assert raw == raw_folder(root)
     assert sorted(p.name for p in raw.iterdir()) == sorted(
-        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    )
     dm = FashionMNISTDataModule(root=str(root), search_dirs=[])
     dm.setup()
     assert len(dm.test_set) == N_TEST
@@ -66,6 +67,7 @@ def test_missing_data_error_names_the_folders_and_both_fixes(tmp_path):
 
 def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.mnist as mnist
+
     monkeypatch.setattr(mnist.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(FmnistError, match="download failed.*apt-get install dataset-fashion-mnist"):
         ensure_raw_files(tmp_path, search_dirs=[], download=True)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector  # noqa: F401  (the projector plugin must be importable)
-from google.protobuf import text_format
 
 from fmnist.cluster import class_mix, cluster_scores
 from fmnist.predict import to_fashion_mnist
@@ -18,7 +18,8 @@ from tests.conftest import run_cli
 def test_cluster_scores_on_a_known_answer():
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     assert cluster_scores(labels, np.array([5, 5, 5, 3, 3, 3, 9, 9, 9])) == pytest.approx(
-        {"nmi": 1.0, "ari": 1.0, "purity": 1.0})
+        {"nmi": 1.0, "ari": 1.0, "purity": 1.0}
+    )
     merged = cluster_scores(labels, np.array([0, 0, 0, 0, 0, 0, 1, 1, 1]))
     assert merged["purity"] == pytest.approx(6 / 9)
     assert 0 < merged["nmi"] < 1 and 0 < merged["ari"] < 1
@@ -28,8 +29,15 @@ def test_cluster_scores_on_a_known_answer():
 
 def test_cluster_command_writes_scores_map_and_projector(trained_run, tiny_root, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    result = run_cli("fmnist.cluster", f"ckpt_path={ckpt}", "k=10", f"output_dir={tmp_path}",
-                     f"data.root={tiny_root}", "data.search_dirs=[]", cwd=tmp_path)
+    result = run_cli(
+        "fmnist.cluster",
+        f"ckpt_path={ckpt}",
+        "k=10",
+        f"output_dir={tmp_path}",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads((tmp_path / "clusters.json").read_text())
     for name in ("embedding", "pixels"):
@@ -37,8 +45,10 @@ def test_cluster_command_writes_scores_map_and_projector(trained_run, tiny_root,
     assert "| embedding |" in result.stdout and "| pixels |" in result.stdout
     assert (tmp_path / "clusters.png").stat().st_size > 10_000
     from tensorboard.plugins.projector import projector_config_pb2
-    config = text_format.Parse((tmp_path / "projector" / "projector_config.pbtxt").read_text(),
-                               projector_config_pb2.ProjectorConfig())
+
+    config = text_format.Parse(
+        (tmp_path / "projector" / "projector_config.pbtxt").read_text(), projector_config_pb2.ProjectorConfig()
+    )
     (embedding,) = config.embeddings
     folder = tmp_path / "projector"
     tensors = np.loadtxt(folder / embedding.tensor_path, delimiter="\t")
@@ -49,8 +59,9 @@ def test_cluster_command_writes_scores_map_and_projector(trained_run, tiny_root,
 
 
 def test_trained_embedding_groups_better_than_pixels(real_bilstm, tmp_path):
-    result = run_cli("fmnist.cluster", f"ckpt_path={real_bilstm}", f"output_dir={tmp_path}", "projector=false",
-                     cwd=tmp_path)
+    result = run_cli(
+        "fmnist.cluster", f"ckpt_path={real_bilstm}", f"output_dir={tmp_path}", "projector=false", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     scores = json.loads((tmp_path / "clusters.json").read_text())
     assert scores["embedding"]["nmi"] > scores["pixels"]["nmi"]
@@ -77,6 +88,7 @@ def test_preprocessing_recovers_a_fashion_mnist_like_image():
 
 def test_predict_shop_photos_and_report_bad_files(real_bilstm, tmp_path):
     from fmnist.data import CLASS_NAMES, ensure_raw_files, load_split
+
     ensure_raw_files(tmp_path / "data")
     images, labels = load_split(tmp_path / "data", train=False)
     photos = tmp_path / "photos"
@@ -88,8 +100,14 @@ def test_predict_shop_photos_and_report_bad_files(real_bilstm, tmp_path):
         expected[str(photos / f"{index}.jpg")] = name
     (photos / "notes.txt").write_text("not an image")
     (photos / "empty.png").write_bytes(b"")
-    result = run_cli("fmnist.predict", f"ckpt_path={real_bilstm}", f"inputs={photos}", "top_k=3",
-                     f"output_dir={tmp_path}", cwd=tmp_path)
+    result = run_cli(
+        "fmnist.predict",
+        f"ckpt_path={real_bilstm}",
+        f"inputs={photos}",
+        "top_k=3",
+        f"output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {r["file"]: r for r in json.loads((tmp_path / "predictions.json").read_text())}
     assert len(rows) == 7
@@ -105,8 +123,14 @@ def test_predict_fails_only_when_nothing_can_be_read(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
-    result = run_cli("fmnist.predict", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'bad'}", f"output_dir={tmp_path}",
-                     cwd=tmp_path, timeout=60)
+    result = run_cli(
+        "fmnist.predict",
+        f"ckpt_path={ckpt}",
+        f"inputs={tmp_path / 'bad'}",
+        f"output_dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert result.returncode != 0 and "none of the 1 input file(s) could be read" in result.stderr
     (tmp_path / "none").mkdir()
     result = run_cli("fmnist.predict", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'none'}", cwd=tmp_path, timeout=60)
@@ -118,18 +142,28 @@ def test_export_round_trip(train_cfg, tmp_path, model):
     pytest.importorskip("onnxruntime")
     from fmnist.export import export
     from fmnist.train import train
+
     metrics = train(train_cfg(model, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
     ckpt = str(tmp_path / metrics["best_checkpoint"])
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts.pt")):
         cfg = compose_train_export(ckpt, fmt, tmp_path)
         check = export(cfg)
         assert check["ok"] and check["max_abs_diff"] <= 1e-4 and check["file"].endswith(suffix)
-    loaded = torch.jit.load(str(tmp_path / f"model.ts.pt"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts.pt"))
     assert loaded(torch.rand(7, 1, 28, 28)).shape == (7, 10)  # any batch size
 
 
 def compose_train_export(ckpt, fmt, folder):
     from fmnist.config import compose_config
+
     suffix = ".onnx" if fmt == "onnx" else ".ts.pt"
-    return compose_config([f"ckpt_path={ckpt}", f"format={fmt}", f"output={folder}/model{suffix}",
-                           "data.search_dirs=[]", f"data.root={folder}/none"], config_name="export")
+    return compose_config(
+        [
+            f"ckpt_path={ckpt}",
+            f"format={fmt}",
+            f"output={folder}/model{suffix}",
+            "data.search_dirs=[]",
+            f"data.root={folder}/none",
+        ],
+        config_name="export",
+    )

@@ -37,41 +37,88 @@ def no_gpu(monkeypatch):
 
 
 LIMIT = "must be an integer >= 1 (batches) or a fraction in (0, 1] (or null)"
-NO_GPU = ("this machine has no GPU that torch can use. Fix: train on the CPU with trainer.accelerator=cpu "
-          "(trainer=cpu_fast in place of trainer=gpu_fast, trainer=ddp_cpu in place of trainer=ddp)")
+NO_GPU = (
+    "this machine has no GPU that torch can use. Fix: train on the CPU with trainer.accelerator=cpu "
+    "(trainer=cpu_fast in place of trainer=gpu_fast, trainer=ddp_cpu in place of trainer=ddp)"
+)
 
 
-@pytest.mark.parametrize("model, override, message", [
-    ("rnn", "seed=-5", "seed=-5 is out of range: must be an integer from 0 to 4294967295 (or null)"),
-    ("rnn", "seed=4294967296", "seed=4294967296 is out of range: must be an integer from 0 to 4294967295 (or null)"),
-    ("cnn", "model.conv_dropout=[0.2]", "model.conv_dropout=[0.2] is not a list of 3 numbers: must be a list of 3 "
-                                        "numbers in [0, 1), one per convolution stage"),
-    ("cnn", "model.conv_dropout=[0.2,0.3,1.0]", "model.conv_dropout=[0.2, 0.3, 1.0] is out of range: must be a list "
-                                                "of 3 numbers in [0, 1), one per convolution stage"),
-    ("cnn", "model.dense_dropout=-0.1", "model.dense_dropout=-0.1 is out of range: must be a number in [0, 1)"),
-    ("bilstm", "model.dropout=abc", "model.dropout=abc is not a number: must be a number in [0, 1)"),
-    ("rnn", "trainer.max_time=abc", "trainer.max_time=abc is not a duration DD:HH:MM:SS: must be a duration "
-                                    "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)"),
-    ("rnn", "trainer.max_time=00:00:00:00", "trainer.max_time=00:00:00:00 is out of range: must be a duration "
-                                            "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)"),
-    ("rnn", "trainer.limit_train_batches=0", f"trainer.limit_train_batches=0 is out of range: {LIMIT}"),
-    ("rnn", "trainer.limit_val_batches=0.0", f"trainer.limit_val_batches=0.0 is out of range: {LIMIT}"),
-    ("rnn", "trainer.limit_test_batches=2.5", f"trainer.limit_test_batches=2.5 is out of range: {LIMIT}"),
-    ("rnn", "trainer.max_steps=0", "trainer.max_steps=0 is out of range: must be an integer >= 1 (or -1 for no limit)"),
-    ("rnn", "trainer.check_val_every_n_epoch=3",
-     "trainer.check_val_every_n_epoch=3 is more than trainer.max_epochs=1: no epoch would be validated and no best "
-     "checkpoint kept. Fix: lower trainer.check_val_every_n_epoch"),
-    ("rnn", "trainer.accelerator=abc", "trainer.accelerator=abc is not one of Lightning's accelerators: must be auto, "
-                                       "gpu or cpu, cuda, mps, tpu"),
-    ("rnn", "trainer.devices=0", "trainer.devices=0 is out of range: must be an integer >= 1, -1 for all, a list of "
-                                 "device numbers or auto"),
-    ("rnn", "trainer.devices=[0,1]", "trainer.devices=[0, 1] cannot run on cpu here: `devices` selected with "
-                                     "`CPUAccelerator` should be an int > 0. Fix: trainer.devices=1, or auto"),
-    ("rnn", "data.val_fraction=abc", "data.val_fraction=abc is not a number: must be a number strictly between 0 "
-                                     "and 1"),
-])
-def test_bad_config_values_fail_before_any_data_or_folder_is_touched(train_cfg, tmp_path, no_data_access, model,
-                                                                      override, message):
+@pytest.mark.parametrize(
+    "model, override, message",
+    [
+        ("rnn", "seed=-5", "seed=-5 is out of range: must be an integer from 0 to 4294967295 (or null)"),
+        (
+            "rnn",
+            "seed=4294967296",
+            "seed=4294967296 is out of range: must be an integer from 0 to 4294967295 (or null)",
+        ),
+        (
+            "cnn",
+            "model.conv_dropout=[0.2]",
+            "model.conv_dropout=[0.2] is not a list of 3 numbers: must be a list of 3 "
+            "numbers in [0, 1), one per convolution stage",
+        ),
+        (
+            "cnn",
+            "model.conv_dropout=[0.2,0.3,1.0]",
+            "model.conv_dropout=[0.2, 0.3, 1.0] is out of range: must be a list "
+            "of 3 numbers in [0, 1), one per convolution stage",
+        ),
+        ("cnn", "model.dense_dropout=-0.1", "model.dense_dropout=-0.1 is out of range: must be a number in [0, 1)"),
+        ("bilstm", "model.dropout=abc", "model.dropout=abc is not a number: must be a number in [0, 1)"),
+        (
+            "rnn",
+            "trainer.max_time=abc",
+            "trainer.max_time=abc is not a duration DD:HH:MM:SS: must be a duration "
+            "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)",
+        ),
+        (
+            "rnn",
+            "trainer.max_time=00:00:00:00",
+            "trainer.max_time=00:00:00:00 is out of range: must be a duration "
+            "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)",
+        ),
+        ("rnn", "trainer.limit_train_batches=0", f"trainer.limit_train_batches=0 is out of range: {LIMIT}"),
+        ("rnn", "trainer.limit_val_batches=0.0", f"trainer.limit_val_batches=0.0 is out of range: {LIMIT}"),
+        ("rnn", "trainer.limit_test_batches=2.5", f"trainer.limit_test_batches=2.5 is out of range: {LIMIT}"),
+        (
+            "rnn",
+            "trainer.max_steps=0",
+            "trainer.max_steps=0 is out of range: must be an integer >= 1 (or -1 for no limit)",
+        ),
+        (
+            "rnn",
+            "trainer.check_val_every_n_epoch=3",
+            "trainer.check_val_every_n_epoch=3 is more than trainer.max_epochs=1: no epoch would be validated "
+            "and no best "
+            "checkpoint kept. Fix: lower trainer.check_val_every_n_epoch",
+        ),
+        (
+            "rnn",
+            "trainer.accelerator=abc",
+            "trainer.accelerator=abc is not one of Lightning's accelerators: must be auto, gpu or cpu, cuda, mps, tpu",
+        ),
+        (
+            "rnn",
+            "trainer.devices=0",
+            "trainer.devices=0 is out of range: must be an integer >= 1, -1 for all, a list of device numbers or auto",
+        ),
+        (
+            "rnn",
+            "trainer.devices=[0,1]",
+            "trainer.devices=[0, 1] cannot run on cpu here: `devices` selected with "
+            "`CPUAccelerator` should be an int > 0. Fix: trainer.devices=1, or auto",
+        ),
+        (
+            "rnn",
+            "data.val_fraction=abc",
+            "data.val_fraction=abc is not a number: must be a number strictly between 0 and 1",
+        ),
+    ],
+)
+def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
+    train_cfg, tmp_path, no_data_access, model, override, message
+):
     with pytest.raises(FmnistError) as info:
         train(train_cfg(model, f"output_dir={tmp_path / 'run'}", override))
     assert str(info.value) == message
@@ -82,8 +129,10 @@ def test_data_root_that_is_a_file_is_refused_before_any_data(train_cfg, tmp_path
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(FmnistError) as info:
         train(train_cfg("rnn", f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'notes.txt'}"))
-    assert str(info.value) == (f"data.root={tmp_path / 'notes.txt'} is a file, not a folder: the data goes to "
-                               "<data.root>/FashionMNIST/raw/. Fix: give a folder, e.g. data.root=data")
+    assert str(info.value) == (
+        f"data.root={tmp_path / 'notes.txt'} is a file, not a folder: the data goes to "
+        "<data.root>/FashionMNIST/raw/. Fix: give a folder, e.g. data.root=data"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -99,23 +148,47 @@ def test_a_gpu_trainer_on_a_machine_without_gpu_is_refused(tmp_path, tiny_root, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("model, override, message", [
-    ("rnn", "data.val_fraction=0.99999", "data.batch_size=50 is larger than the training split: "
-                                         "data.val_fraction=0.99999 leaves 0 of the 400 training images. Fix: lower "
-                                         "data.batch_size or data.val_fraction"),
-    ("rnn", "data.batch_size=1000", "data.batch_size=1000 is larger than the training split: data.val_fraction=0.1 "
-                                    "leaves 360 of the 400 training images. Fix: lower data.batch_size or "
-                                    "data.val_fraction"),
-    ("rnn", "data.val_fraction=1e-6", "data.val_fraction=1e-06 leaves no validation image (400 x 1e-06 rounds to 0), "
-                                      "so no best checkpoint could be chosen. Fix: data.val_fraction=0.0025 or more"),
-    ("cnn", "data.batch_size=359", "data.batch_size=359 leaves a last training batch of 1 image (360 = 1 x 359 + 1), "
-                                   "which CNN's BatchNorm cannot train on. Fix: choose another data.batch_size"),
-    ("rnn", "trainer.limit_train_batches=0.001", "trainer.limit_train_batches=0.001 leaves no training batch (8 "
-                                                 "batches x 0.001 < 1). Fix: trainer.limit_train_batches=1 (an "
-                                                 "integer counts batches), or a larger share"),
-])
-def test_splits_training_cannot_use_are_refused_from_the_headers_before_training(train_cfg, tmp_path, model,
-                                                                                  override, message):
+@pytest.mark.parametrize(
+    "model, override, message",
+    [
+        (
+            "rnn",
+            "data.val_fraction=0.99999",
+            "data.batch_size=50 is larger than the training split: "
+            "data.val_fraction=0.99999 leaves 0 of the 400 training images. Fix: lower "
+            "data.batch_size or data.val_fraction",
+        ),
+        (
+            "rnn",
+            "data.batch_size=1000",
+            "data.batch_size=1000 is larger than the training split: data.val_fraction=0.1 "
+            "leaves 360 of the 400 training images. Fix: lower data.batch_size or "
+            "data.val_fraction",
+        ),
+        (
+            "rnn",
+            "data.val_fraction=1e-6",
+            "data.val_fraction=1e-06 leaves no validation image (400 x 1e-06 rounds to 0), "
+            "so no best checkpoint could be chosen. Fix: data.val_fraction=0.0025 or more",
+        ),
+        (
+            "cnn",
+            "data.batch_size=359",
+            "data.batch_size=359 leaves a last training batch of 1 image (360 = 1 x 359 + 1), "
+            "which CNN's BatchNorm cannot train on. Fix: choose another data.batch_size",
+        ),
+        (
+            "rnn",
+            "trainer.limit_train_batches=0.001",
+            "trainer.limit_train_batches=0.001 leaves no training batch (8 "
+            "batches x 0.001 < 1). Fix: trainer.limit_train_batches=1 (an "
+            "integer counts batches), or a larger share",
+        ),
+    ],
+)
+def test_splits_training_cannot_use_are_refused_from_the_headers_before_training(
+    train_cfg, tmp_path, model, override, message
+):
     with pytest.raises(FmnistError) as info:
         train(train_cfg(model, override))
     assert str(info.value) == message
@@ -138,13 +211,23 @@ def _make_folder(path: Path) -> None:
     path.mkdir()
 
 
-@pytest.mark.parametrize("name, damage, message", [
-    ("train-images-idx3-ubyte", _make_folder,
-     "is a folder, not an IDX file of images. Fix: remove the folder and put the original Fashion-MNIST file there"),
-    ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b""), f"is empty (0 bytes). {FIX_RAW}"),
-    ("train-images-idx3-ubyte", lambda p: p.write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8))),
-     f"holds no images: its header announces 0x28x28. {FIX_RAW}"),
-])
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        (
+            "train-images-idx3-ubyte",
+            _make_folder,
+            "is a folder, not an IDX file of images. Fix: remove the folder and put the original "
+            "Fashion-MNIST file there",
+        ),
+        ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b""), f"is empty (0 bytes). {FIX_RAW}"),
+        (
+            "train-images-idx3-ubyte",
+            lambda p: p.write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8))),
+            f"holds no images: its header announces 0x28x28. {FIX_RAW}",
+        ),
+    ],
+)
 def test_a_broken_raw_file_is_one_error_naming_it(tmp_path, name, damage, message):
     raw = write_tiny_fashion_mnist(raw_folder(tmp_path / "root"))
     damage(raw / name)
@@ -159,8 +242,10 @@ def test_a_raw_folder_that_cannot_be_made_is_one_error(tmp_path):
     raw = raw_folder(tmp_path / "a_file" / "root")
     with pytest.raises(FmnistError) as info:
         ensure_raw_files(tmp_path / "a_file" / "root", search_dirs=[str(debian)])
-    assert str(info.value) == (f"cannot place the Fashion-MNIST files in {raw}: Not a directory. Fix: choose a "
-                               "writable folder with data.root=PATH")
+    assert str(info.value) == (
+        f"cannot place the Fashion-MNIST files in {raw}: Not a directory. Fix: choose a "
+        "writable folder with data.root=PATH"
+    )
 
 
 def _interrupt(*args, **kwargs):
@@ -172,8 +257,10 @@ def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, mon
     with pytest.raises(SystemExit) as info:
         load_split(tiny_root, train=True)
     assert info.value.code == 130
-    assert capsys.readouterr().err == (f"interrupted while reading the Fashion-MNIST files in {raw_folder(tiny_root)}: "
-                                       "nothing was trained; run the command again to start over\n")
+    assert capsys.readouterr().err == (
+        f"interrupted while reading the Fashion-MNIST files in {raw_folder(tiny_root)}: "
+        "nothing was trained; run the command again to start over\n"
+    )
 
 
 def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
@@ -183,14 +270,16 @@ def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(
         ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
     assert info.value.code == 130
     raw = raw_folder(tmp_path / "root")
-    assert capsys.readouterr().err.startswith(f"interrupted while unpacking the Fashion-MNIST files from {debian} "
-                                              f"into {raw}: nothing was trained")
+    assert capsys.readouterr().err.startswith(
+        f"interrupted while unpacking the Fashion-MNIST files from {debian} into {raw}: nothing was trained"
+    )
     assert list(raw.iterdir()) == []  # the staging folder went with the interrupt
 
 
 def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, tiny_root):
     # A real SIGINT, sent while torchvision reads the files (inside Lightning's fit, before training).
-    (tmp_path / "interrupt.py").write_text(textwrap.dedent("""
+    (tmp_path / "interrupt.py").write_text(
+        textwrap.dedent("""
         import os, runpy, signal, time
         import fmnist.data
 
@@ -202,10 +291,19 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
 
         fmnist.data.FashionMNIST = reading
         runpy.run_module("fmnist.train", run_name="__main__")
-    """))
-    result = run_cli("interrupt", "model=rnn", f"data.root={tiny_root}", "data.search_dirs=[]",
-                     "trainer.accelerator=cpu", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=tmp_path, timeout=120)
+    """)
+    )
+    result = run_cli(
+        "interrupt",
+        "model=rnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("interrupted while reading the Fashion-MNIST files in ")
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.json").exists()
@@ -213,12 +311,15 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
 
 # ---- the commands' arguments ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["fmnist.evaluate", "fmnist.cluster", "fmnist.predict", "fmnist.export"])
 def test_cli_a_missing_ckpt_path_is_one_line(tmp_path, command):
     result = run_cli(command, cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: ckpt_path is required: add ckpt_path=... (a checkpoint file, e.g. "
-                                     "outputs/cnn/<run>/checkpoints/last.ckpt)")
+    assert result.stderr.strip() == (
+        "error: ckpt_path is required: add ckpt_path=... (a checkpoint file, e.g. "
+        "outputs/cnn/<run>/checkpoints/last.ckpt)"
+    )
 
 
 def _command(name: str, *overrides: str):
@@ -241,29 +342,43 @@ def garments(tmp_path) -> Path:
     folder.mkdir()
     for i in range(3):
         image = np.zeros((40, 30), np.uint8)
-        image[5 + i:35, 8:22] = 200
+        image[5 + i : 35, 8:22] = 200
         Image.fromarray(image).save(folder / f"{i}.png")
     return folder
 
 
-@pytest.mark.parametrize("name, overrides, message", [
-    ("predict", ["inputs=x.png", "top_k=abc"], "top_k=abc is not an integer: must be an integer >= 1"),
-    ("predict", ["inputs=x.png", "batch_size=0"], "batch_size=0 is out of range: must be an integer >= 1"),
-    ("predict", [], "inputs is required: add inputs=... (an image file or a folder of them)"),
-    ("cluster", ["k=abc"], "k=abc is not an integer: must be an integer >= 2"),
-    ("cluster", ["seed=-1"], "seed=-1 is out of range: must be an integer from 0 to 4294967295"),
-    ("cluster", ["pixels_pca=0"], "pixels_pca=0 is out of range: must be an integer >= 1 (or null: all 784 pixels)"),
-    ("evaluate", ["split=train"], "split=train is not test or val: must be test or val"),
-    ("evaluate", ["data.eval_batch_size=0"],
-     "data.eval_batch_size=0 is out of range: must be an integer >= 1 (or null)"),
-    ("export", ["tolerance=abc"], "tolerance=abc is not a number: must be a number >= 0"),
-    ("export", ["format=pickle"], "format=pickle is not onnx or torchscript: must be onnx or torchscript"),
-    ("export", ["overwrite=maybe"], "overwrite=maybe is not true or false: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("predict", ["inputs=x.png", "top_k=abc"], "top_k=abc is not an integer: must be an integer >= 1"),
+        ("predict", ["inputs=x.png", "batch_size=0"], "batch_size=0 is out of range: must be an integer >= 1"),
+        ("predict", [], "inputs is required: add inputs=... (an image file or a folder of them)"),
+        ("cluster", ["k=abc"], "k=abc is not an integer: must be an integer >= 2"),
+        ("cluster", ["seed=-1"], "seed=-1 is out of range: must be an integer from 0 to 4294967295"),
+        (
+            "cluster",
+            ["pixels_pca=0"],
+            "pixels_pca=0 is out of range: must be an integer >= 1 (or null: all 784 pixels)",
+        ),
+        ("evaluate", ["split=train"], "split=train is not test or val: must be test or val"),
+        (
+            "evaluate",
+            ["data.eval_batch_size=0"],
+            "data.eval_batch_size=0 is out of range: must be an integer >= 1 (or null)",
+        ),
+        ("export", ["tolerance=abc"], "tolerance=abc is not a number: must be a number >= 0"),
+        ("export", ["format=pickle"], "format=pickle is not onnx or torchscript: must be onnx or torchscript"),
+        ("export", ["overwrite=maybe"], "overwrite=maybe is not true or false: must be true or false"),
+    ],
+)
 def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, overrides, message, monkeypatch):
     monkeypatch.setattr(f"fmnist.{name}.load_model", lambda path: pytest.fail("the checkpoint was read"))
-    function, cfg = _command(name, f"ckpt_path={tmp_path / 'x.ckpt'}", f"output_dir={tmp_path / 'out'}"
-                             if name != "export" else f"output={tmp_path / 'out' / 'm.ts.pt'}", *overrides)
+    function, cfg = _command(
+        name,
+        f"ckpt_path={tmp_path / 'x.ckpt'}",
+        f"output_dir={tmp_path / 'out'}" if name != "export" else f"output={tmp_path / 'out' / 'm.ts.pt'}",
+        *overrides,
+    )
     with pytest.raises(FmnistError) as info:
         function(cfg)
     assert str(info.value) == message
@@ -271,11 +386,17 @@ def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, o
 
 
 @pytest.mark.parametrize("name", ["evaluate", "cluster"])
-@pytest.mark.parametrize("device, message", [
-    ("cuda", "device=cuda: this machine has no CUDA GPU that torch can use. Fix: device=cpu (or device=auto, which "
-             "picks a GPU when there is one)"),
-    ("abc", "device=abc is not a device: use device=auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        (
+            "cuda",
+            "device=cuda: this machine has no CUDA GPU that torch can use. Fix: device=cpu (or device=auto, which "
+            "picks a GPU when there is one)",
+        ),
+        ("abc", "device=abc is not a device: use device=auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_a_device_this_machine_lacks_is_one_error(tmp_path, ckpt, monkeypatch, name, device, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"device={device}", f"output_dir={tmp_path / 'out'}")
@@ -295,6 +416,7 @@ def test_no_command_imports_another():
 
 # ---- output folders and files: probed first, never replaced without overwrite=true -----------------------
 
+
 @pytest.mark.parametrize("name", ["evaluate", "predict", "cluster"])
 def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, garments, monkeypatch, name):
     extra = [f"inputs={garments}"] if name == "predict" else []
@@ -302,29 +424,41 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, 
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'a_file'}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (f"the output folder {tmp_path / 'a_file'} is a file, not a folder. Fix: choose a "
-                               "folder with output_dir=PATH")
+    assert str(info.value) == (
+        f"the output folder {tmp_path / 'a_file'} is a file, not a folder. Fix: choose a folder with output_dir=PATH"
+    )
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
+
     monkeypatch.setattr(fmnist.checks.tempfile, "TemporaryFile", read_only)
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'ro'}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (f"cannot write to the output folder {tmp_path / 'ro'}: Read-only file system. Fix: "
-                               "choose a writable folder with output_dir=PATH")
+    assert str(info.value) == (
+        f"cannot write to the output folder {tmp_path / 'ro'}: Read-only file system. Fix: "
+        "choose a writable folder with output_dir=PATH"
+    )
 
 
 def test_cli_evaluate_into_the_run_folder_keeps_the_training_metrics(trained_run, tiny_root, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")
     before = (run / "metrics.json").read_bytes()
-    args = ["fmnist.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={run}",
-            f"data.root={tiny_root}", "data.search_dirs=[]"]
+    args = [
+        "fmnist.evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"output_dir={run}",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+    ]
     result = run_cli(*args, cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert re.fullmatch(rf"error: {re.escape(str(run))}/\S+ already exists \(and \d+ more of the files it writes\) and "
-                        r"would be replaced\. Fix: choose another output_dir=PATH, or add overwrite=true to replace "
-                        "it", result.stderr.strip())
+    assert re.fullmatch(
+        rf"error: {re.escape(str(run))}/\S+ already exists \(and \d+ more of the files it writes\) and "
+        r"would be replaced\. Fix: choose another output_dir=PATH, or add overwrite=true to replace "
+        "it",
+        result.stderr.strip(),
+    )
     assert (run / "metrics.json").read_bytes() == before
     result = run_cli(*args, "overwrite=true", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -335,25 +469,32 @@ def test_export_never_replaces_the_checkpoint_nor_an_existing_file(tmp_path, ckp
     copy = shutil.copyfile(ckpt, tmp_path / "last.ckpt")
     before = copy.read_bytes()
     for overwrite in ("false", "true"):
-        export, cfg = _command("export", f"ckpt_path={copy}", "format=torchscript", f"output={copy}",
-                               f"overwrite={overwrite}")
+        export, cfg = _command(
+            "export", f"ckpt_path={copy}", "format=torchscript", f"output={copy}", f"overwrite={overwrite}"
+        )
         with pytest.raises(FmnistError) as info:
             export(cfg)
-        assert str(info.value) == (f"{copy} is the checkpoint being exported: the export would replace it. Fix: "
-                                   "choose another output=PATH")
+        assert str(info.value) == (
+            f"{copy} is the checkpoint being exported: the export would replace it. Fix: choose another output=PATH"
+        )
     assert copy.read_bytes() == before
     (tmp_path / "last.ts.pt").write_text("someone's file")
-    export, cfg = _command("export", f"ckpt_path={copy}", "format=torchscript", "data.search_dirs=[]",
-                           f"data.root={tmp_path / 'none'}")
+    export, cfg = _command(
+        "export", f"ckpt_path={copy}", "format=torchscript", "data.search_dirs=[]", f"data.root={tmp_path / 'none'}"
+    )
     with pytest.raises(FmnistError) as info:
         export(cfg)
-    assert str(info.value) == (f"{tmp_path / 'last.ts.pt'} already exists and would be replaced. Fix: choose another "
-                               "output=PATH, or add overwrite=true to replace it")
+    assert str(info.value) == (
+        f"{tmp_path / 'last.ts.pt'} already exists and would be replaced. Fix: choose another "
+        "output=PATH, or add overwrite=true to replace it"
+    )
     assert (tmp_path / "last.ts.pt").read_text() == "someone's file"
 
 
-@pytest.mark.parametrize("name, existing", [("predict", "predictions.json"), ("cluster", "clusters.md"),
-                                            ("cluster", "projector/projector_config.pbtxt")])
+@pytest.mark.parametrize(
+    "name, existing",
+    [("predict", "predictions.json"), ("cluster", "clusters.md"), ("cluster", "projector/projector_config.pbtxt")],
+)
 def test_predict_and_cluster_never_replace_files_without_overwrite(tmp_path, ckpt, garments, name, existing):
     extra = [f"inputs={garments}"] if name == "predict" else []
     out = tmp_path / "out"
@@ -362,12 +503,15 @@ def test_predict_and_cluster_never_replace_files_without_overwrite(tmp_path, ckp
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={out}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (f"{out / existing} already exists and would be replaced. Fix: choose another "
-                               "output_dir=PATH, or add overwrite=true to replace it")
+    assert str(info.value) == (
+        f"{out / existing} already exists and would be replaced. Fix: choose another "
+        "output_dir=PATH, or add overwrite=true to replace it"
+    )
     assert (out / existing).read_text() == "kept" and len(list(out.rglob("*"))) == len(Path(existing).parts)
 
 
 # ---- predict: hostile images and file names ---------------------------------------------------------------
+
 
 def test_a_decompression_bomb_is_an_error_row_and_the_other_files_are_predicted(tmp_path, ckpt, garments):
     Image.new("1", (20000, 20000)).save(garments / "bomb.png")  # 400 megapixels, about 50 KB on disk
@@ -375,14 +519,17 @@ def test_a_decompression_bomb_is_an_error_row_and_the_other_files_are_predicted(
     files = sorted(garments.iterdir())
     results = predict_files(load_model(ckpt), files)
     rows = {Path(r["file"]).name: r for r in results}
-    assert rows["bomb.png"] == {"file": str(garments / "bomb.png"), "error": "too large: more than the 50,000,000 "
-                                "pixels fmnist decodes (a decompression bomb?)"}
+    assert rows["bomb.png"] == {
+        "file": str(garments / "bomb.png"),
+        "error": "too large: more than the 50,000,000 pixels fmnist decodes (a decompression bomb?)",
+    }
     assert all(len(rows[f"{i}.png"]["top"]) == 3 for i in range(3))
     # below Pillow's own bomb error but above fmnist's limit: refused from the header, before decoding
     Image.new("1", (8000, 8000)).save(garments / "big.png")
     (row,) = predict_files(load_model(ckpt), [garments / "big.png"])
-    assert row["error"] == ("too large: 8000x8000 pixels, more than the 50,000,000 fmnist decodes (a decompression "
-                            "bomb?)")
+    assert row["error"] == (
+        "too large: 8000x8000 pixels, more than the 50,000,000 fmnist decodes (a decompression bomb?)"
+    )
 
 
 def test_predict_works_in_bounded_batches_and_keeps_the_order(tmp_path, garments):
@@ -393,6 +540,7 @@ def test_predict_works_in_bounded_batches_and_keeps_the_order(tmp_path, garments
     def model(images):
         seen.append(len(images))
         return torch.zeros(len(images), 10)
+
     results = predict_files(model, files, top_k=2, batch_size=2)
     assert max(seen) <= 2 and sum(seen) == 9
     assert [r["file"] for r in results] == [str(f) for f in files] and "error" in results[4]
@@ -421,12 +569,15 @@ def test_cli_predict_with_a_nan_checkpoint_is_one_line_and_valid_json(tmp_path, 
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["state_dict"]["classifier.weight"].fill_(float("nan"))
     torch.save(checkpoint, tmp_path / "nan.ckpt")
-    result = run_cli("fmnist.predict", f"ckpt_path={tmp_path / 'nan.ckpt'}", f"inputs={garments}", cwd=tmp_path,
-                     timeout=120)
+    result = run_cli(
+        "fmnist.predict", f"ckpt_path={tmp_path / 'nan.ckpt'}", f"inputs={garments}", cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: no prediction for the 3 input file(s): the model's output is not a number "
-                                     "(NaN or inf): the checkpoint's weights are broken. Fix: use a checkpoint from "
-                                     "before the run diverged")
+    assert result.stderr.strip() == (
+        "error: no prediction for the 3 input file(s): the model's output is not a number "
+        "(NaN or inf): the checkpoint's weights are broken. Fix: use a checkpoint from "
+        "before the run diverged"
+    )
     json.loads((tmp_path / "predictions.json").read_text(), parse_constant=pytest.fail)
 
 
@@ -458,19 +609,23 @@ def test_a_float_image_with_nan_or_inf_pixels_is_refused(tmp_path, bad):
         to_fashion_mnist(Image.fromarray(garment))  # mode "F", as a float TIFF opens
     Image.fromarray(garment).save(tmp_path / "float.tif")
     from fmnist.predict import load_image
+
     with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
         load_image(tmp_path / "float.tif")
 
 
 def test_explore_never_replaces_samples_png_without_overwrite(tmp_path, monkeypatch):
     import fmnist.explore
+
     monkeypatch.setattr(fmnist.explore, "ensure_raw_files", lambda *a, **k: pytest.fail("the data was touched"))
     (tmp_path / "samples.png").write_text("kept")
     function, cfg = _command("explore", f"output_dir={tmp_path}")
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (f"{tmp_path / 'samples.png'} already exists and would be replaced. Fix: choose "
-                               "another output_dir=PATH, or add overwrite=true to replace it")
+    assert str(info.value) == (
+        f"{tmp_path / 'samples.png'} already exists and would be replaced. Fix: choose "
+        "another output_dir=PATH, or add overwrite=true to replace it"
+    )
     assert (tmp_path / "samples.png").read_text() == "kept"
     function, cfg = _command("explore", f"output_dir={tmp_path}", "overwrite=maybe")
     with pytest.raises(FmnistError, match="^overwrite=maybe is not true or false"):

@@ -16,9 +16,21 @@ FIELDS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/a
 
 
 def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
-    cfg = compose_train([f"model={model}", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={out}",
-                         "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "data.batch_size=30",
-                         "trainer.deterministic=true", "logger={}", *extra, "trainer.accelerator=cpu"])
+    cfg = compose_train(
+        [
+            f"model={model}",
+            f"data.root={tiny_root}",
+            "data.search_dirs=[]",
+            f"output_dir={out}",
+            "trainer.max_epochs=3",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=30",
+            "trainer.deterministic=true",
+            "logger={}",
+            *extra,
+            "trainer.accelerator=cpu",
+        ]
+    )
     metrics = train(cfg)
     GlobalHydra.instance().clear()
     weights = torch.load(out / metrics["best_checkpoint"], weights_only=True)["state_dict"]
@@ -29,8 +41,9 @@ def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
 def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
     # 400 tiny images, 10 % validation: 360 / 30 = 12 batches per epoch, in chunks of 5 (5 + 5 + 2).
     default, default_weights = _run(tiny_root, tmp_path / "default", model)
-    fast, fast_weights = _run(tiny_root, tmp_path / "fast", model, "trainer=cpu_fast", "data.batches_per_step=5",
-                              "data.eval_batch_size=30")
+    fast, fast_weights = _run(
+        tiny_root, tmp_path / "fast", model, "trainer=cpu_fast", "data.batches_per_step=5", "data.eval_batch_size=30"
+    )
     assert fast["steps"] == default["steps"] == 36
     for key in FIELDS:
         assert fast[key] == pytest.approx(default[key], rel=1e-5, abs=1e-6), key
@@ -42,6 +55,7 @@ def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
 
 def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):
     from fmnist.data import FashionMNISTDataModule
+
     plain = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30)
     chunked = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30, batches_per_step=5)
     plain.setup(), chunked.setup()
@@ -52,7 +66,7 @@ def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):
     assert [len(c) for c in chunks] == [5, 5, 2]
     flat = [b for chunk in chunks for b in chunk]
     assert len(flat) == len(batches)
-    for (x1, y1), (x2, y2) in zip(batches, flat):
+    for (x1, y1), (x2, y2) in zip(batches, flat, strict=False):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
@@ -66,9 +80,10 @@ class _ReplayLikeAGraph:
 
     def replay(self):
         import torch.nn.functional as F
+
         params = [p for p, _ in self.grads]
         loss = F.cross_entropy(self.step.module(self.step.static_images), self.step.static_labels)
-        for grad, value in zip([g for _, g in self.grads], torch.autograd.grad(loss, params)):
+        for grad, value in zip([g for _, g in self.grads], torch.autograd.grad(loss, params), strict=False):
             grad.copy_(value)
 
 
@@ -76,6 +91,7 @@ def test_graph_gradients_survive_lightning_dropping_grad():
     """Lightning sets `.grad` to None before each validation; the optimizer must still see the
     gradients that the graph writes (the bug: training silently stopped after the first epoch)."""
     import torch.nn.functional as F
+
     from fmnist.models import SimpleRNN
     from fmnist.models.graphed import GraphedTrainStep
 
@@ -91,15 +107,17 @@ def test_graph_gradients_survive_lightning_dropping_grad():
     model.zero_grad(set_to_none=True)  # what Lightning's on_validation_model_zero_grad does
     step(images, labels)
     expected = torch.autograd.grad(F.cross_entropy(model(images), labels), [p for p, _ in step.graph_grads])
-    for (param, _), grad in zip(step.graph_grads, expected):
+    for (param, _), grad in zip(step.graph_grads, expected, strict=False):
         assert param.grad is not None
         torch.testing.assert_close(param.grad, grad)
 
 
-@pytest.mark.parametrize("override, words", [("trainer.gradient_clip_val=1.0", "gradient_clip_val"),
-                                              ("data.num_workers=2", "num_workers")])
+@pytest.mark.parametrize(
+    "override, words", [("trainer.gradient_clip_val=1.0", "gradient_clip_val"), ("data.num_workers=2", "num_workers")]
+)
 def test_fast_path_refuses_what_it_cannot_do_in_one_line(tiny_root, tmp_path, override, words):
     from fmnist.errors import FmnistError
+
     cfg = compose_train(["model=rnn", "trainer=gpu_fast", f"data.root={tiny_root}", f"output_dir={tmp_path}", override])
     with pytest.raises(FmnistError, match=words):
         train(cfg)

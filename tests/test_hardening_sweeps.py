@@ -59,22 +59,28 @@ class RecordOrder(L.Callback):
         self.dataset, self.batch_size = loader.dataset, loader.batch_size
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        index = torch.tensor(self.order[batch_idx * self.batch_size:(batch_idx + 1) * self.batch_size])
-        self.batches_match &= (torch.equal(batch[1].cpu(), self.dataset.labels[index])
-                               and torch.equal(batch[0].cpu(), self.dataset.images[index].float() / 255))
+        index = torch.tensor(self.order[batch_idx * self.batch_size : (batch_idx + 1) * self.batch_size])
+        self.batches_match &= torch.equal(batch[1].cpu(), self.dataset.labels[index]) and torch.equal(
+            batch[0].cpu(), self.dataset.images[index].float() / 255
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        record = {"sampler": type(trainer.train_dataloader.sampler).__name__, "orders": self.orders,
-                  "batches_match": bool(self.batches_match), "world_size": trainer.world_size}
+        record = {
+            "sampler": type(trainer.train_dataloader.sampler).__name__,
+            "orders": self.orders,
+            "batches_match": bool(self.batches_match),
+            "world_size": trainer.world_size,
+        }
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def run_fmnist(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m fmnist.<args>` with this repository on the path, so that jobs can load the helpers above."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def last_line(text: str) -> str:
@@ -82,6 +88,7 @@ def last_line(text: str) -> str:
 
 
 # --- which folders are runs, in which state; compare never crashes -----------------------------------------
+
 
 @pytest.fixture
 def runs_in_every_state(tmp_path, trained_run) -> Path:
@@ -98,19 +105,36 @@ def runs_in_every_state(tmp_path, trained_run) -> Path:
     for folder in ("checkpoints/eval", "checkpoints/eval-val"):  # what `fmnist.evaluate` writes beside a checkpoint
         (ok / folder).mkdir(parents=True)
         split = folder.rsplit("-", 1)[-1] if "-" in folder else "test"
-        (ok / folder / "metrics.json").write_text(json.dumps(
-            {"checkpoint": "x.ckpt", "model_class": "CNN", "split": split, f"{split}/acc": 0.5, f"{split}/loss": 1.0}))
+        (ok / folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": "x.ckpt",
+                    "model_class": "CNN",
+                    "split": split,
+                    f"{split}/acc": 0.5,
+                    f"{split}/loss": 1.0,
+                }
+            )
+        )
     (ok / "checkpoints" / "clusters").mkdir()
     (ok / "checkpoints" / "clusters" / "clusters.json").write_text("{}")
     untested = {k: v for k, v in metrics.items() if not k.startswith("test/")}
     diverged = {**untested, "status": "diverged", "diverged_epoch": 1, "diverged_step": 3, "error": "loss is nan"}
-    for name, content in (("untested", json.dumps(untested)), ("diverged", json.dumps(diverged)),
-                          ("truncated", json.dumps(metrics)[:120]), ("failed", None), ("interrupted", None)):
+    for name, content in (
+        ("untested", json.dumps(untested)),
+        ("diverged", json.dumps(diverged)),
+        ("truncated", json.dumps(metrics)[:120]),
+        ("failed", None),
+        ("interrupted", None),
+    ):
         shutil.copytree(ok / ".hydra", top / name / ".hydra")
         if content is not None:
             (top / name / "metrics.json").write_text(content)
-    (top / "failed" / "job_status.json").write_text(json.dumps(
-        {"job": 4, "status": "FAILED", "overrides": ["data.batch_size=0"], "error": "FmnistError: bad batch size"}))
+    (top / "failed" / "job_status.json").write_text(
+        json.dumps(
+            {"job": 4, "status": "FAILED", "overrides": ["data.batch_size=0"], "error": "FmnistError: bad batch size"}
+        )
+    )
     (top / "interrupted" / "checkpoints").mkdir()
     shutil.copy(ok / "checkpoints" / "last.ckpt", top / "interrupted" / "checkpoints" / "last.ckpt")
     (top / "copied_without_hydra").mkdir()
@@ -123,9 +147,15 @@ def runs_in_every_state(tmp_path, trained_run) -> Path:
 def test_only_training_runs_are_runs_and_each_has_its_state(runs_in_every_state):
     runs = find_runs([runs_in_every_state])
     states = {Path(r["run_dir"]).name: r["state"] for r in runs}
-    assert states == {"ok": "completed", "copied_without_hydra": "completed", "untested": "untested",
-                      "diverged": "diverged", "truncated": "unreadable", "failed": "failed",
-                      "interrupted": "interrupted"}
+    assert states == {
+        "ok": "completed",
+        "copied_without_hydra": "completed",
+        "untested": "untested",
+        "diverged": "diverged",
+        "truncated": "unreadable",
+        "failed": "failed",
+        "interrupted": "interrupted",
+    }
     notes = {Path(r["run_dir"]).name: r["note"] for r in runs}
     assert notes["failed"] == "FmnistError: bad batch size"
     assert "resume=" in notes["interrupted"] and "epoch 1, step 3" in notes["diverged"]
@@ -137,8 +167,13 @@ def test_compare_lists_runs_that_did_not_complete_instead_of_crashing(runs_in_ev
     out = compare([str(runs_in_every_state)], str(tmp_path / "out"))
     text = (out / "comparison.md").read_text()
     assert "2 completed runs of 7" in text and "| study: cnn |" in text
-    for name, state in (("untested", "untested"), ("diverged", "diverged"), ("truncated", "unreadable"),
-                        ("failed", "failed"), ("interrupted", "interrupted")):
+    for name, state in (
+        ("untested", "untested"),
+        ("diverged", "diverged"),
+        ("truncated", "unreadable"),
+        ("failed", "failed"),
+        ("interrupted", "interrupted"),
+    ):
         assert f"| {name} | cnn | 42 | {state} |" in text
     assert "Runs not in the comparison" in (out / "comparison.html").read_text()
     assert (out / "per_class_f1.png").is_file() and (out / "acc_vs_time.png").is_file()
@@ -175,9 +210,19 @@ def test_sweep_summary_survives_damaged_files(tmp_path):
 
 # --- sweeps end with their summary and comparison, and one line -------------------------------------------
 
+
 def test_experiment_compare_with_a_failing_job_writes_the_comparison_and_one_line(tmp_path, tiny_root):
-    result = run_fmnist("fmnist.train", "experiment=compare", "seed=1", "hydra.sweeper.params.model=rnn",
-                        "data.batch_size=50,0", "hydra.sweep.dir=sweep", f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    result = run_fmnist(
+        "fmnist.train",
+        "experiment=compare",
+        "seed=1",
+        "hydra.sweeper.params.model=rnn",
+        "data.batch_size=50,0",
+        "hydra.sweep.dir=sweep",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert last_line(result.stderr) == "error: 1 of 2 jobs failed: see sweep/sweep_summary.md"
     assert "Traceback" not in result.stderr + result.stdout
@@ -189,12 +234,24 @@ def test_experiment_compare_with_a_failing_job_writes_the_comparison_and_one_lin
 
 
 def test_interrupted_sweep_lists_the_interrupted_and_never_run_jobs(tmp_path, tiny_root):
-    result = run_fmnist("fmnist.train", "-m", "model=rnn", "seed=1,2,3", "hydra.sweep.dir=sweep",
-                        "+callbacks.once._target_=tests.test_hardening_sweeps.Once", "+callbacks.once.action=interrupt",
-                        f"+callbacks.once.marker={tmp_path / 'marker'}", f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    result = run_fmnist(
+        "fmnist.train",
+        "-m",
+        "model=rnn",
+        "seed=1,2,3",
+        "hydra.sweep.dir=sweep",
+        "+callbacks.once._target_=tests.test_hardening_sweeps.Once",
+        "+callbacks.once.action=interrupt",
+        f"+callbacks.once.marker={tmp_path / 'marker'}",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
-    assert last_line(result.stderr) == ("error: the sweep was interrupted: 0 of 3 jobs completed, 0 failed, "
-                                        "1 interrupted, 2 not run: see sweep/sweep_summary.md")
+    assert last_line(result.stderr) == (
+        "error: the sweep was interrupted: 0 of 3 jobs completed, 0 failed, "
+        "1 interrupted, 2 not run: see sweep/sweep_summary.md"
+    )
     summary = (tmp_path / "sweep" / "sweep_summary.md").read_text()
     assert "0 completed, 0 failed, 1 interrupted, 2 not run" in summary
     assert "resume=" in summary and summary.count("never started") == 2 and "seed=3" in summary
@@ -203,9 +260,18 @@ def test_interrupted_sweep_lists_the_interrupted_and_never_run_jobs(tmp_path, ti
 
 
 def test_optuna_marks_a_failed_trial_fail_and_the_search_ends_in_one_line(tmp_path, tiny_root):
-    result = run_fmnist("fmnist.train", "hparams_search=optuna", "model=rnn", "hydra.sweeper.n_trials=2",
-                        "+callbacks.once._target_=tests.test_hardening_sweeps.Once", "+callbacks.once.action=fail",
-                        f"+callbacks.once.marker={tmp_path / 'marker'}", f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    result = run_fmnist(
+        "fmnist.train",
+        "hparams_search=optuna",
+        "model=rnn",
+        "hydra.sweeper.n_trials=2",
+        "+callbacks.once._target_=tests.test_hardening_sweeps.Once",
+        "+callbacks.once.action=fail",
+        f"+callbacks.once.marker={tmp_path / 'marker'}",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert last_line(result.stderr) == "error: 1 of 2 jobs failed: see outputs/optuna/rnn/sweep_summary.md"
     assert "Traceback" not in result.stderr
@@ -216,9 +282,11 @@ def test_optuna_marks_a_failed_trial_fail_and_the_search_ends_in_one_line(tmp_pa
 
 # --- DDP: the sampler shards by rank itself, with a new order each epoch -----------------------------------
 
+
 def test_epoch_shuffle_keeps_its_order_on_one_process_and_shards_evenly():
     def rule(n, seed, epoch):  # the (seed, epoch) -> order rule that resumed runs rely on
         return torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)).tolist()
+
     sampler = EpochShuffle(range(360), seed=42)
     sampler.set_epoch(3)
     assert list(sampler) == rule(360, 42, 3) and len(sampler) == 360
@@ -227,11 +295,22 @@ def test_epoch_shuffle_keeps_its_order_on_one_process_and_shards_evenly():
 
 
 def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_root):
-    result = run_fmnist("fmnist.train", "trainer=ddp_cpu", "model=cnn", "hydra.run.dir=ddp", "data.batch_size=50",
-                        "trainer.max_epochs=2", "test=false", "data.search_dirs=[]", "torch_threads=1",
-                        "trainer.enable_progress_bar=false", f"data.root={tiny_root}",
-                        "+callbacks.record._target_=tests.test_hardening_sweeps.RecordOrder",
-                        f"+callbacks.record.path={tmp_path / 'orders'}", cwd=tmp_path)
+    result = run_fmnist(
+        "fmnist.train",
+        "trainer=ddp_cpu",
+        "model=cnn",
+        "hydra.run.dir=ddp",
+        "data.batch_size=50",
+        "trainer.max_epochs=2",
+        "test=false",
+        "data.search_dirs=[]",
+        "torch_threads=1",
+        "trainer.enable_progress_bar=false",
+        f"data.root={tiny_root}",
+        "+callbacks.record._target_=tests.test_hardening_sweeps.RecordOrder",
+        f"+callbacks.record.path={tmp_path / 'orders'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / "orders" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["batches_match"] for r in ranks)
@@ -249,22 +328,38 @@ def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_
 
 def _completed_metrics(**changes) -> dict:
     """A completed run's metrics.json as fmnist.train writes it (the keys a comparison reads), with `changes`."""
-    metrics = {"model": "cnn", "status": "completed", "seed": 1, "device": "cpu", "epochs": 1, "batch_size": 100,
-               "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001}, "test/acc": 0.8, "test/macro_f1": 0.79,
-               "test/f1/Shirt": 0.5, "train_seconds": 3.0, "params_total_keras": 1234}
+    metrics = {
+        "model": "cnn",
+        "status": "completed",
+        "seed": 1,
+        "device": "cpu",
+        "epochs": 1,
+        "batch_size": 100,
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001},
+        "test/acc": 0.8,
+        "test/macro_f1": 0.79,
+        "test/f1/Shirt": 0.5,
+        "train_seconds": 3.0,
+        "params_total_keras": 1234,
+    }
     return {**metrics, **changes}
 
 
-@pytest.mark.parametrize("changes, note", [
-    ({"model": "$\\frac$"}, None),  # a valid name: drawn as text, not read as mathtext
-    ({"optimizer": "adam"}, 'metrics.json has optimizer="adam" (must be a mapping): edited or damaged'),
-    ({"epochs": [1]}, "metrics.json has epochs=[1] (must be an integer): edited or damaged"),
-    ({"seed": "1"}, 'metrics.json has seed="1" (must be an integer or null): edited or damaged'),
-    ({"model": ["cnn"]}, 'metrics.json has model=["cnn"] (must be a string): edited or damaged'),
-    ({"test/macro_f1": "0.8"}, 'metrics.json has test/macro_f1="0.8" (must be a finite number): edited or damaged'),
-    ({"train_seconds": float("inf")}, "metrics.json has train_seconds=Infinity (must be a finite number): edited or "
-                                      "damaged"),
-])
+@pytest.mark.parametrize(
+    "changes, note",
+    [
+        ({"model": "$\\frac$"}, None),  # a valid name: drawn as text, not read as mathtext
+        ({"optimizer": "adam"}, 'metrics.json has optimizer="adam" (must be a mapping): edited or damaged'),
+        ({"epochs": [1]}, "metrics.json has epochs=[1] (must be an integer): edited or damaged"),
+        ({"seed": "1"}, 'metrics.json has seed="1" (must be an integer or null): edited or damaged'),
+        ({"model": ["cnn"]}, 'metrics.json has model=["cnn"] (must be a string): edited or damaged'),
+        ({"test/macro_f1": "0.8"}, 'metrics.json has test/macro_f1="0.8" (must be a finite number): edited or damaged'),
+        (
+            {"train_seconds": float("inf")},
+            "metrics.json has train_seconds=Infinity (must be a finite number): edited or damaged",
+        ),
+    ],
+)
 def test_compare_lists_a_run_with_edited_metrics_values_as_unreadable(tmp_path, changes, note):
     for name, metrics in (("good", _completed_metrics()), ("edited", _completed_metrics(**changes))):
         (tmp_path / "runs" / name).mkdir(parents=True)
@@ -280,6 +375,7 @@ def test_compare_lists_a_run_with_edited_metrics_values_as_unreadable(tmp_path, 
 
 def test_reproduce_collect_shows_a_missing_parameter_count_as_a_question_mark(tmp_path, capsys):
     from fmnist.reproduce import main as reproduce_main
+
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(_completed_metrics(params_total_keras=None)))
     assert reproduce_main(["--collect", str(tmp_path / "run"), "--docs", str(tmp_path / "docs")]) == 0
@@ -293,8 +389,10 @@ def test_compare_never_replaces_an_earlier_comparison_without_overwrite(tmp_path
     out.mkdir()
     (out / "comparison.md").write_text("kept")
     assert compare_main([str(tmp_path / "run"), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (f"error: {out / 'comparison.md'} already exists and would be replaced. Fix: "
-                                       "choose another --out DIR, or add --overwrite to replace it\n")
+    assert capsys.readouterr().err == (
+        f"error: {out / 'comparison.md'} already exists and would be replaced. Fix: "
+        "choose another --out DIR, or add --overwrite to replace it\n"
+    )
     assert (out / "comparison.md").read_text() == "kept" and sorted(p.name for p in out.iterdir()) == ["comparison.md"]
     assert compare_main([str(tmp_path / "run"), "--out", str(out), "--overwrite"]) == 0
     assert (out / "comparison.md").read_text().startswith("# Model comparison")
@@ -302,11 +400,13 @@ def test_compare_never_replaces_an_earlier_comparison_without_overwrite(tmp_path
 
 def test_comparison_and_sweep_summary_markdown_carry_no_raw_html_from_names(tmp_path):
     from fmnist.sweeps import write_summary
+
     name = "<img src=x onerror=alert(1)> & co"
     (tmp_path / "runs" / "0").mkdir(parents=True)
     (tmp_path / "runs" / "0" / "metrics.json").write_text(json.dumps(_completed_metrics(model=name)))
-    (tmp_path / "runs" / "0" / "job_status.json").write_text(json.dumps(
-        {"job": 0, "status": "COMPLETED", "overrides": [f"+name={name}"]}))
+    (tmp_path / "runs" / "0" / "job_status.json").write_text(
+        json.dumps({"job": 0, "status": "COMPLETED", "overrides": [f"+name={name}"]})
+    )
     out = compare([str(tmp_path / "runs")], str(tmp_path / "out"))
     text = (out / "comparison.md").read_text()
     assert "<img" not in text and "| &lt;img src=x onerror=alert(1)&gt; &amp; co |" in text

@@ -53,8 +53,9 @@ def test_bias_hh_is_zero_and_stays_zero_after_training_steps(cls):
     model = cls()
     optimizer = model.configure_optimizers()
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    keras_biases = [p for layer in recurrent_layers(model) for n, p in layer.rnn.named_parameters()
-                    if n.startswith("bias_ih")]
+    keras_biases = [
+        p for layer in recurrent_layers(model) for n, p in layer.rnn.named_parameters() if n.startswith("bias_ih")
+    ]
     initial = [p.detach().clone() for p in keras_biases]
     for _ in range(3):
         x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -62,12 +63,13 @@ def test_bias_hh_is_zero_and_stays_zero_after_training_steps(cls):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    biases = [p for layer in recurrent_layers(model) for n, p in layer.rnn.named_parameters()
-              if n.startswith("bias_hh")]
+    biases = [
+        p for layer in recurrent_layers(model) for n, p in layer.rnn.named_parameters() if n.startswith("bias_hh")
+    ]
     assert biases and all(not p.requires_grad and p.abs().max() == 0 for p in biases)
     assert not any(id(p) in optimised for p in biases)
     # ...while the one Keras bias did train
-    assert all(not torch.equal(p, p0) for p, p0 in zip(keras_biases, initial))
+    assert all(not torch.equal(p, p0) for p, p0 in zip(keras_biases, initial, strict=False))
 
 
 def test_lstm_forget_gate_bias_is_one_and_other_gates_zero():
@@ -75,8 +77,8 @@ def test_lstm_forget_gate_bias_is_one_and_other_gates_zero():
         u = layer.units
         for suffix in ("l0", "l0_reverse"):
             bias = getattr(layer.rnn, f"bias_ih_{suffix}")
-            assert torch.equal(bias[u:2 * u], torch.ones(u))
-            assert bias[:u].abs().max() == 0 and bias[2 * u:].abs().max() == 0
+            assert torch.equal(bias[u : 2 * u], torch.ones(u))
+            assert bias[:u].abs().max() == 0 and bias[2 * u :].abs().max() == 0
 
 
 def test_recurrent_kernels_are_orthogonal_and_input_kernels_glorot():

@@ -19,7 +19,7 @@ def gradients(seed: int, shapes):
 def run(optimizer_cls, params, grads, **kwargs):
     optimizer = optimizer_cls(params, **kwargs)
     for step_grads in grads:
-        for p, g in zip(params, step_grads):
+        for p, g in zip(params, step_grads, strict=False):
             p.grad = g.to(p.dtype).clone()
         optimizer.step()
     return optimizer
@@ -55,7 +55,7 @@ def test_keras_adam_matches_formula():
             g = step[i]
             m = m + (g - m) * (1 - b1)
             v = v + (g * g - v) * (1 - b2)
-            w = w - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (torch.sqrt(v) + eps)
+            w = w - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (torch.sqrt(v) + eps)
         assert torch.allclose(params[i].detach(), w, rtol=0, atol=1e-12)
 
 
@@ -77,11 +77,11 @@ def test_state_dict_round_trip_gives_identical_next_steps(cls):
     resumed = cls(saved_params, lr=1e-2)
     resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     for step in grads[3:]:
-        for a, b, g in zip(params, saved_params, step):
+        for a, b, g in zip(params, saved_params, step, strict=False):
             a.grad, b.grad = g.clone(), g.clone()
         optimizer.step()
         resumed.step()
-    for a, b in zip(params, saved_params):
+    for a, b in zip(params, saved_params, strict=False):
         assert torch.equal(a, b)
 
 

@@ -43,10 +43,17 @@ class AbsurdLearningRate(L.Callback):
 
 def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_cfg, tmp_path):
     RECORDED.clear()
-    cfg = train_cfg("rnn", "trainer.max_epochs=4", "+callbacks.absurd.from_epoch=1",
-                    "+callbacks.absurd._target_=tests.test_reliability.AbsurdLearningRate")
-    with pytest.raises(TrainingDiverged, match=r"^training diverged: the training loss became (nan|inf) at epoch 2, "
-                       r"step (\d+); the last good checkpoint is .*last\.ckpt" + FIX) as info:
+    cfg = train_cfg(
+        "rnn",
+        "trainer.max_epochs=4",
+        "+callbacks.absurd.from_epoch=1",
+        "+callbacks.absurd._target_=tests.test_reliability.AbsurdLearningRate",
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^training diverged: the training loss became (nan|inf) at epoch 2, "
+        r"step (\d+); the last good checkpoint is .*last\.ckpt" + FIX,
+    ) as info:
         train(cfg)
     first_bad = next(step for step, loss in RECORDED if not math.isfinite(loss))
     steps_per_epoch = max(step for step, _ in RECORDED) // 2
@@ -73,14 +80,22 @@ def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_tests_nothing(tr
 
 def test_early_stopping_is_a_callbacks_config_and_the_run_completes(train_cfg, tmp_path):
     # min_delta 1.0: no epoch after the first can improve val/acc enough, patience 0 stops at once
-    metrics = train(train_cfg("rnn", "trainer.max_epochs=5", "callbacks=early_stopping",
-                              "callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1.0"))
+    metrics = train(
+        train_cfg(
+            "rnn",
+            "trainer.max_epochs=5",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=0",
+            "callbacks.early_stopping.min_delta=1.0",
+        )
+    )
     assert metrics["epochs"] == 2 and metrics["status"] == "completed"
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
 # ---- broken data -------------------------------------------------------------------------------------------
+
 
 def _tiny_raw(tmp_path: Path) -> Path:
     return write_tiny_fashion_mnist(raw_folder(tmp_path / "root"))
@@ -90,21 +105,41 @@ def _setup(raw: Path) -> None:
     FashionMNISTDataModule(root=str(raw.parents[1]), search_dirs=[]).setup()
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("train-labels-idx1-ubyte", lambda b: gzip.compress(b), r"is not an IDX file of labels: magic number 0x1f8b08"
-                                                            r"\d\d, expected 0x00000801"),
-    ("t10k-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((120, 28), np.uint8)),
-     "is not an IDX file of images: magic number 0x00000802, expected 0x00000803"),
-    ("train-images-idx3-ubyte", lambda b: b[:-1000], r"is truncated: the header announces 400x28x28 images, "
-                                                      r"313,616 bytes, the file has 312,616 bytes"),
-    ("train-images-idx3-ubyte", lambda b: b[:10], "is truncated: 10 bytes, shorter than its IDX header"),
-    ("train-images-idx3-ubyte", lambda b: b + b"x", "is longer than its header says"),
-    ("train-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((400, 32, 32), np.uint8)),
-     "holds 32x32 images, Fashion-MNIST's are 28x28"),
-    ("train-labels-idx1-ubyte", lambda b: idx_bytes(tiny_split(399, 0)[1]),
-     r"has 399 labels but .*train-images-idx3-ubyte has 400 images"),
-    ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.full(120, 12)), "holds label 12, Fashion-MNIST's are 0..9"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "train-labels-idx1-ubyte",
+            lambda b: gzip.compress(b),
+            r"is not an IDX file of labels: magic number 0x1f8b08"
+            r"\d\d, expected 0x00000801",
+        ),
+        (
+            "t10k-images-idx3-ubyte",
+            lambda b: idx_bytes(np.zeros((120, 28), np.uint8)),
+            "is not an IDX file of images: magic number 0x00000802, expected 0x00000803",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda b: b[:-1000],
+            r"is truncated: the header announces 400x28x28 images, "
+            r"313,616 bytes, the file has 312,616 bytes",
+        ),
+        ("train-images-idx3-ubyte", lambda b: b[:10], "is truncated: 10 bytes, shorter than its IDX header"),
+        ("train-images-idx3-ubyte", lambda b: b + b"x", "is longer than its header says"),
+        (
+            "train-images-idx3-ubyte",
+            lambda b: idx_bytes(np.zeros((400, 32, 32), np.uint8)),
+            "holds 32x32 images, Fashion-MNIST's are 28x28",
+        ),
+        (
+            "train-labels-idx1-ubyte",
+            lambda b: idx_bytes(tiny_split(399, 0)[1]),
+            r"has 399 labels but .*train-images-idx3-ubyte has 400 images",
+        ),
+        ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.full(120, 12)), "holds label 12, Fashion-MNIST's are 0..9"),
+    ],
+)
 def test_a_broken_idx_file_is_one_error_naming_it(tmp_path, name, content, message):
     raw = _tiny_raw(tmp_path)
     (raw / name).write_bytes(content((raw / name).read_bytes()))
@@ -113,9 +148,14 @@ def test_a_broken_idx_file_is_one_error_naming_it(tmp_path, name, content, messa
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("damage, reason", [(lambda b: b[: len(b) // 2], "Compressed file ended"),
-                                            (lambda b: b"not gzip at all", "Not a gzipped file"),
-                                            (lambda b: b[:-8] + bytes(8), "CRC check failed")])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda b: b[: len(b) // 2], "Compressed file ended"),
+        (lambda b: b"not gzip at all", "Not a gzipped file"),
+        (lambda b: b[:-8] + bytes(8), "CRC check failed"),
+    ],
+)
 def test_a_damaged_gz_in_a_search_dir_is_one_error_naming_it(tmp_path, damage, reason):
     debian = write_tiny_fashion_mnist(tmp_path / "debian", gz=True)
     gz = debian / "t10k-labels-idx1-ubyte.gz"
@@ -134,27 +174,34 @@ def test_cli_broken_data_is_one_line_before_training(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: data/FashionMNIST/raw/train-labels-idx1-ubyte is truncated: the header announces 400 labels, "
         "408 bytes, the file has 403 bytes. "
-        "Fix: replace it with the original Fashion-MNIST file")
+        "Fix: replace it with the original Fashion-MNIST file"
+    )
     assert not list(tmp_path.glob("outputs/rnn/*/checkpoints"))
 
 
 # ---- config values ----------------------------------------------------------------------------------------
 
 
-
-@pytest.mark.parametrize("override, message", [
-    ("data.batch_size=-1", "data.batch_size=-1 is out of range: must be an integer >= 1"),
-    ("data.batch_size=abc", "data.batch_size=abc is not an integer: must be an integer >= 1"),
-    ("data.batch_size=2.5", "data.batch_size=2.5 is not an integer: must be an integer >= 1"),
-    ("data.batch_size=null", "data.batch_size=null is not an integer: must be an integer >= 1"),
-    ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: must be a number strictly between 0 and 1"),
-    ("model.optimizer.lr=0", "model.optimizer.lr=0 is out of range: must be a number > 0"),
-    ("model.optimizer.lr=nan", "model.optimizer.lr=nan is not a number: must be a number > 0"),
-    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 is out of range: must be a number >= 0 (or null)"),
-    ("data.download=maybe", "data.download=maybe is not true or false: must be true or false"),
-])
-def test_bad_config_values_fail_before_any_data_or_folder_is_touched(train_cfg, tmp_path, no_data_access,
-                                                                      override, message):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=-1", "data.batch_size=-1 is out of range: must be an integer >= 1"),
+        ("data.batch_size=abc", "data.batch_size=abc is not an integer: must be an integer >= 1"),
+        ("data.batch_size=2.5", "data.batch_size=2.5 is not an integer: must be an integer >= 1"),
+        ("data.batch_size=null", "data.batch_size=null is not an integer: must be an integer >= 1"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: must be a number strictly between 0 and 1"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 is out of range: must be a number > 0"),
+        ("model.optimizer.lr=nan", "model.optimizer.lr=nan is not a number: must be a number > 0"),
+        (
+            "trainer.gradient_clip_val=-1",
+            "trainer.gradient_clip_val=-1 is out of range: must be a number >= 0 (or null)",
+        ),
+        ("data.download=maybe", "data.download=maybe is not true or false: must be true or false"),
+    ],
+)
+def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
+    train_cfg, tmp_path, no_data_access, override, message
+):
     cfg = train_cfg("rnn", f"output_dir={tmp_path / 'run'}", override)
     with pytest.raises(FmnistError) as info:
         train(cfg)
@@ -170,6 +217,7 @@ def test_cli_wrong_type_is_one_line_before_data(tmp_path):
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
+
 
 class RunsCode:
     """Unpickling this object creates the file `marker`: what a malicious checkpoint would do."""
@@ -207,16 +255,22 @@ def test_load_model_refuses_a_checkpoint_carrying_code(trained_run, tmp_path, to
     path, marker = tmp_path / "evil.ckpt", tmp_path / "marker"
     shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", path)
     _plant_payload(path, marker)
-    with pytest.raises(FmnistError, match=f"^{re.escape(str(path))} is refused: it carries pickled objects or code, "
-                                          r"which fmnist never loads \(Unsupported global: GLOBAL exec"):
+    with pytest.raises(
+        FmnistError,
+        match=f"^{re.escape(str(path))} is refused: it carries pickled objects or code, "
+        r"which fmnist never loads \(Unsupported global: GLOBAL exec",
+    ):
         load_model(path)
     assert not marker.exists()
 
 
 def test_training_tests_its_checkpoint_without_running_code(train_cfg, tmp_path, torch_defaults_to_unsafe_loads):
     marker = tmp_path / "marker"
-    cfg = train_cfg("rnn", "+callbacks.plant._target_=tests.test_reliability.PlantPayloadInBest",
-                    f"+callbacks.plant.marker={marker}")
+    cfg = train_cfg(
+        "rnn",
+        "+callbacks.plant._target_=tests.test_reliability.PlantPayloadInBest",
+        f"+callbacks.plant.marker={marker}",
+    )
     with pytest.raises(Exception, match="Weights only load failed"):
         train(cfg)
     assert not marker.exists()
@@ -237,6 +291,7 @@ def test_every_checkpoint_load_in_the_code_passes_weights_only():
 
 
 # ---- output folders ---------------------------------------------------------------------------------------
+
 
 def test_an_unwritable_output_folder_fails_at_start_naming_it(train_cfg, tmp_path, no_data_access):
     (tmp_path / "a_file").write_text("")

@@ -10,16 +10,28 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from fmnist.reports import classification_report
 from tests.conftest import run_cli
 
-RUN_FILES = {"classification_report.md", "classification_report.json", "confusion_matrix.png", "misclassified.png",
-             "curves.png", "model_summary.md", "metrics.json"}
+RUN_FILES = {
+    "classification_report.md",
+    "classification_report.json",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "curves.png",
+    "model_summary.md",
+    "metrics.json",
+}
 
 
 def test_classification_report_equals_hand_computed_values():
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     predicted = torch.tensor([0, 1, 1, 1, 2, 0, 2])
     report = classification_report(torch.eye(3)[predicted], labels, ["a", "b", "c"])
-    expected = {"a": (0.5, 0.5, 0.5, 2), "b": (2 / 3, 1.0, 0.8, 2), "c": (1.0, 2 / 3, 0.8, 3),
-                "macro avg": (13 / 18, 13 / 18, 0.7, 7), "weighted avg": (16 / 21, 5 / 7, 5 / 7, 7)}
+    expected = {
+        "a": (0.5, 0.5, 0.5, 2),
+        "b": (2 / 3, 1.0, 0.8, 2),
+        "c": (1.0, 2 / 3, 0.8, 3),
+        "macro avg": (13 / 18, 13 / 18, 0.7, 7),
+        "weighted avg": (16 / 21, 5 / 7, 5 / 7, 7),
+    }
     for name, (precision, recall, f1, support) in expected.items():
         row = report[name]
         assert row["precision"] == pytest.approx(precision, abs=1e-6)
@@ -46,8 +58,12 @@ def test_tensorboard_holds_report_images_and_hparams_with_final_metrics(trained_
     content = events.PluginTagToContent("hparams")
     assert "hp_metric" not in events.Tags()["scalars"]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc_best", "test/acc", "test/macro_f1",
-                                                             "train_seconds"}
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "val/acc_best",
+        "test/acc",
+        "test/macro_f1",
+        "train_seconds",
+    }
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["model"].string_value == "cnn"
     assert session.hparams["optimizer/lr"].number_value == pytest.approx(1e-4)
@@ -55,15 +71,23 @@ def test_tensorboard_holds_report_images_and_hparams_with_final_metrics(trained_
 
 def test_evaluate_writes_every_file_beside_the_checkpoint(trained_run, tiny_root, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", f"data.root={tiny_root}", "data.search_dirs=[]",
-                     cwd=tmp_path)
+    result = run_cli(
+        "fmnist.evaluate", f"ckpt_path={ckpt}", f"data.root={tiny_root}", "data.search_dirs=[]", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert RUN_FILES <= {p.name for p in (ckpt.parent / "eval").iterdir()}
     metrics = json.loads((ckpt.parent / "eval" / "metrics.json").read_text())
     assert metrics["model_class"] == "CNN" and 0 <= metrics["test/acc"] <= 1
     assert "macro avg" in result.stdout
-    result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", "split=val", f"output_dir={tmp_path / 'v'}",
-                     f"data.root={tiny_root}", "data.search_dirs=[]", cwd=tmp_path)
+    result = run_cli(
+        "fmnist.evaluate",
+        f"ckpt_path={ckpt}",
+        "split=val",
+        f"output_dir={tmp_path / 'v'}",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0 and "val/acc" in json.loads((tmp_path / "v" / "metrics.json").read_text())
 
 
@@ -78,10 +102,12 @@ def test_evaluate_bad_checkpoints_give_one_clear_error_each(trained_run, tmp_pat
     checkpoint["hyper_parameters"].pop("conv_dropout")
     checkpoint["hyper_parameters"].pop("dense_dropout")
     torch.save(checkpoint, mismatched)
-    for path, expected in [(tmp_path / "missing.ckpt", "checkpoint not found"),
-                           (not_torch, "is not an fmnist checkpoint: not a PyTorch checkpoint file"),
-                           (other, "is not an fmnist checkpoint: it has no Lightning state_dict"),
-                           (mismatched, "does not match SimpleRNN")]:
+    for path, expected in [
+        (tmp_path / "missing.ckpt", "checkpoint not found"),
+        (not_torch, "is not an fmnist checkpoint: not a PyTorch checkpoint file"),
+        (other, "is not an fmnist checkpoint: it has no Lightning state_dict"),
+        (mismatched, "does not match SimpleRNN"),
+    ]:
         result = run_cli("fmnist.evaluate", f"ckpt_path={path}", cwd=tmp_path, timeout=60)
         assert result.returncode != 0
         assert expected in result.stderr and "Traceback" not in result.stderr
@@ -89,15 +115,18 @@ def test_evaluate_bad_checkpoints_give_one_clear_error_each(trained_run, tmp_pat
 
 def test_compare_two_runs_writes_tables_figures_and_page(trained_run, train_cfg, tmp_path):
     from fmnist.train import train
+
     train(train_cfg("rnn"))  # a second run, written to tmp_path
     result = run_cli("fmnist.compare", str(trained_run), str(tmp_path), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "cmp"
-    assert {"comparison.md", "comparison.html", "per_class_f1.png", "acc_vs_time.png"} <= {p.name for p in out.iterdir()}
+    assert {"comparison.md", "comparison.html", "per_class_f1.png", "acc_vs_time.png"} <= {
+        p.name for p in out.iterdir()
+    }
     table = (out / "comparison.md").read_text()
     assert "| cnn |" in table and "| rnn |" in table and "| study: cnn |" in table
     page = (out / "comparison.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == 2 and 'src="http' not in page
 
 
 def test_compare_with_no_runs_is_a_clear_error(tmp_path):
@@ -106,8 +135,14 @@ def test_compare_with_no_runs_is_a_clear_error(tmp_path):
 
 
 def test_explore_prints_the_data_and_writes_samples(tiny_root, tmp_path):
-    result = run_cli("fmnist.explore", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={tmp_path}",
-                     cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "fmnist.explore",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        f"output_dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "training set: Tensor torch.uint8, images (400, 1, 28, 28)" in result.stdout
     assert "Ankle boot" in result.stdout and "max 255" in result.stdout

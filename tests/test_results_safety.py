@@ -70,9 +70,19 @@ def _keep_thread_count():
 
 
 def _overrides(tiny_root: Path, *extra: str) -> list[str]:
-    return ["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", "trainer.accelerator=cpu",
-            "trainer.max_epochs=2", f"trainer.limit_train_batches={STEPS}", "trainer.enable_progress_bar=false",
-            "data.batch_size=30", "torch_threads=1", "logger={}", *extra]
+    return [
+        "model=cnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        f"trainer.limit_train_batches={STEPS}",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=30",
+        "torch_threads=1",
+        "logger={}",
+        *extra,
+    ]
 
 
 def _train(overrides: list[str]) -> dict:
@@ -93,14 +103,19 @@ def _train_in(run: Path, overrides: list[str]) -> dict:
 
 
 def _callback(name: str, cls: type, **kwargs) -> list[str]:
-    return [f"+callbacks.{name}._target_={__name__}.{cls.__name__}",
-            *(f"+callbacks.{name}.{key}={value}" for key, value in kwargs.items())]
+    return [
+        f"+callbacks.{name}._target_={__name__}.{cls.__name__}",
+        *(f"+callbacks.{name}.{key}={value}" for key, value in kwargs.items()),
+    ]
 
 
 def _files(run: Path) -> dict[str, tuple[int, int]]:
     """Every file of a run folder (but its lock) with its size and modification time."""
-    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(run.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+    return {
+        str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def _last_checkpoints(run: Path) -> list[str]:
@@ -131,8 +146,10 @@ def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tm
     result = run_cli("fmnist.train", f"resume={run}", "torch_threads=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert lines == [f"resume={run}: the run is finished (trained 2 epochs of trainer.max_epochs=2) and its "
-                     "metrics.json is complete; nothing was changed. To train it further, raise trainer.max_epochs"]
+    assert lines == [
+        f"resume={run}: the run is finished (trained 2 epochs of trainer.max_epochs=2) and its "
+        "metrics.json is complete; nothing was changed. To train it further, raise trainer.max_epochs"
+    ]
     assert _files(run) == before  # nothing rewritten, the torch_threads=1 override not recorded either
     assert _train([f"resume={run}"]) == metrics
     assert list(tmp_path.iterdir()) == [run]  # no new run folder
@@ -143,8 +160,9 @@ def test_a_resume_that_trains_further_keeps_every_key_of_metrics_json(finished_r
     before = json.loads((run / "metrics.json").read_text())
     more = _train([f"resume={run}", "trainer.max_epochs=3", "test=false"])
     assert before.keys() <= more.keys() and more["epochs"] == 3 and len(more["epoch_seconds"]) == 3
-    assert {k: more[k] for k in before if k.startswith("test/")} == {k: v for k, v in before.items()
-                                                                     if k.startswith("test/")}
+    assert {k: more[k] for k in before if k.startswith("test/")} == {
+        k: v for k, v in before.items() if k.startswith("test/")
+    }
     if more["best_checkpoint"] != before["best_checkpoint"]:  # the carried test results name their weights
         assert more["test_checkpoint"] == before["best_checkpoint"]
     assert json.loads((run / "metrics.json").read_text()) == more
@@ -165,8 +183,10 @@ def test_a_run_stopped_while_testing_finishes_its_test_with_the_fit_figures(tiny
     finished = _train([f"resume={run}"])
     assert 0 <= finished["test/acc"] <= 1 and "test/f1/Bag" in finished
     assert {k: finished[k] for k in FIT_FIGURES} == {k: fitted[k] for k in FIT_FIGURES}  # from what the run saved
-    assert finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_000.ckpt" or \
-        finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_001.ckpt"
+    assert (
+        finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_000.ckpt"
+        or finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_001.ckpt"
+    )
     assert fitted.keys() <= finished.keys()
     assert json.loads((run / "metrics.json").read_text()) == finished
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last  # no training happened
@@ -196,7 +216,8 @@ def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt
         assert state["last_model_path"] == "last.ckpt" and state["dirpath"] == "."
         assert metrics["best_checkpoint"] == f"checkpoints/{state['best_model_path']}"
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == sorted(
-            ["last.ckpt", state["best_model_path"]])
+            ["last.ckpt", state["best_model_path"]]
+        )
         if folder == run:
             assert _files(copy) == original  # the copy is a run of its own
 
@@ -204,8 +225,10 @@ def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt
 def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tiny_root, tmp_path):
     run, moved = tmp_path / "run", tmp_path / "elsewhere" / "moved run"
     with pytest.raises(SIGTERMException):  # in epoch 2: epoch_000.ckpt is the best so far
-        _train_in(run, _overrides(tiny_root, *_callback("stop", SendSignal, step=STEPS + 2),
-                                  *_callback("worse", WorseEachEpoch)))
+        _train_in(
+            run,
+            _overrides(tiny_root, *_callback("stop", SendSignal, step=STEPS + 2), *_callback("worse", WorseEachEpoch)),
+        )
     moved.parent.mkdir()
     run.rename(moved)
     metrics = _train([f"resume={moved}"])
@@ -222,8 +245,11 @@ def test_absolute_paths_of_a_checkpoint_from_another_folder_are_mapped_into_this
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     state = next(v for k, v in last["callbacks"].items() if k.startswith("RunCheckpoint"))
     paths = ("best_model_path", "kth_best_model_path", "last_model_path")
-    state.update({key: f"{gone}/{state[key]}" for key in paths}, dirpath=gone,
-                 best_k_models={f"{gone}/{name}": score for name, score in state["best_k_models"].items()})
+    state.update(
+        {key: f"{gone}/{state[key]}" for key in paths},
+        dirpath=gone,
+        best_k_models={f"{gone}/{name}": score for name, score in state["best_k_models"].items()},
+    )
     torch.save(last, run / "checkpoints" / "last.ckpt")
     best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
     metrics = _train([f"resume={run}", "trainer.max_epochs=3"])
@@ -239,8 +265,11 @@ def test_a_checkpoint_state_naming_a_file_outside_its_folder_is_refused(finished
     victim.write_bytes(b"keep me")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     key = next(k for k in last["callbacks"] if k.startswith("RunCheckpoint"))
-    last["callbacks"][key].update(best_model_path=str(victim), kth_best_model_path="../../victim.ckpt",
-                                  best_k_models={"../../victim.ckpt": torch.tensor(0.0)})
+    last["callbacks"][key].update(
+        best_model_path=str(victim),
+        kth_best_model_path="../../victim.ckpt",
+        best_k_models={"../../victim.ckpt": torch.tensor(0.0)},
+    )
     torch.save(last, run / "checkpoints" / "last.ckpt")
     with pytest.raises(FmnistError, match="which is not a file of its checkpoints folder: refused"):
         _train([f"resume={run}", "trainer.max_epochs=3"])
@@ -253,9 +282,17 @@ def test_a_checkpoint_state_naming_a_file_outside_its_folder_is_refused(finished
 def test_a_run_folder_in_use_is_refused_naming_the_pid_and_freed_when_its_process_dies(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from fmnist.callbacks import run_folder_lock\n"
-         "with run_folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(run)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fmnist.callbacks import run_folder_lock\n"
+            "with run_folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)",
+            str(run),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)
@@ -291,8 +328,16 @@ class TryTheLock(L.Callback):
 
 def test_training_holds_the_lock_until_it_ends(tiny_root, tmp_path):
     run = tmp_path / "run"
-    _train(_overrides(tiny_root, f"output_dir={run}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                      "test=false", *_callback("probe", TryTheLock, run=run)))
+    _train(
+        _overrides(
+            tiny_root,
+            f"output_dir={run}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "test=false",
+            *_callback("probe", TryTheLock, run=run),
+        )
+    )
     assert f"process {os.getpid()} is training in it" in TryTheLock.refused
     with run_folder_lock(run):  # released when training ended
         pass
@@ -310,6 +355,7 @@ def _no_space_for_checkpoints(fsync):
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and ".ckpt." in os.readlink(f"/proc/self/fd/{fd}"):
             _no_space(fd)
         fsync(fd)
+
     return full
 
 
@@ -336,8 +382,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
     before = target.read_bytes()
     monkeypatch.setattr(os, "fsync", _no_space)
-    with pytest.raises(FmnistError, match=r"cannot write .*last\.ckpt: No space left on device \(the previous "
-                                          r"last\.ckpt is intact\)\. Fix: free some space on that disk$"):
+    with pytest.raises(
+        FmnistError,
+        match=r"cannot write .*last\.ckpt: No space left on device \(the previous "
+        r"last\.ckpt is intact\)\. Fix: free some space on that disk$",
+    ):
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
     assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
@@ -347,9 +396,12 @@ def test_a_full_disk_during_training_ends_in_one_error_and_keeps_the_run(finishe
     before = _files(run)
     last = (run / "checkpoints" / "last.ckpt").read_bytes()
     monkeypatch.setattr(os, "fsync", _no_space_for_checkpoints(os.fsync))
-    with pytest.raises(FmnistError, match=r"cannot write .*\.ckpt: No space left on device \(the previous .*\)\. "
-                                          r"Fix: free some space on that disk, then continue the run with "
-                                          rf"`{re.escape(resume_command(run))}`$"):
+    with pytest.raises(
+        FmnistError,
+        match=r"cannot write .*\.ckpt: No space left on device \(the previous .*\)\. "
+        r"Fix: free some space on that disk, then continue the run with "
+        rf"`{re.escape(resume_command(run))}`$",
+    ):
         _train([f"resume={run}", "trainer.max_epochs=3"])
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
     after = _files(run)
@@ -371,7 +423,7 @@ def _cut_inside(path: Path) -> None:
     with zipfile.ZipFile(path) as archive:  # the zip's index is intact, a member's header is not
         offset = archive.infolist()[-1].header_offset
     data = bytearray(path.read_bytes())
-    data[offset: offset + 4] = b"XXXX"
+    data[offset : offset + 4] = b"XXXX"
     path.write_bytes(bytes(data))
 
 
@@ -389,16 +441,22 @@ def _other_model(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(os.urandom(5000)), r"last\.ckpt is damaged\. Fix: copy one of"),
-    (lambda p: p.write_bytes(p.read_bytes()[:100_000]), r"last\.ckpt is damaged\. Fix: copy one of"),
-    (_zip_of_text, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-    (_cut_inside, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-    (_bad_pickle, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-    (lambda p: torch.save({"state_dict": {}}, p), r"last\.ckpt is not a training checkpoint of fmnist .*Fix: copy"),
-    (_other_model, r"last\.ckpt does not match the run's CNN \(it holds SimpleRNN weights\)\. Fix: copy one of the "
-                   r"run's own checkpoints/epoch_NNN\.ckpt over it"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(os.urandom(5000)), r"last\.ckpt is damaged\. Fix: copy one of"),
+        (lambda p: p.write_bytes(p.read_bytes()[:100_000]), r"last\.ckpt is damaged\. Fix: copy one of"),
+        (_zip_of_text, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
+        (_cut_inside, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
+        (_bad_pickle, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
+        (lambda p: torch.save({"state_dict": {}}, p), r"last\.ckpt is not a training checkpoint of fmnist .*Fix: copy"),
+        (
+            _other_model,
+            r"last\.ckpt does not match the run's CNN \(it holds SimpleRNN weights\)\. Fix: copy one of the "
+            r"run's own checkpoints/epoch_NNN\.ckpt over it",
+        ),
+    ],
+)
 def test_a_damaged_or_foreign_last_ckpt_is_named_with_the_fix(finished_run, tmp_path, damage, message):
     run = _copy(finished_run, tmp_path)
     damage(run / "checkpoints" / "last.ckpt")
@@ -413,15 +471,41 @@ def test_a_damaged_last_ckpt_on_the_command_line_is_one_line(finished_run, tmp_p
     _zip_of_text(run / "checkpoints" / "last.ckpt")
     result = run_cli("fmnist.train", f"resume={run}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume={run}: {run}/checkpoints/last.ckpt "
-                                                              "is damaged (")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: resume={run}: {run}/checkpoints/last.ckpt is damaged (")
+    )
 
 
 # 7. The resume command after an interrupt works when pasted, whatever the folder's name
 
-NAMES = ["plain", "with space", "it's", 'say "hi"', "both ' and \"", "é ü ñ 日本", "a=b", "a,b", "[x]", "{y}",
-         "(z)", "key: value", "back\\slash", "ends with \\", "quote \\' after backslash", "$HOME", "${oc.env:HOME}",
-         "tab\there", "null", "42", "true", "~", "-dash", "semi;colon & amp | pipe"]
+NAMES = [
+    "plain",
+    "with space",
+    "it's",
+    'say "hi"',
+    "both ' and \"",
+    "é ü ñ 日本",
+    "a=b",
+    "a,b",
+    "[x]",
+    "{y}",
+    "(z)",
+    "key: value",
+    "back\\slash",
+    "ends with \\",
+    "quote \\' after backslash",
+    "$HOME",
+    "${oc.env:HOME}",
+    "tab\there",
+    "null",
+    "42",
+    "true",
+    "~",
+    "-dash",
+    "semi;colon & amp | pipe",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)

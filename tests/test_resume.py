@@ -62,9 +62,17 @@ def _keep_thread_count():
 
 def _overrides(tiny_root: Path, epochs: int, *extra: str) -> list[str]:
     # One thread: the same float sums in every process, and no slowdown from oversubscribed cores.
-    return ["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", "trainer.accelerator=cpu",
-            f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", "data.batch_size=30",
-            "torch_threads=1", *extra]
+    return [
+        "model=cnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.accelerator=cpu",
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=30",
+        "torch_threads=1",
+        *extra,
+    ]
 
 
 def _train(overrides: list[str]) -> dict:
@@ -80,26 +88,39 @@ def _compared(metrics: dict) -> dict:
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "fmnist.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_same_config_and_seed_give_the_same_metrics_and_weights_on_the_cpu(tiny_root, tmp_path):
     # Lightning's default trainer.deterministic=null is enough on the CPU.
-    runs = [_train(_overrides(tiny_root, 2, f"output_dir={tmp_path / name}", "logger={}", "test=false", *extra))
-            for name, extra in (("a", []), ("b", []), ("c", ["seed=7"]))]
+    runs = [
+        _train(_overrides(tiny_root, 2, f"output_dir={tmp_path / name}", "logger={}", "test=false", *extra))
+        for name, extra in (("a", []), ("b", []), ("c", ["seed=7"]))
+    ]
     assert _compared(runs[0]) == _compared(runs[1])
     assert runs[2]["train/loss"] != runs[0]["train/loss"]
-    weights = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-               for name in ("a", "b")]
+    weights = [
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for name in ("a", "b")
+    ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root, tmp_path):
     config = _overrides(tiny_root, 2, "trainer.deterministic=true")
     marker, run = tmp_path / "paused", tmp_path / "outputs" / "run"
-    pause = [f"+callbacks.pause._target_={__name__}.PauseAfterStep", f"+callbacks.pause.step={STEPS_PER_EPOCH + 5}",
-             f"+callbacks.pause.marker={marker}"]
+    pause = [
+        f"+callbacks.pause._target_={__name__}.PauseAfterStep",
+        f"+callbacks.pause.step={STEPS_PER_EPOCH + 5}",
+        f"+callbacks.pause.marker={marker}",
+    ]
     process = _cli(*config, *pause, f"hydra.run.dir={run}", cwd=tmp_path)
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -108,8 +129,10 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
-    assert stderr.strip().splitlines()[-1] == (f"interrupted: the run is saved in {run / 'checkpoints/last.ckpt'}; "
-                                                f"continue it with `python -m fmnist.train resume={run}`")
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: the run is saved in {run / 'checkpoints/last.ckpt'}; "
+        f"continue it with `python -m fmnist.train resume={run}`"
+    )
     # The signal came during step 18, in the second epoch: saved at its end.
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 6
     assert not (run / "metrics.json").exists()
@@ -139,8 +162,11 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
 
 def test_ctrl_c_saves_at_the_end_of_the_step_and_gives_the_handler_back(tiny_root, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
-    ctrl_c = [f"+callbacks.ctrl_c._target_={__name__}.SendSignal", "+callbacks.ctrl_c.step=6",
-              f"+callbacks.ctrl_c.signum={int(signal.SIGINT)}"]
+    ctrl_c = [
+        f"+callbacks.ctrl_c._target_={__name__}.SendSignal",
+        "+callbacks.ctrl_c.step=6",
+        f"+callbacks.ctrl_c.signum={int(signal.SIGINT)}",
+    ]
     with pytest.raises(SIGTERMException):
         _train(_overrides(tiny_root, 1, f"output_dir={tmp_path}", "logger={}", *ctrl_c))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
@@ -156,12 +182,15 @@ def _run_folder(run: Path, checkpoint: bytes | None = None) -> Path:
     return run
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda run: None, "resume=.*: no such folder"),
-    (lambda run: run.mkdir(), "not a training run folder"),
-    (_run_folder, "nothing to resume, .*last.ckpt does not exist"),
-    (lambda run: _run_folder(run, b"PK\x03\x04 cut short"), "last.ckpt is damaged. Fix: copy one of"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda run: None, "resume=.*: no such folder"),
+        (lambda run: run.mkdir(), "not a training run folder"),
+        (_run_folder, "nothing to resume, .*last.ckpt does not exist"),
+        (lambda run: _run_folder(run, b"PK\x03\x04 cut short"), "last.ckpt is damaged. Fix: copy one of"),
+    ],
+)
 def test_resume_names_what_is_missing_or_damaged(tmp_path, make, message):
     run = tmp_path / "run"
     make(run)

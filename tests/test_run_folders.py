@@ -18,9 +18,19 @@ from tests.conftest import run_cli
 def cli_run(tmp_path_factory, tiny_root) -> Path:
     """One finished run of the real command (with its .hydra/), to copy and tamper with."""
     folder = tmp_path_factory.mktemp("cli_run")
-    result = run_cli("fmnist.train", "model=rnn", f"data.root={tiny_root}", "data.search_dirs=[]",
-                     "trainer.max_epochs=1", "data.batch_size=50", "trainer.accelerator=cpu",
-                     "trainer.enable_progress_bar=false", "logger={}", f"hydra.run.dir={folder / 'run'}", cwd=folder)
+    result = run_cli(
+        "fmnist.train",
+        "model=rnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.max_epochs=1",
+        "data.batch_size=50",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger={}",
+        f"hydra.run.dir={folder / 'run'}",
+        cwd=folder,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return folder / "run"
 
@@ -47,12 +57,15 @@ def _one_error_line(result, *needles: str) -> str:
     return lines[-1]
 
 
-@pytest.mark.parametrize("old, new, named", [
-    ("dirpath: ${output_dir}/checkpoints", "dirpath: VICTIM", "callbacks.model_checkpoint.dirpath"),
-    ("output_dir: ${output_dir}\n", "output_dir: VICTIM\n", "callbacks.model_summary.output_dir"),
-    ("default_root_dir: ${output_dir}", "default_root_dir: ${output_dir}/../..", "trainer.default_root_dir"),
-    ("filename: epoch_{epoch:03d}", "filename: ../../epoch_{epoch:03d}", "callbacks.model_checkpoint.filename"),
-])
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ("dirpath: ${output_dir}/checkpoints", "dirpath: VICTIM", "callbacks.model_checkpoint.dirpath"),
+        ("output_dir: ${output_dir}\n", "output_dir: VICTIM\n", "callbacks.model_summary.output_dir"),
+        ("default_root_dir: ${output_dir}", "default_root_dir: ${output_dir}/../..", "trainer.default_root_dir"),
+        ("filename: epoch_{epoch:03d}", "filename: ../../epoch_{epoch:03d}", "callbacks.model_checkpoint.filename"),
+    ],
+)
 def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(cli_run, tmp_path, old, new, named):
     run = _copy(cli_run, tmp_path)
     victim = tmp_path / "victim"
@@ -66,11 +79,14 @@ def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(cli_r
     assert (victim / "model_summary.md").read_text() == "PRECIOUS"
 
 
-@pytest.mark.parametrize("value, named", [
-    ("${oc.env:SECRET_TOKEN}", "resolver oc.env"),
-    ('"${oc.decode:\'{a: 1}\'}"', "resolver oc.decode"),
-    ("${name}", "cannot be resolved"),
-])
+@pytest.mark.parametrize(
+    "value, named",
+    [
+        ("${oc.env:SECRET_TOKEN}", "resolver oc.env"),
+        ("\"${oc.decode:'{a: 1}'}\"", "resolver oc.decode"),
+        ("${name}", "cannot be resolved"),
+    ],
+)
 def test_a_run_config_resolves_nothing_but_its_own_keys(cli_run, tmp_path, value, named):
     run = _copy(cli_run, tmp_path)
     _edit_config(run, "name: ${hydra:runtime.choices.model}", f"name: {value}")
@@ -79,10 +95,13 @@ def test_a_run_config_resolves_nothing_but_its_own_keys(cli_run, tmp_path, value
     assert "s3cr3t" not in (run / "metrics.json").read_text()
 
 
-@pytest.mark.parametrize("content, named", [
-    ("data: [unclosed\n", "not a readable run config"),
-    ("- a list\n", "not a run config"),
-])
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        ("data: [unclosed\n", "not a readable run config"),
+        ("- a list\n", "not a run config"),
+    ],
+)
 def test_an_unreadable_run_config_is_one_line(cli_run, tmp_path, content, named):
     run = _copy(cli_run, tmp_path)
     (run / ".hydra" / "config.yaml").write_text(content)
@@ -99,8 +118,16 @@ def test_hydra_yaml_gives_a_resume_its_choices_only(cli_run, tmp_path):
 def test_a_new_run_never_replaces_an_earlier_run_in_its_folder(cli_run, tmp_path, tiny_root):
     run = _copy(cli_run, tmp_path)
     before = (run / "metrics.json").read_bytes()
-    common = ["model=rnn", f"data.root={tiny_root}", "data.search_dirs=[]", "trainer.max_epochs=1",
-              "data.batch_size=50", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger={}"]
+    common = [
+        "model=rnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.max_epochs=1",
+        "data.batch_size=50",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger={}",
+    ]
     result = run_cli("fmnist.train", *common, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
     _one_error_line(result, "holds an earlier run", "overwrite=true", "resume=")
     assert (run / "metrics.json").read_bytes() == before

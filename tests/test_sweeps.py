@@ -35,8 +35,16 @@ def test_multirun_over_two_models_with_each_launcher(tmp_path, tiny_root, launch
 
 
 def test_grid_sweep_on_any_key_and_a_failing_job_keeps_the_others(tmp_path, tiny_root):
-    result = run_cli("fmnist.train", "-m", "model=rnn", "model.optimizer.lr=0.001,0.01", "data.batch_size=50,0",
-                     f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    result = run_cli(
+        "fmnist.train",
+        "-m",
+        "model=rnn",
+        "model.optimizer.lr=0.001,0.01",
+        "data.batch_size=50,0",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode != 0  # the sweep reports the failure...
     folder = sweep_dir(tmp_path)
     summary = (folder / "sweep_summary.md").read_text()
@@ -73,11 +81,26 @@ def test_experiment_compare_is_one_multirun_of_the_three_recipes(tmp_path, tiny_
 
 
 def test_ddp_on_two_cpu_processes_shards_the_data_and_reports_global_metrics(tmp_path, tiny_root):
-    result = run_cli("fmnist.train", "trainer=ddp_cpu", "model=cnn", "hydra.run.dir=ddp", "data.batch_size=50",
-                     f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    result = run_cli(
+        "fmnist.train",
+        "trainer=ddp_cpu",
+        "model=cnn",
+        "hydra.run.dir=ddp",
+        "data.batch_size=50",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    single = run_cli("fmnist.train", "model=cnn", "hydra.run.dir=single", "data.batch_size=50",
-                     f"data.root={tiny_root}", *TINY, cwd=tmp_path)
+    single = run_cli(
+        "fmnist.train",
+        "model=cnn",
+        "hydra.run.dir=single",
+        "data.batch_size=50",
+        f"data.root={tiny_root}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())

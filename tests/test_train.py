@@ -6,16 +6,28 @@ import pytest
 import torch
 
 from fmnist.errors import FmnistError
-from fmnist.models import BiLSTM, CNN, SimpleRNN
+from fmnist.models import CNN, BiLSTM, SimpleRNN
 from fmnist.train import train
 from tests.conftest import compose_train, run_cli, write_tiny_fashion_mnist
 
-METRIC_KEYS = {"model", "seed", "device", "epochs", "test/acc", "test/loss", "val/acc_best", "train_seconds",
-               "epoch_seconds", "params_trainable", "params_total_keras"}
+METRIC_KEYS = {
+    "model",
+    "seed",
+    "device",
+    "epochs",
+    "test/acc",
+    "test/loss",
+    "val/acc_best",
+    "train_seconds",
+    "epoch_seconds",
+    "params_trainable",
+    "params_total_keras",
+}
 
 
-@pytest.mark.parametrize("name, cls, trainable", [("cnn", CNN, 305_978), ("rnn", SimpleRNN, 135_370),
-                                                 ("bilstm", BiLSTM, 1_340_042)])
+@pytest.mark.parametrize(
+    "name, cls, trainable", [("cnn", CNN, 305_978), ("rnn", SimpleRNN, 135_370), ("bilstm", BiLSTM, 1_340_042)]
+)
 def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_path, name, cls, trainable):
     cfg = train_cfg(name, "trainer.max_epochs=2")
     metrics = train(cfg)
@@ -45,6 +57,7 @@ def test_trainer_config_lists_every_trainer_argument():
     import inspect
 
     import lightning as L
+
     names = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
     cfg = compose_train([])
     assert names <= set(cfg.trainer), "trainer.<arg>= must override any Trainer argument"
@@ -52,10 +65,12 @@ def test_trainer_config_lists_every_trainer_argument():
 
 
 def test_recipes_come_with_each_model():
-    for name, batch, epochs, optimizer, lr in [("cnn", 100, 150, "fmnist.optim.KerasRMSprop", 1e-4),
-                                               ("rnn", 65, 25, "torch.optim.SGD", 0.01),
-                                               ("bilstm", 64, 20, "fmnist.optim.KerasAdam", 1e-3),
-                                               ("bilstm_stated", 64, 20, "fmnist.optim.KerasAdam", 1e-2)]:
+    for name, batch, epochs, optimizer, lr in [
+        ("cnn", 100, 150, "fmnist.optim.KerasRMSprop", 1e-4),
+        ("rnn", 65, 25, "torch.optim.SGD", 0.01),
+        ("bilstm", 64, 20, "fmnist.optim.KerasAdam", 1e-3),
+        ("bilstm_stated", 64, 20, "fmnist.optim.KerasAdam", 1e-2),
+    ]:
         cfg = compose_train([f"model={name}"])
         assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (batch, epochs)
         assert (cfg.model.optimizer._target_, cfg.model.optimizer.lr) == (optimizer, lr)
@@ -63,9 +78,14 @@ def test_recipes_come_with_each_model():
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.data.batch_size == 7
 
 
-@pytest.mark.parametrize("override, key", [("data.batch_size=0", "data.batch_size"),
-                                           ("data.val_fraction=1.5", "data.val_fraction"),
-                                           ("trainer.max_epochs=0", "trainer.max_epochs")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ],
+)
 def test_out_of_range_values_are_rejected_before_loading_data(train_cfg, override, key):
     cfg = train_cfg("rnn", override, "data.root=/nonexistent")
     with pytest.raises(FmnistError, match=f"^{key}=.* is out of range: must be"):
@@ -94,9 +114,17 @@ def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
 
 
 def test_cli_multirun_gives_each_job_its_folder_and_metrics(tmp_path, tiny_root):
-    result = run_cli("fmnist.train", "-m", "model=cnn,rnn", f"data.root={tiny_root}", "data.search_dirs=[]",
-                     "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                     cwd=tmp_path)
+    result = run_cli(
+        "fmnist.train",
+        "-m",
+        "model=cnn,rnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/metrics.json"))
     assert [json.loads(p.read_text())["model"] for p in jobs] == ["cnn", "rnn"]
@@ -105,8 +133,14 @@ def test_cli_multirun_gives_each_job_its_folder_and_metrics(tmp_path, tiny_root)
 
 def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
     write_tiny_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
-    result = run_cli("fmnist.train", "model=rnn", "trainer.max_epochs=1", "data.search_dirs=[]",
-                     "trainer.accelerator=cpu", cwd=tmp_path)
+    result = run_cli(
+        "fmnist.train",
+        "model=rnn",
+        "trainer.max_epochs=1",
+        "data.search_dirs=[]",
+        "trainer.accelerator=cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "rnn").iterdir()
     assert len(run.name.split("_")[-1]) == 6  # microseconds: two runs in the same second never share a folder
@@ -115,15 +149,24 @@ def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
 
 def test_gradient_clipping_is_a_trainer_override(train_cfg):
     # the same lr diverges without clipping: tests/test_reliability.py
-    metrics = train(train_cfg("rnn", "trainer.max_epochs=1", "model.optimizer.lr=1e6", "trainer.gradient_clip_val=1e-6"))
+    metrics = train(
+        train_cfg("rnn", "trainer.max_epochs=1", "model.optimizer.lr=1e6", "trainer.gradient_clip_val=1e-6")
+    )
     assert metrics["status"] == "completed"
 
 
 @pytest.mark.parametrize("flush", [True, False])
 def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flush):
     # Keras on TensorFlow computes 1e-39 * 1.0 = 0 on the CPU: its threads flush denormals to zero.
-    train(train_cfg("rnn", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
-                    f"flush_denormal={str(flush).lower()}"))
+    train(
+        train_cfg(
+            "rnn",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "test=false",
+            f"flush_denormal={str(flush).lower()}",
+        )
+    )
     assert (torch.full((4,), 1e-39) * 1.0).eq(0).all().item() is flush
 
 

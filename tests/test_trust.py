@@ -55,13 +55,20 @@ def _genuine(trained_run: Path) -> dict:
 
 # ---------------------------------------------------------------- the registry and its tables
 
+
 def test_the_registry_holds_the_three_models_under_every_name_their_files_carry():
     assert MODELS == {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM}
     for cls in MODELS.values():
         for name in (cls.__name__, f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"):
             assert MODEL_NAMES[name] is cls
-    assert set(OPTIMIZERS) >= {"torch.optim.SGD", "torch.optim.sgd.SGD", "torch.optim.Adam", "torch.optim.adam.Adam",
-                               "fmnist.optim.KerasAdam", "fmnist.optim.KerasRMSprop"}
+    assert set(OPTIMIZERS) >= {
+        "torch.optim.SGD",
+        "torch.optim.sgd.SGD",
+        "torch.optim.Adam",
+        "torch.optim.adam.Adam",
+        "fmnist.optim.KerasAdam",
+        "fmnist.optim.KerasRMSprop",
+    }
 
 
 @pytest.mark.parametrize("cls", [CNN, SimpleRNN, BiLSTM])
@@ -84,11 +91,16 @@ def _targets(node, path=""):
 
 
 def test_every_target_in_conf_is_allowed_so_the_list_cannot_rot():
-    found = {target for file in CONF.rglob("*.yaml")
-             for _, target in _targets(OmegaConf.to_container(OmegaConf.load(file)))}
+    found = {
+        target for file in CONF.rglob("*.yaml") for _, target in _targets(OmegaConf.to_container(OmegaConf.load(file)))
+    }
     assert found and found <= config_targets()
-    for overrides in (["model=cnn"], ["model=rnn", "optimizer=adam"], ["model=bilstm_stated", "trainer=ddp_cpu"],
-                      ["model=cnn", "callbacks=early_stopping", "optimizer=rmsprop", "trainer=cpu_fast"]):
+    for overrides in (
+        ["model=cnn"],
+        ["model=rnn", "optimizer=adam"],
+        ["model=bilstm_stated", "trainer=ddp_cpu"],
+        ["model=cnn", "callbacks=early_stopping", "optimizer=rmsprop", "trainer=cpu_fast"],
+    ):
         try:
             check_targets(compose_train([*overrides, "output_dir=/tmp/x"]), "conf")
         finally:
@@ -97,11 +109,15 @@ def test_every_target_in_conf_is_allowed_so_the_list_cannot_rot():
 
 # ---------------------------------------------------------------- hostile checkpoints
 
+
 @pytest.mark.parametrize("gadget", GADGETS)
 def test_a_gadget_class_path_in_a_checkpoint_is_refused(tmp_path, marker, gadget):
     path = _save(tmp_path / "evil.ckpt", {"state_dict": {}, "hyper_parameters": _popen(marker), "fmnist_model": gadget})
-    with pytest.raises(FmnistError, match=rf"^{re.escape(str(path))} is refused: its fmnist_model .* is not an "
-                                          r"fmnist model \(CNN, SimpleRNN, BiLSTM\)"):
+    with pytest.raises(
+        FmnistError,
+        match=rf"^{re.escape(str(path))} is refused: its fmnist_model .* is not an "
+        r"fmnist model \(CNN, SimpleRNN, BiLSTM\)",
+    ):
         load_model(path)
     assert not marker.exists()
 
@@ -113,38 +129,63 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         load_model(path)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda h, m: h.update(evil=1), r"does not match CNN: hyper_parameters.evil is not a CNN setting \(expected: "
-                                    r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step\)"),
-    (lambda h, m: h.update(_target_="os.system"), "does not match CNN: hyper_parameters._target_ is not a CNN setting"),
-    (lambda h, m: h.update(args=_popen(m)["args"]), "hyper_parameters.args is not a CNN setting"),
-    (lambda h, m: h.update(conv_dropout=[0.2]), r"conv_dropout must be a list of 3 numbers, not \[0.2\]"),
-    (lambda h, m: h.update(conv_dropout={"_target_": "subprocess.Popen", **_popen(m)}),
-     "hyper_parameters.conv_dropout must be a list of 3 numbers, not {'_target_'"),
-    (lambda h, m: h.update(conv_dropout=[0.2, 0.3, {"_target_": "os.system"}]), "conv_dropout must be a list of 3"),
-    (lambda h, m: h.update(dense_dropout="0.5"), "hyper_parameters.dense_dropout must be a number, not '0.5'"),
-    (lambda h, m: h.update(dense_dropout=float("nan")), "hyper_parameters.dense_dropout must be a number, not nan"),
-    (lambda h, m: h.update(dense_dropout=torch.tensor(0.5)), "dense_dropout must be a number, not tensor"),
-    (lambda h, m: h.update(dense_dropout=7.0), "does not match CNN: dropout probability has to be between 0 and 1"),
-    (lambda h, m: h.update(dense_dropout=10**400), "does not match CNN: dropout probability has to be between 0 and 1"),
-    (lambda h, m: h.update({"a\nb": 1}), r"hyper_parameters.'a\\nb' is not a CNN setting"),
-    (lambda h, m: h.update(channels_last=1), "hyper_parameters.channels_last must be true or false, not 1"),
-    (lambda h, m: h.update(fast_step="yes"), "hyper_parameters.fast_step must be true or false, not 'yes'"),
-    (lambda h, m: h.update(optimizer={"_target_": "subprocess.Popen", **_popen(m)}),
-     r"is refused: hyper_parameters.optimizer._target_ 'subprocess.Popen' is not an optimizer fmnist builds: "
-     r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, fmnist.optim.KerasRMSprop"),
-    (lambda h, m: h.update(optimizer={"_target_": "fmnist.optim.torch.optim.adam.os.system", "command": "id"}),
-     "hyper_parameters.optimizer._target_ 'fmnist.optim.torch.optim.adam.os.system' is not an optimizer"),
-    (lambda h, m: h["optimizer"].update(lr={"_target_": "subprocess.Popen", **_popen(m)}),
-     "hyper_parameters.optimizer.lr must be a number, true/false, null or a list of numbers, not {'_target_'"),
-    (lambda h, m: h["optimizer"].update(_args_=[{"_target_": "builtins.exec"}]),
-     "hyper_parameters.optimizer._args_ is not a setting of fmnist.optim.KerasRMSprop"),
-    (lambda h, m: h["optimizer"].update(_partial_=False), "hyper_parameters.optimizer._partial_ is not a setting"),
-    (lambda h, m: h.update(optimizer="torch.optim.SGD"),
-     "hyper_parameters.optimizer must be a mapping with a _target_ naming an optimizer, not 'torch.optim.SGD'"),
-])
-def test_edited_hyperparameters_are_refused_before_the_constructor_sees_them(trained_run, tmp_path, marker, edit,
-                                                                            message):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda h, m: h.update(evil=1),
+            r"does not match CNN: hyper_parameters.evil is not a CNN setting \(expected: "
+            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step\)",
+        ),
+        (
+            lambda h, m: h.update(_target_="os.system"),
+            "does not match CNN: hyper_parameters._target_ is not a CNN setting",
+        ),
+        (lambda h, m: h.update(args=_popen(m)["args"]), "hyper_parameters.args is not a CNN setting"),
+        (lambda h, m: h.update(conv_dropout=[0.2]), r"conv_dropout must be a list of 3 numbers, not \[0.2\]"),
+        (
+            lambda h, m: h.update(conv_dropout={"_target_": "subprocess.Popen", **_popen(m)}),
+            "hyper_parameters.conv_dropout must be a list of 3 numbers, not {'_target_'",
+        ),
+        (lambda h, m: h.update(conv_dropout=[0.2, 0.3, {"_target_": "os.system"}]), "conv_dropout must be a list of 3"),
+        (lambda h, m: h.update(dense_dropout="0.5"), "hyper_parameters.dense_dropout must be a number, not '0.5'"),
+        (lambda h, m: h.update(dense_dropout=float("nan")), "hyper_parameters.dense_dropout must be a number, not nan"),
+        (lambda h, m: h.update(dense_dropout=torch.tensor(0.5)), "dense_dropout must be a number, not tensor"),
+        (lambda h, m: h.update(dense_dropout=7.0), "does not match CNN: dropout probability has to be between 0 and 1"),
+        (
+            lambda h, m: h.update(dense_dropout=10**400),
+            "does not match CNN: dropout probability has to be between 0 and 1",
+        ),
+        (lambda h, m: h.update({"a\nb": 1}), r"hyper_parameters.'a\\nb' is not a CNN setting"),
+        (lambda h, m: h.update(channels_last=1), "hyper_parameters.channels_last must be true or false, not 1"),
+        (lambda h, m: h.update(fast_step="yes"), "hyper_parameters.fast_step must be true or false, not 'yes'"),
+        (
+            lambda h, m: h.update(optimizer={"_target_": "subprocess.Popen", **_popen(m)}),
+            r"is refused: hyper_parameters.optimizer._target_ 'subprocess.Popen' is not an optimizer fmnist builds: "
+            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, fmnist.optim.KerasRMSprop",
+        ),
+        (
+            lambda h, m: h.update(optimizer={"_target_": "fmnist.optim.torch.optim.adam.os.system", "command": "id"}),
+            "hyper_parameters.optimizer._target_ 'fmnist.optim.torch.optim.adam.os.system' is not an optimizer",
+        ),
+        (
+            lambda h, m: h["optimizer"].update(lr={"_target_": "subprocess.Popen", **_popen(m)}),
+            "hyper_parameters.optimizer.lr must be a number, true/false, null or a list of numbers, not {'_target_'",
+        ),
+        (
+            lambda h, m: h["optimizer"].update(_args_=[{"_target_": "builtins.exec"}]),
+            "hyper_parameters.optimizer._args_ is not a setting of fmnist.optim.KerasRMSprop",
+        ),
+        (lambda h, m: h["optimizer"].update(_partial_=False), "hyper_parameters.optimizer._partial_ is not a setting"),
+        (
+            lambda h, m: h.update(optimizer="torch.optim.SGD"),
+            "hyper_parameters.optimizer must be a mapping with a _target_ naming an optimizer, not 'torch.optim.SGD'",
+        ),
+    ],
+)
+def test_edited_hyperparameters_are_refused_before_the_constructor_sees_them(
+    trained_run, tmp_path, marker, edit, message
+):
     checkpoint = _genuine(trained_run)
     edit(checkpoint["hyper_parameters"], marker)
     path = _save(tmp_path / "edited.ckpt", checkpoint)
@@ -167,18 +208,24 @@ def _legacy_run(trained_run: Path, folder: Path, target: str) -> Path:
     del checkpoint["fmnist_model"]
     path = _save(folder / "checkpoints" / "old.ckpt", checkpoint)
     (folder / ".hydra").mkdir()
-    OmegaConf.save(OmegaConf.create({"model": {"_target_": target, "conv_dropout": [0.2, 0.3, 0.4]}}),
-                   folder / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"model": {"_target_": target, "conv_dropout": [0.2, 0.3, 0.4]}}),
+        folder / ".hydra" / "config.yaml",
+    )
     return path
 
 
-@pytest.mark.parametrize("target", ["os.system", "fmnist.models.graphed.torch._dynamo.convert_frame.subprocess.Popen",
-                                    "${oc.env:HOME}"])
+@pytest.mark.parametrize(
+    "target", ["os.system", "fmnist.models.graphed.torch._dynamo.convert_frame.subprocess.Popen", "${oc.env:HOME}"]
+)
 def test_a_gadget_in_the_run_config_of_a_checkpoint_without_class_is_refused(trained_run, tmp_path, target):
     path = _legacy_run(trained_run, tmp_path / "run", target)
     config = tmp_path / "run" / ".hydra" / "config.yaml"
-    with pytest.raises(FmnistError, match=rf"^{re.escape(str(config))} is refused: its model._target_ .* is not an "
-                                          "fmnist model"):
+    with pytest.raises(
+        FmnistError,
+        match=rf"^{re.escape(str(config))} is refused: its model._target_ .* is not an "
+        "fmnist model",
+    ):
         load_model(path)
 
 
@@ -198,13 +245,23 @@ def test_a_genuine_checkpoint_and_those_of_the_previous_version_still_load(train
 def test_the_optimizer_comes_from_the_table_only():
     sgd = optimizer_factory({"_target_": "torch.optim.sgd.SGD", "lr": 0.1, "momentum": 0.0})
     assert sgd.func is torch.optim.SGD and sgd.keywords == {"lr": 0.1, "momentum": 0.0}
-    with pytest.raises(FmnistError, match=r"^model.optimizer._target_ 'torch.optim.AdamW' is not an optimizer fmnist "
-                                          r"builds: use one of .* \(conf/optimizer/\)$"):
+    with pytest.raises(
+        FmnistError,
+        match=r"^model.optimizer._target_ 'torch.optim.AdamW' is not an optimizer fmnist "
+        r"builds: use one of .* \(conf/optimizer/\)$",
+    ):
         optimizer_factory({"_target_": "torch.optim.AdamW"})
 
 
-@pytest.mark.parametrize("running", [{"update": torch.tensor(0.0)}, {"val_acc_best": {"__class__": torch.tensor(0.0)}},
-                                     {"train_seen": "7"}, ["train_seen"]])
+@pytest.mark.parametrize(
+    "running",
+    [
+        {"update": torch.tensor(0.0)},
+        {"val_acc_best": {"__class__": torch.tensor(0.0)}},
+        {"train_seen": "7"},
+        ["train_seen"],
+    ],
+)
 def test_a_checkpoint_never_picks_which_attribute_a_resume_sets(running):
     with pytest.raises(FmnistError, match="fmnist_running holds other entries than the running figures fmnist saves"):
         SimpleRNN().on_load_checkpoint({"fmnist_running": running})
@@ -212,11 +269,21 @@ def test_a_checkpoint_never_picks_which_attribute_a_resume_sets(running):
 
 # ---------------------------------------------------------------- hostile run folders given to resume=
 
+
 def _run_folder(run: Path, tiny_root: Path, edit) -> Path:
     """A resumable run folder with the real composed config, edited by `edit(config_dict, marker)`."""
     try:
-        cfg = compose_train(["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", f"output_dir={run}",
-                             "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"])
+        cfg = compose_train(
+            [
+                "model=cnn",
+                f"data.root={tiny_root}",
+                "data.search_dirs=[]",
+                f"output_dir={run}",
+                "trainer.accelerator=cpu",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+            ]
+        )
         config = OmegaConf.to_container(cfg, resolve=True)
     finally:
         GlobalHydra.instance().clear()
@@ -238,22 +305,34 @@ def _open(marker: Path) -> dict:
 
 
 def _savetxt(marker: Path) -> dict:
-    return {"_target_": "numpy.savetxt", "fname": str(marker), "X": [], "comments": "",
-            "header": "import os; os.system('id')"}
+    return {
+        "_target_": "numpy.savetxt",
+        "fname": str(marker),
+        "X": [],
+        "comments": "",
+        "header": "import os; os.system('id')",
+    }
 
 
 HOSTILE_CONFIGS = [
     ("model._target_", lambda c, m: c.update(model=_system(m))),
     ("model.optimizer._target_", lambda c, m: c["model"].update(optimizer=_open(m))),
     ("callbacks.evil._target_", lambda c, m: c["callbacks"].update(evil={"_target_": "subprocess.Popen", **_popen(m)})),
-    ("trainer._target_", lambda c, m: c.update(trainer={"_target_": "builtins.exec",
-                                                        "_args_": [f"open('{m}', 'w')"]})),
-    ("logger.tensorboard._target_", lambda c, m: c["logger"]["tensorboard"].update(
-        _target_="fmnist.models.graphed.torch._dynamo.convert_frame.subprocess.Popen", **_popen(m))),
+    ("trainer._target_", lambda c, m: c.update(trainer={"_target_": "builtins.exec", "_args_": [f"open('{m}', 'w')"]})),
+    (
+        "logger.tensorboard._target_",
+        lambda c, m: c["logger"]["tensorboard"].update(
+            _target_="fmnist.models.graphed.torch._dynamo.convert_frame.subprocess.Popen", **_popen(m)
+        ),
+    ),
     ("data.search_dirs[0]._target_", lambda c, m: c["data"].update(search_dirs=[_savetxt(m)])),
     ("trainer.plugins[1]._target_", lambda c, m: c["trainer"].update(plugins=[None, _open(m)])),
-    ("callbacks.model_checkpoint._target_", lambda c, m: c["callbacks"].update(
-        model_checkpoint={"_target_": "shutil.copyfile", "src": __file__, "dst": str(m)})),
+    (
+        "callbacks.model_checkpoint._target_",
+        lambda c, m: c["callbacks"].update(
+            model_checkpoint={"_target_": "shutil.copyfile", "src": __file__, "dst": str(m)}
+        ),
+    ),
 ]
 
 
@@ -262,9 +341,12 @@ def test_a_run_config_naming_a_class_outside_the_allow_list_is_refused(tiny_root
     run = _run_folder(tmp_path / "run", tiny_root, edit)
     config = run / ".hydra" / "config.yaml"
     try:
-        with pytest.raises(FmnistError, match=rf"^{re.escape(str(config))} is refused: {re.escape(key)} '.*' is not "
-                                              r"a class fmnist "
-                                              r"builds from a run's config"):
+        with pytest.raises(
+            FmnistError,
+            match=rf"^{re.escape(str(config))} is refused: {re.escape(key)} '.*' is not "
+            r"a class fmnist "
+            r"builds from a run's config",
+        ):
             train(compose_train([f"resume={run}"]))
     finally:
         GlobalHydra.instance().clear()
@@ -273,6 +355,7 @@ def test_a_run_config_naming_a_class_outside_the_allow_list_is_refused(tiny_root
 
 # ---------------------------------------------------------------- the same, through the real commands
 
+
 def _one_error_line(result, expected: str) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -280,12 +363,15 @@ def _one_error_line(result, expected: str) -> None:
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command, args", [
-    ("fmnist.predict", ["inputs=garment.png"]),
-    ("fmnist.evaluate", []),
-    ("fmnist.cluster", []),
-    ("fmnist.export", ["format=torchscript"]),
-])
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("fmnist.predict", ["inputs=garment.png"]),
+        ("fmnist.evaluate", []),
+        ("fmnist.cluster", []),
+        ("fmnist.export", ["format=torchscript"]),
+    ],
+)
 def test_the_commands_refuse_a_gadget_checkpoint_with_one_line(tmp_path, marker, command, args):
     _save(tmp_path / "evil.ckpt", {"state_dict": {}, "hyper_parameters": _popen(marker), "fmnist_model": GADGETS[0]})
     Image.new("L", (28, 28)).save(tmp_path / "garment.png")

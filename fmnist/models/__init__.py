@@ -13,8 +13,11 @@ MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN
 # carry; a lookup is string equality against this table, never an import.
 MODEL_NAMES: dict[str, type[FashionClassifier]] = {
     **MODELS,
-    **{name: cls for cls in MODELS.values()
-       for name in (f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")},
+    **{
+        name: cls
+        for cls in MODELS.values()
+        for name in (f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")
+    },
 }
 
 __all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM", "MODELS", "MODEL_NAMES"]

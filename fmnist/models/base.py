@@ -8,7 +8,8 @@ A subclass only builds `self.features` (image -> penultimate activations) and `s
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -68,7 +69,7 @@ class FashionClassifier(L.LightningModule):
         # Training loss and accuracy are plain sums on the device, updated in place: no host sync per
         # step, a fraction of a metric object's per-call cost, and fixed addresses that the fast path's
         # CUDA graph can update (a torchmetrics reset() allocates new state tensors).
-        for name, dtype in zip(TRAIN_SUMS, (torch.float64, torch.int64, torch.int64)):
+        for name, dtype in zip(TRAIN_SUMS, (torch.float64, torch.int64, torch.int64), strict=False):
             self.register_buffer(name, torch.zeros((), dtype=dtype), persistent=False)
         # nan_strategy="disable": a NaN loss must reach the epoch mean (and the check would sync per step)
         self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
@@ -157,7 +158,7 @@ class FashionClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         per_class = self.test_f1.compute()
         self.log("test/macro_f1", per_class.mean(), sync_dist=True)
-        for name, value in zip(self.class_names, per_class):
+        for name, value in zip(self.class_names, per_class, strict=False):
             self.log(f"test/f1/{name}", value, sync_dist=True)
         self.test_f1.reset()
 
@@ -167,20 +168,27 @@ class FashionClassifier(L.LightningModule):
         checkpoint["fmnist_model"] = type(self).__name__
         # The running figures, kept out of the state_dict: a run resumed in mid-epoch ends the epoch
         # with the same training loss, accuracy and best val/acc.
-        checkpoint["fmnist_running"] = {"val_acc_best": dict(self.val_acc_best.metric_state),
-                                        **{name: getattr(self, name).clone() for name in TRAIN_SUMS}}
+        checkpoint["fmnist_running"] = {
+            "val_acc_best": dict(self.val_acc_best.metric_state),
+            **{name: getattr(self, name).clone() for name in TRAIN_SUMS},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         running = checkpoint.get("fmnist_running") or {}
         best = running.get("val_acc_best", {}) if isinstance(running, dict) else None
         sums = {k: v for k, v in running.items() if k != "val_acc_best"} if isinstance(running, dict) else None
         # Only the scalars on_save_checkpoint writes: a file never picks which attribute is set.
-        if not (isinstance(best, dict) and best.keys() <= self.val_acc_best.metric_state.keys()
-                and sums.keys() <= set(TRAIN_SUMS)
-                and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in (*best.values(), *sums.values()))):
+        if not (
+            isinstance(best, dict)
+            and best.keys() <= self.val_acc_best.metric_state.keys()
+            and sums.keys() <= set(TRAIN_SUMS)
+            and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in (*best.values(), *sums.values()))
+        ):
             path = self._trainer.ckpt_path if self._trainer is not None else None
-            raise FmnistError(f"{path or 'the checkpoint'} is not an fmnist checkpoint: its "
-                              "fmnist_running holds other entries than the running figures fmnist saves")
+            raise FmnistError(
+                f"{path or 'the checkpoint'} is not an fmnist checkpoint: its "
+                "fmnist_running holds other entries than the running figures fmnist saves"
+            )
         for key, value in best.items():
             setattr(self.val_acc_best, key, value.to(self.val_acc_best.device))
         for name, value in sums.items():

@@ -20,7 +20,11 @@ class BiLSTM(FashionClassifier):
             nn.Flatten(1, 2),  # (B, 1, 28, 28) -> (B, 28 steps, 28 features)
             KerasRecurrent("lstm", 28, 256, return_sequences=True, bidirectional=True),
             KerasRecurrent("lstm", 512, 128, bidirectional=True),
-            glorot_(nn.Linear(256, 256)), nn.ReLU(), nn.Dropout(dropout),
-            glorot_(nn.Linear(256, 128)), nn.ReLU(), nn.Dropout(dropout),
+            glorot_(nn.Linear(256, 256)),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            glorot_(nn.Linear(256, 128)),
+            nn.ReLU(),
+            nn.Dropout(dropout),
         )
         self.classifier = glorot_(nn.Linear(128, 10))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -14,9 +14,14 @@ from fmnist.models.layers import batch_norm, glorot_
 def conv_block(in_channels: int, out_channels: int, dropout: float) -> list[nn.Module]:
     """Conv-tanh-BN, Conv-tanh-BN, MaxPool 2x2, Dropout: one stage of the study's CNN."""
     return [
-        nn.Conv2d(in_channels, out_channels, 3, padding="same"), nn.Tanh(), batch_norm(out_channels, 2),
-        nn.Conv2d(out_channels, out_channels, 3, padding="same"), nn.Tanh(), batch_norm(out_channels, 2),
-        nn.MaxPool2d(2), nn.Dropout(dropout),
+        nn.Conv2d(in_channels, out_channels, 3, padding="same"),
+        nn.Tanh(),
+        batch_norm(out_channels, 2),
+        nn.Conv2d(out_channels, out_channels, 3, padding="same"),
+        nn.Tanh(),
+        batch_norm(out_channels, 2),
+        nn.MaxPool2d(2),
+        nn.Dropout(dropout),
     ]
 
 
@@ -26,18 +31,29 @@ class CNN(FashionClassifier):
 
     default_optimizer = {"_target_": "fmnist.optim.KerasRMSprop", "lr": 1e-4}
 
-    def __init__(self, optimizer=None, conv_dropout: Sequence[float] = (0.2, 0.3, 0.4),
-                 dense_dropout: float = 0.5, channels_last: bool = True, **base_options):
+    def __init__(
+        self,
+        optimizer=None,
+        conv_dropout: Sequence[float] = (0.2, 0.3, 0.4),
+        dense_dropout: float = 0.5,
+        channels_last: bool = True,
+        **base_options,
+    ):
         super().__init__(optimizer, **base_options)
         # NHWC layout: the same arithmetic, ~15 % faster convolutions on the CPU (docs/BENCHMARKS.md).
         self.channels_last = channels_last
-        self.features = glorot_(nn.Sequential(
-            *conv_block(1, 32, conv_dropout[0]),
-            *conv_block(32, 64, conv_dropout[1]),
-            *conv_block(64, 128, conv_dropout[2]),
-            nn.Flatten(),
-            nn.Linear(128 * 3 * 3, 16), nn.ReLU(), batch_norm(16), nn.Dropout(dense_dropout),
-        ))
+        self.features = glorot_(
+            nn.Sequential(
+                *conv_block(1, 32, conv_dropout[0]),
+                *conv_block(32, 64, conv_dropout[1]),
+                *conv_block(64, 128, conv_dropout[2]),
+                nn.Flatten(),
+                nn.Linear(128 * 3 * 3, 16),
+                nn.ReLU(),
+                batch_norm(16),
+                nn.Dropout(dense_dropout),
+            )
+        )
         self.classifier = glorot_(nn.Linear(16, 10))
         if channels_last:
             self.to(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ which is what the CPU test compares with the default path.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -27,8 +27,9 @@ class GraphedTrainStep:
     by every replay too; the random numbers of dropout are drawn afresh at each replay.
     """
 
-    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], module: nn.Module,
-                 use_graph: bool = True):
+    def __init__(
+        self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], module: nn.Module, use_graph: bool = True
+    ):
         self.loss_fn, self.module = loss_fn, module
         device = next(module.parameters()).device
         self.use_graph = use_graph and device.type == "cuda"

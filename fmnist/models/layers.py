@@ -38,14 +38,20 @@ class KerasRecurrent(nn.Module):
     (the backward direction's final state is its output at t=0, not `output[:, -1]`).
     """
 
-    def __init__(self, cell: str, input_size: int, units: int, return_sequences: bool = False,
-                 bidirectional: bool = False, activation: str = "tanh"):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        units: int,
+        return_sequences: bool = False,
+        bidirectional: bool = False,
+        activation: str = "tanh",
+    ):
         super().__init__()
         if cell == "lstm":
             self.rnn = nn.LSTM(input_size, units, batch_first=True, bidirectional=bidirectional)
         elif cell == "rnn":
-            self.rnn = nn.RNN(input_size, units, nonlinearity=activation, batch_first=True,
-                              bidirectional=bidirectional)
+            self.rnn = nn.RNN(input_size, units, nonlinearity=activation, batch_first=True, bidirectional=bidirectional)
         else:
             raise ValueError(f"cell must be 'rnn' or 'lstm', not {cell!r}")
         self.cell, self.units, self.return_sequences = cell, units, return_sequences
@@ -62,7 +68,7 @@ class KerasRecurrent(nn.Module):
                 nn.init.zeros_(param)
                 if self.cell == "lstm":  # unit_forget_bias: gates are ordered i, f, g, o
                     with torch.no_grad():
-                        param[self.units:2 * self.units].fill_(1.0)
+                        param[self.units : 2 * self.units].fill_(1.0)
             elif name.startswith("bias_hh"):
                 # Keras has one bias: keep torch's second one at zero and out of training.
                 nn.init.zeros_(param)
