@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.plain_loop import plain_epoch_seconds  # noqa: E402
-from fmnist.config import compose_config  # noqa: E402
-from fmnist.data import FashionMNISTDataModule  # noqa: E402
-from fmnist.runs import write_section  # noqa: E402
-from fmnist.train import train  # noqa: E402
+from fmnist.data.datamodule import FashionMNISTDataModule  # noqa: E402
+from fmnist.training.fit import train  # noqa: E402
+from fmnist.utils.config import compose_config  # noqa: E402
+from fmnist.utils.files import write_section  # noqa: E402
 
 LAST_LOSSES: dict[str, dict[str, float]] = {}  # final train/loss of each path, a check that both learn alike
 

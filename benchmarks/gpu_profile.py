@@ -23,8 +23,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fmnist.config import compose_config  # noqa: E402
 from fmnist.models.graphed import GraphedTrainStep  # noqa: E402
+from fmnist.utils.config import compose_config  # noqa: E402
 
 
 def ms_per_step(step, steps: int) -> float:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from fmnist.config import CONF_DIR, compose_config
+from fmnist.utils.config import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = CONF_DIR
+CONF = Path(CONF_DIR)
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 400, 120
 
@@ -98,7 +98,7 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_root) -> Path:
     """One short CNN training on the tiny dataset, shared by the tests that need a finished run."""
-    from fmnist.train import train
+    from fmnist.training.fit import train
 
     run_dir = tmp_path_factory.mktemp("run")
     cfg = compose_train(
@@ -123,7 +123,7 @@ def real_bilstm(tmp_path_factory) -> Path:
     """A BiLSTM trained a little (200 batches) on the real Fashion-MNIST; its best checkpoint."""
     if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist")
-    from fmnist.train import train
+    from fmnist.training.fit import train
 
     run_dir = tmp_path_factory.mktemp("real_bilstm")
     cfg = compose_train(
@@ -148,10 +148,16 @@ def real_bilstm(tmp_path_factory) -> Path:
 @pytest.fixture
 def no_data_access(monkeypatch):
     """Any attempt to find, size or read the data fails the test."""
-    import fmnist.data
+    import fmnist.analysis.explore
+    import fmnist.data.datamodule
+    import fmnist.data.idx
+    import fmnist.training.checks
 
     def touched(*args, **kwargs):
         raise AssertionError("the data was touched")
 
+    modules = (fmnist.data.idx, fmnist.data.datamodule, fmnist.training.checks, fmnist.analysis.explore)
     for name in ("ensure_raw_files", "load_split", "count_images"):
-        monkeypatch.setattr(fmnist.data, name, touched)
+        for module in modules:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, touched)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.data import FashionMNISTDataModule, ensure_raw_files, raw_folder
-from fmnist.errors import FmnistError
+from fmnist.data.datamodule import FashionMNISTDataModule
+from fmnist.data.idx import ensure_raw_files, raw_folder
+from fmnist.utils.errors import FmnistError
 from tests.conftest import N_TEST, N_TRAIN, tiny_split, write_tiny_fashion_mnist
 
 

@@ -10,8 +10,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector  # noqa: F401  (the projector plugin must be importable)
 
-from fmnist.cluster import class_mix, cluster_scores
-from fmnist.predict import to_fashion_mnist
+from fmnist.analysis.cluster import class_mix, cluster_scores
+from fmnist.deploy.predict import to_fashion_mnist
 from tests.conftest import run_cli
 
 
@@ -87,7 +87,7 @@ def test_preprocessing_recovers_a_fashion_mnist_like_image():
 
 
 def test_predict_shop_photos_and_report_bad_files(real_bilstm, tmp_path):
-    from fmnist.data import CLASS_NAMES, ensure_raw_files, load_split
+    from fmnist.data.idx import CLASS_NAMES, ensure_raw_files, load_split
 
     ensure_raw_files(tmp_path / "data")
     images, labels = load_split(tmp_path / "data", train=False)
@@ -140,8 +140,8 @@ def test_predict_fails_only_when_nothing_can_be_read(trained_run, tmp_path):
 @pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm"])
 def test_export_round_trip(train_cfg, tmp_path, model):
     pytest.importorskip("onnxruntime")
-    from fmnist.export import export
-    from fmnist.train import train
+    from fmnist.deploy.export import export
+    from fmnist.training.fit import train
 
     metrics = train(train_cfg(model, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
     ckpt = str(tmp_path / metrics["best_checkpoint"])
@@ -154,7 +154,7 @@ def test_export_round_trip(train_cfg, tmp_path, model):
 
 
 def compose_train_export(ckpt, fmt, folder):
-    from fmnist.config import compose_config
+    from fmnist.utils.config import compose_config
 
     suffix = ".onnx" if fmt == "onnx" else ".ts.pt"
     return compose_config(

@@ -17,14 +17,15 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from PIL import Image
 
-import fmnist.checks
-import fmnist.data
-from fmnist.checkpoints import load_model
-from fmnist.config import compose_config
-from fmnist.data import FashionMNISTDataModule, ensure_raw_files, load_split, raw_folder
-from fmnist.errors import FmnistError
-from fmnist.predict import predict_files, print_table, to_fashion_mnist, write_predictions
-from fmnist.train import train
+import fmnist.data.idx
+import fmnist.utils.checks
+from fmnist.data.datamodule import FashionMNISTDataModule
+from fmnist.data.idx import ensure_raw_files, load_split, raw_folder
+from fmnist.deploy.predict import predict_files, print_table, to_fashion_mnist, write_predictions
+from fmnist.models.checkpoint import load_model
+from fmnist.training.fit import train
+from fmnist.utils.config import compose_config
+from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, idx_bytes, run_cli, write_tiny_fashion_mnist
 
 # ---- config values: refused before any data is read or any folder made -----------------------------------
@@ -281,7 +282,7 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
     (tmp_path / "interrupt.py").write_text(
         textwrap.dedent("""
         import os, runpy, signal, time
-        import fmnist.data
+        import fmnist.data.idx
 
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started in background
 
@@ -289,7 +290,7 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(60)  # the signal arrives here
 
-        fmnist.data.FashionMNIST = reading
+        fmnist.data.idx.FashionMNIST = reading
         runpy.run_module("fmnist.train", run_name="__main__")
     """)
     )
@@ -431,7 +432,7 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(fmnist.checks.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(fmnist.utils.checks.tempfile, "TemporaryFile", read_only)
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'ro'}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
@@ -608,16 +609,18 @@ def test_a_float_image_with_nan_or_inf_pixels_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
         to_fashion_mnist(Image.fromarray(garment))  # mode "F", as a float TIFF opens
     Image.fromarray(garment).save(tmp_path / "float.tif")
-    from fmnist.predict import load_image
+    from fmnist.deploy.predict import load_image
 
     with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
         load_image(tmp_path / "float.tif")
 
 
 def test_explore_never_replaces_samples_png_without_overwrite(tmp_path, monkeypatch):
-    import fmnist.explore
+    import fmnist.analysis.explore
 
-    monkeypatch.setattr(fmnist.explore, "ensure_raw_files", lambda *a, **k: pytest.fail("the data was touched"))
+    monkeypatch.setattr(
+        fmnist.analysis.explore, "ensure_raw_files", lambda *a, **k: pytest.fail("the data was touched")
+    )
     (tmp_path / "samples.png").write_text("kept")
     function, cfg = _command("explore", f"output_dir={tmp_path}")
     with pytest.raises(FmnistError) as info:

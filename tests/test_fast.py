@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from fmnist.train import train
+from fmnist.training.fit import train
 from tests.conftest import compose_train
 
 FIELDS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps", "epochs")
@@ -54,7 +54,7 @@ def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
 
 
 def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):
-    from fmnist.data import FashionMNISTDataModule
+    from fmnist.data.datamodule import FashionMNISTDataModule
 
     plain = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30)
     chunked = FashionMNISTDataModule(root=str(tiny_root), search_dirs=[], batch_size=30, batches_per_step=5)
@@ -116,7 +116,7 @@ def test_graph_gradients_survive_lightning_dropping_grad():
     "override, words", [("trainer.gradient_clip_val=1.0", "gradient_clip_val"), ("data.num_workers=2", "num_workers")]
 )
 def test_fast_path_refuses_what_it_cannot_do_in_one_line(tiny_root, tmp_path, override, words):
-    from fmnist.errors import FmnistError
+    from fmnist.utils.errors import FmnistError
 
     cfg = compose_train(["model=rnn", "trainer=gpu_fast", f"data.root={tiny_root}", f"output_dir={tmp_path}", override])
     with pytest.raises(FmnistError, match=words):

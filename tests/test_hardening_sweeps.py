@@ -18,12 +18,12 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from fmnist.compare import compare
+from fmnist.analysis.compare import compare
+from fmnist.analysis.runs import aggregate, find_runs
 from fmnist.compare import main as compare_main
-from fmnist.data import EpochShuffle
-from fmnist.errors import FmnistError
-from fmnist.runs import aggregate, find_runs
-from fmnist.sweeps import job_rows
+from fmnist.data.datamodule import EpochShuffle
+from fmnist.training.sweeps import job_rows
+from fmnist.utils.errors import FmnistError
 from tests.conftest import N_TRAIN, ROOT, compose_train
 
 TINY = ["data.search_dirs=[]", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "torch_threads=1"]
@@ -399,7 +399,7 @@ def test_compare_never_replaces_an_earlier_comparison_without_overwrite(tmp_path
 
 
 def test_comparison_and_sweep_summary_markdown_carry_no_raw_html_from_names(tmp_path):
-    from fmnist.sweeps import write_summary
+    from fmnist.training.sweeps import write_summary
 
     name = "<img src=x onerror=alert(1)> & co"
     (tmp_path / "runs" / "0").mkdir(parents=True)

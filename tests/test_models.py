@@ -8,8 +8,8 @@ from torch import nn
 
 from fmnist.models import CNN, BiLSTM, SimpleRNN
 from fmnist.models.layers import KerasRecurrent
-from fmnist.optim import KerasAdam
-from fmnist.summary import keras_param_counts, keras_summary_markdown
+from fmnist.models.optim import KerasAdam
+from fmnist.models.summary import keras_param_counts, keras_summary_markdown
 
 # (class, trainable, Keras total, embedding width) from the study's Keras summaries
 STUDY = [(CNN, 305_978, 306_906, 16), (SimpleRNN, 135_370, 135_498, 64), (BiLSTM, 1_340_042, 1_340_042, 128)]
@@ -106,6 +106,6 @@ def test_bidirectional_final_state_is_forward_last_and_backward_first():
 
 
 def test_hyperparameters_are_plain_values():
-    model = BiLSTM(optimizer={"_target_": "fmnist.optim.KerasAdam", "lr": 0.01})
-    assert model.hparams["optimizer"] == {"_target_": "fmnist.optim.KerasAdam", "lr": 0.01}
+    model = BiLSTM(optimizer={"_target_": "fmnist.models.optim.KerasAdam", "lr": 0.01})
+    assert model.hparams["optimizer"] == {"_target_": "fmnist.models.optim.KerasAdam", "lr": 0.01}
     assert isinstance(model.configure_optimizers(), KerasAdam)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fmnist.optim import KerasAdam, KerasRMSprop
+from fmnist.models.optim import KerasAdam, KerasRMSprop
 
 STEPS = 6
 

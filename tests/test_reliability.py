@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.callbacks import TrainingDiverged
-from fmnist.checkpoints import load_model
-from fmnist.data import FashionMNISTDataModule, ensure_raw_files, raw_folder
-from fmnist.errors import FmnistError
-from fmnist.train import train
+from fmnist.data.datamodule import FashionMNISTDataModule
+from fmnist.data.idx import ensure_raw_files, raw_folder
+from fmnist.models.checkpoint import load_model
+from fmnist.training.callbacks import TrainingDiverged
+from fmnist.training.fit import train
+from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, idx_bytes, run_cli, tiny_split, write_tiny_fashion_mnist
 
 FIX = r"\. Fix: lower model\.optimizer\.lr or clip gradients with trainer\.gradient_clip_val=1\.0$"

@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fmnist.reports import classification_report
+from fmnist.analysis.reports import classification_report
 from tests.conftest import run_cli
 
 RUN_FILES = {
@@ -114,7 +114,7 @@ def test_evaluate_bad_checkpoints_give_one_clear_error_each(trained_run, tmp_pat
 
 
 def test_compare_two_runs_writes_tables_figures_and_page(trained_run, train_cfg, tmp_path):
-    from fmnist.train import train
+    from fmnist.training.fit import train
 
     train(train_cfg("rnn"))  # a second run, written to tmp_path
     result = run_cli("fmnist.compare", str(trained_run), str(tmp_path), "--out", str(tmp_path / "cmp"), cwd=tmp_path)

@@ -24,11 +24,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
-from fmnist.callbacks import LOCK_FILE, AtomicCheckpointIO, run_folder_lock
-from fmnist.errors import FmnistError
 from fmnist.models import SimpleRNN
-from fmnist.resume import cli_args, interrupted_message, resume_command
-from fmnist.train import train
+from fmnist.training.fit import train
+from fmnist.training.resume import cli_args, interrupted_message, resume_command
+from fmnist.training.run_folder import LOCK_FILE, AtomicCheckpointIO, run_folder_lock
+from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, compose_train, run_cli
 
 STEPS = 3  # training steps per epoch (trainer.limit_train_batches)

@@ -17,9 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
-from fmnist.errors import FmnistError
-from fmnist.resume import cli_args
-from fmnist.train import train
+from fmnist.training.fit import train
+from fmnist.training.resume import cli_args
+from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, compose_train
 
 STEPS_PER_EPOCH = 12  # 360 tiny training images in batches of 30

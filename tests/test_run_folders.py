@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.files import write_atomically
+from fmnist.utils.files import write_atomically
 from tests.conftest import run_cli
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from fmnist.errors import FmnistError
 from fmnist.models import CNN, BiLSTM, SimpleRNN
-from fmnist.train import train
+from fmnist.training.fit import train
+from fmnist.utils.errors import FmnistError
 from tests.conftest import compose_train, run_cli, write_tiny_fashion_mnist
 
 METRIC_KEYS = {
@@ -66,10 +66,10 @@ def test_trainer_config_lists_every_trainer_argument():
 
 def test_recipes_come_with_each_model():
     for name, batch, epochs, optimizer, lr in [
-        ("cnn", 100, 150, "fmnist.optim.KerasRMSprop", 1e-4),
+        ("cnn", 100, 150, "fmnist.models.optim.KerasRMSprop", 1e-4),
         ("rnn", 65, 25, "torch.optim.SGD", 0.01),
-        ("bilstm", 64, 20, "fmnist.optim.KerasAdam", 1e-3),
-        ("bilstm_stated", 64, 20, "fmnist.optim.KerasAdam", 1e-2),
+        ("bilstm", 64, 20, "fmnist.models.optim.KerasAdam", 1e-3),
+        ("bilstm_stated", 64, 20, "fmnist.models.optim.KerasAdam", 1e-2),
     ]:
         cfg = compose_train([f"model={name}"])
         assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (batch, epochs)
@@ -172,7 +172,7 @@ def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flus
 
 def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
     """Keras and the study count epochs from 1: the bar says 'Epoch 1/2', 'Epoch 2/2', never 'Epoch 0'."""
-    from fmnist.train import train
+    from fmnist.training.fit import train
 
     train(train_cfg("rnn", "trainer.max_epochs=2", "trainer.enable_progress_bar=true", "test=false"))
     out = capfd.readouterr().out  # Lightning's tqdm bars write to stdout

@@ -11,12 +11,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fmnist.checkpoints import load_model
-from fmnist.errors import FmnistError
 from fmnist.models import CNN, MODEL_NAMES, MODELS, BiLSTM, SimpleRNN
 from fmnist.models.base import optimizer_factory
-from fmnist.train import train
-from fmnist.trust import OPTIMIZERS, check_targets, checked_hparams, config_targets
+from fmnist.models.checkpoint import load_model
+from fmnist.models.trust import OPTIMIZERS, checked_hparams
+from fmnist.training.fit import train
+from fmnist.training.trust import check_targets, config_targets
+from fmnist.utils.errors import FmnistError
 from tests.conftest import CONF, compose_train, run_cli
 
 # Class paths that reach code through module attributes, each spelled past an `fmnist.models.` prefix.
@@ -66,8 +67,8 @@ def test_the_registry_holds_the_three_models_under_every_name_their_files_carry(
         "torch.optim.sgd.SGD",
         "torch.optim.Adam",
         "torch.optim.adam.Adam",
-        "fmnist.optim.KerasAdam",
-        "fmnist.optim.KerasRMSprop",
+        "fmnist.models.optim.KerasAdam",
+        "fmnist.models.optim.KerasRMSprop",
     }
 
 
@@ -162,7 +163,7 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         (
             lambda h, m: h.update(optimizer={"_target_": "subprocess.Popen", **_popen(m)}),
             r"is refused: hyper_parameters.optimizer._target_ 'subprocess.Popen' is not an optimizer fmnist builds: "
-            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, fmnist.optim.KerasRMSprop",
+            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, fmnist.models.optim.KerasRMSprop",
         ),
         (
             lambda h, m: h.update(optimizer={"_target_": "fmnist.optim.torch.optim.adam.os.system", "command": "id"}),
@@ -174,7 +175,7 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         ),
         (
             lambda h, m: h["optimizer"].update(_args_=[{"_target_": "builtins.exec"}]),
-            "hyper_parameters.optimizer._args_ is not a setting of fmnist.optim.KerasRMSprop",
+            "hyper_parameters.optimizer._args_ is not a setting of fmnist.models.optim.KerasRMSprop",
         ),
         (lambda h, m: h["optimizer"].update(_partial_=False), "hyper_parameters.optimizer._partial_ is not a setting"),
         (

@@ -1,4 +1,4 @@
-"""Group garments by learned similarity: `python -m fmnist.cluster ckpt_path=PATH [k=10]`.
+"""Clustering the test set by a trained network's embedding and by raw pixels (the logic of `fmnist.cluster`).
 
 Embeds the test set with the network's penultimate layer (`model.embed`) and, as the baseline,
 with raw pixels (PCA-reduced); runs k-means on each; scores the clusters against the true classes
@@ -26,22 +26,22 @@ from sklearn.metrics.cluster import contingency_matrix  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
 
-from fmnist.checkpoints import load_model  # noqa: E402
-from fmnist.checks import (
+from fmnist.analysis.reports import predictions  # noqa: E402
+from fmnist.data.idx import CLASS_NAMES  # noqa: E402
+from fmnist.models.checkpoint import load_model  # noqa: E402
+from fmnist.utils.checks import (
     DATA_RULES,
     SEED_RANGE,
     boolean,
     check_new_files,
-    check_output_folder,  # noqa: E402
+    check_output_folder,
     check_values,
     integer,
     pick_device,
     seed_in_range,
     text,
 )
-from fmnist.data import CLASS_NAMES  # noqa: E402
-from fmnist.errors import FmnistError, exit_on_error  # noqa: E402
-from fmnist.reports import predict  # noqa: E402
+from fmnist.utils.errors import FmnistError  # noqa: E402
 
 # torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
 warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
@@ -141,7 +141,7 @@ def cluster(cfg: DictConfig) -> dict:
             f"pixels_pca={cfg.pixels_pca} is more than PCA can give for {n:,} images of 784 pixels: "
             f"must be at most {min(n, 784)} (or null: all 784 pixels)"
         )
-    embeddings, labels, images = predict(model, datamodule.test_dataloader(), device, embed=True)
+    embeddings, labels, images = predictions(model, datamodule.test_dataloader(), device, embed=True)
     pixels = images.flatten(1).float().numpy() / 255
     if cfg.pixels_pca:
         pixels = PCA(n_components=cfg.pixels_pca, random_state=cfg.seed).fit_transform(pixels)
@@ -186,12 +186,3 @@ def clusters_markdown(result: dict) -> str:
         for m in result["embedding"]["clusters"]
     ]
     return "\n".join(lines) + "\n"
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="cluster")
-def main(cfg: DictConfig) -> None:
-    exit_on_error(cluster, cfg)
-
-
-if __name__ == "__main__":
-    main()

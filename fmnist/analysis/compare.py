@@ -1,4 +1,4 @@
-"""Compare runs side by side: `python -m fmnist.compare RUN_OR_SWEEP_DIR... [--out DIR]`.
+"""Side-by-side comparison of training runs (the logic of `fmnist.compare`).
 
 One row per model (mean ± std over seeds) of the completed runs, with the study's figures as reference
 rows; runs that did not complete (untested, diverged, failed, interrupted, unreadable: see `fmnist.runs`)
@@ -8,10 +8,8 @@ self-contained `comparison.html`, `per_class_f1.png` and `acc_vs_time.png`.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,11 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist.checks import check_new_files  # noqa: E402
-from fmnist.data import CLASS_NAMES  # noqa: E402
-from fmnist.errors import FmnistError  # noqa: E402
-from fmnist.runs import aggregate, completed, find_runs, format_count, format_seconds  # noqa: E402
-from fmnist.study import STUDY  # noqa: E402
+from fmnist.analysis.runs import aggregate, completed, find_runs, format_count, format_seconds  # noqa: E402
+from fmnist.analysis.study import STUDY  # noqa: E402
+from fmnist.data.idx import CLASS_NAMES  # noqa: E402
+from fmnist.utils.checks import check_new_files  # noqa: E402
+from fmnist.utils.errors import FmnistError  # noqa: E402
 
 WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard classes
 STUDY_COLORS = {"cnn": "black", "rnn": "saddlebrown", "bilstm": "purple"}
@@ -273,28 +271,3 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
     print(table + left_out)
     print(f"wrote {out_dir}/comparison.md, comparison.html" + "".join(f", {p.name}" for p in images.values()))
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="run folders or multirun folders")
-    parser.add_argument("--out", help="where to write (default: the first folder given)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the comparison files already there")
-    args = parser.parse_args(argv)
-    try:
-        compare(args.paths, args.out, overwrite=args.overwrite)
-    except FmnistError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(
-            f"error: cannot write the comparison to {args.out or args.paths[0]}: {error.strerror or error}. "
-            "Fix: choose a writable folder with --out DIR",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

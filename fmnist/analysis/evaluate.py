@@ -1,4 +1,4 @@
-"""Evaluate any checkpoint: `python -m fmnist.evaluate ckpt_path=PATH [split=val] [output_dir=DIR]`.
+"""Evaluating a checkpoint on a split and writing its reports (the logic of `fmnist.evaluate`).
 
 Writes the classification report (md, json), confusion matrix, most confident mistakes, training
 curves (from the run's TensorBoard logs, when beside the checkpoint), model summary and
@@ -14,11 +14,19 @@ import hydra
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist.checkpoints import load_model
-from fmnist.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, pick_device, text
-from fmnist.errors import FmnistError, exit_on_error
-from fmnist.reports import write_reports
-from fmnist.summary import keras_summary_markdown
+from fmnist.analysis.reports import write_reports
+from fmnist.models.checkpoint import load_model
+from fmnist.models.summary import keras_summary_markdown
+from fmnist.utils.checks import (
+    DATA_RULES,
+    boolean,
+    check_new_files,
+    check_output_folder,
+    check_values,
+    pick_device,
+    text,
+)
+from fmnist.utils.errors import FmnistError
 
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
@@ -87,12 +95,3 @@ def evaluate(cfg: DictConfig) -> dict:
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {output_dir}")
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    exit_on_error(evaluate, cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Explore the data, as the study's first step: `python -m fmnist.explore [output_dir=DIR] [overwrite=true]`.
+"""Describing the data set and drawing samples of each class (the logic of `fmnist.explore`).
 
 Prints, for the training and test sets, type, shape, labels with class names and counts, pixel
 minimum, maximum, mean and std; writes `samples.png`, one labelled row of examples per class.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,9 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fmnist.checks import boolean, check_new_files, check_output_folder, check_values  # noqa: E402
-from fmnist.data import CLASS_NAMES, ensure_raw_files, load_split  # noqa: E402
-from fmnist.errors import exit_on_error  # noqa: E402
+from fmnist.data.idx import CLASS_NAMES, ensure_raw_files, load_split  # noqa: E402
+from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values  # noqa: E402
 
 
 def describe(name: str, images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -70,12 +68,3 @@ def explore(cfg: DictConfig) -> Path:
     plt.close(fig)
     print(f"wrote {output / 'samples.png'}")
     return output / "samples.png"
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="explore")
-def main(cfg: DictConfig) -> None:
-    exit_on_error(explore, cfg)
-
-
-if __name__ == "__main__":
-    main()

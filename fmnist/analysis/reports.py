@@ -24,12 +24,12 @@ from torchmetrics.functional.classification import (  # noqa: E402
     multiclass_stat_scores,
 )
 
-from fmnist.data import to_unit_float  # noqa: E402
-from fmnist.files import write_atomically  # noqa: E402
+from fmnist.data.datamodule import to_unit_float  # noqa: E402
+from fmnist.utils.files import write_atomically  # noqa: E402
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu", embed: bool = False):
+def predictions(model: torch.nn.Module, loader, device: torch.device | str = "cpu", embed: bool = False):
     """(logits (N, C), labels (N,), uint8 images (N, 1, 28, 28)) over a whole loader.
 
     With `embed=True` the first tensor is `model.embed`'s penultimate activations instead.
@@ -203,7 +203,7 @@ def write_reports(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    logits, labels, images = predict(model, loader, device)
+    logits, labels, images = predictions(model, loader, device)
     probs = logits.softmax(dim=1)
     report = classification_report(probs, labels, class_names)
     write_atomically(output_dir / "classification_report.json", (json.dumps(report, indent=2) + "\n").encode())

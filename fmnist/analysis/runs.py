@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fmnist.errors import FmnistError
+from fmnist.utils.errors import FmnistError
 
 TRAINING_KEYS = ("model", "epochs")  # in the metrics.json of fmnist.train, not in fmnist.evaluate's
 
@@ -245,19 +245,3 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds:,.0f} s ({seconds / 60:.0f} min)"
     return f"{seconds:.1f} s"
-
-
-def write_section(page: Path, name: str, body: str, title: str) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in a Markdown page.
-
-    The text around the markers (hand-written narrative) is kept; a missing page or missing
-    markers are created.
-    """
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = page.read_text() if page.exists() else f"# {title}\n\n{start}\n{end}\n"
-    if start not in text or end not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(f"{head}{start}\n{body}\n{end}{tail}")

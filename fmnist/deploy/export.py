@@ -1,4 +1,4 @@
-"""Export a checkpoint for deployment: `python -m fmnist.export ckpt_path=PATH format=onnx|torchscript`.
+"""Exporting a trained network to ONNX or TorchScript and checking the copy (the logic of `fmnist.export`).
 
 The exported model maps images (B, 1, 28, 28) in [0, 1] to logits (B, 10), any batch size. After
 writing, it checks itself: on a test batch its outputs must match PyTorch's within `tolerance`
@@ -17,10 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from fmnist.checkpoints import load_model
-from fmnist.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, number, text
-from fmnist.data import to_unit_float
-from fmnist.errors import FmnistError, exit_on_error
+from fmnist.data.datamodule import to_unit_float
+from fmnist.models.checkpoint import load_model
+from fmnist.utils.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, number, text
+from fmnist.utils.errors import FmnistError
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
 RULES = {
@@ -111,12 +111,3 @@ def export(cfg: DictConfig) -> dict:
     if not check["ok"]:
         raise FmnistError(f"the exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}")
     return check
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    exit_on_error(export, cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Classify ordinary image files: `python -m fmnist.predict ckpt_path=PATH inputs=FILE_OR_DIR [top_k=3]`.
+"""Classifying ordinary image files with a trained network (the logic of `fmnist.predict`).
 
 Each image is prepared the way Fashion-MNIST was made: grayscale, inverted when its background is
 light (shop photos), cropped to the garment, fitted into 28x28 keeping the aspect ratio, centred,
@@ -13,16 +13,15 @@ import json
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fmnist.checkpoints import load_model
-from fmnist.checks import boolean, check_new_files, check_output_folder, check_values, integer, text
-from fmnist.data import CLASS_NAMES
-from fmnist.errors import FmnistError, exit_on_error
+from fmnist.data.idx import CLASS_NAMES
+from fmnist.models.checkpoint import load_model
+from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values, integer, text
+from fmnist.utils.errors import FmnistError
 
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
@@ -189,12 +188,3 @@ def predict(cfg: DictConfig) -> list[dict]:
     if all("error" in r for r in results):
         raise FmnistError(f"none of the {len(files)} input file(s) could be read as an image")
     return results
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    exit_on_error(predict, cfg)
-
-
-if __name__ == "__main__":
-    main()

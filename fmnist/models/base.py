@@ -19,10 +19,10 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from fmnist.data import CLASS_NAMES
-from fmnist.errors import FmnistError
+from fmnist.data.idx import CLASS_NAMES
 from fmnist.models.graphed import GraphedTrainStep
-from fmnist.trust import optimizer_class
+from fmnist.models.trust import optimizer_class
+from fmnist.utils.errors import FmnistError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 TRAIN_SUMS = ("train_loss_sum", "train_correct", "train_seen")  # an epoch's training figures, on the device
@@ -42,7 +42,7 @@ def optimizer_spec(optimizer: OptimizerFactory | dict | DictConfig) -> dict[str,
 
 def optimizer_factory(spec: dict[str, Any], where: str = "model.optimizer") -> OptimizerFactory:
     """The callable `params -> Optimizer` that a spec from `optimizer_spec` describes: an optimizer of
-    `fmnist.trust.OPTIMIZERS` with plain settings, never a class imported from the spec's path."""
+    `fmnist.models.trust.OPTIMIZERS` with plain settings, never a class imported from the spec's path."""
     cls, kwargs = optimizer_class(spec, where)
     return functools.partial(cls, **kwargs)
 

@@ -12,7 +12,7 @@ class BiLSTM(FashionClassifier):
     """Keras: Bidirectional(LSTM(256, seq)) -> Bidirectional(LSTM(128)) -> Dense(256, relu) ->
     Dropout -> Dense(128, relu) -> Dropout -> Dense(10). Study recipe: Adam, batch 64, 20 epochs."""
 
-    default_optimizer = {"_target_": "fmnist.optim.KerasAdam", "lr": 1e-3}
+    default_optimizer = {"_target_": "fmnist.models.optim.KerasAdam", "lr": 1e-3}
 
     def __init__(self, optimizer=None, dropout: float = 0.3, **base_options):
         super().__init__(optimizer, **base_options)

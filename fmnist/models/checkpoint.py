@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from fmnist.errors import FmnistError
 from fmnist.models import FashionClassifier
-from fmnist.trust import checked_hparams, model_class
+from fmnist.models.trust import checked_hparams, model_class
+from fmnist.utils.errors import FmnistError
 
 
 def _model_class(path: Path, checkpoint: dict) -> type[FashionClassifier]:

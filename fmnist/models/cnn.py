@@ -29,7 +29,7 @@ class CNN(FashionClassifier):
     """Keras: 3 x [Conv2D x2 + BN, MaxPool, Dropout] (32/64/128 filters), Dense(16, relu), BN,
     Dropout, Dense(10). Trained in the study with RMSprop lr 1e-4, batch 100, 150 epochs."""
 
-    default_optimizer = {"_target_": "fmnist.optim.KerasRMSprop", "lr": 1e-4}
+    default_optimizer = {"_target_": "fmnist.models.optim.KerasRMSprop", "lr": 1e-4}
 
     def __init__(
         self,

@@ -1,10 +1,9 @@
-"""What a checkpoint or run folder may name: the only classes fmnist builds from a file.
+"""What a checkpoint may name: the only model and optimizer classes fmnist builds from a file.
 
-A checkpoint names its model class (`fmnist_model`) and optimizer (`hyper_parameters.optimizer._target_`);
-a run folder's `.hydra/config.yaml` names a `_target_` for each component that `resume=` builds. Each
-name is looked up by string equality in the tables below, never imported as a path, and the values
+A checkpoint names its model class (`fmnist_model`) and optimizer (`hyper_parameters.optimizer._target_`).
+Each name is looked up by string equality in the tables below, never imported as a path, and the values
 handed to a class from a checkpoint are checked against its constructor first: nothing read from a
-file decides what code runs.
+file decides what code runs. (A run folder's config: fmnist/training/trust.py.)
 """
 
 from __future__ import annotations
@@ -17,42 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from fmnist import optim
-from fmnist.errors import FmnistError
+from fmnist.models.optim import KerasAdam, KerasRMSprop
+from fmnist.utils.errors import FmnistError
 
 # The optimizers of conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
 # checkpoints store (torch.optim.adam.Adam, from the partial's module).
 _OPTIMIZER_CLASSES = {
     "torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop),
-    "fmnist.optim": (optim.KerasRMSprop, optim.KerasAdam),
+    "fmnist.models.optim": (KerasRMSprop, KerasAdam),
 }
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     name: cls
     for module, classes in _OPTIMIZER_CLASSES.items()
     for cls in classes
-    for name in (f"{module}.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")
+    # fmnist.optim: where the Keras optimizers lived before fmnist/models/, as earlier checkpoints name them
+    for name in (f"{module}.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}", f"fmnist.optim.{cls.__name__}")
+    if module == "fmnist.models.optim" or not name.startswith("fmnist.")
 }
 OPTIMIZER_NAMES = tuple(f"{module}.{cls.__name__}" for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes)
-
-# Every other `_target_` a run's config may hold: fmnist's own classes and the Lightning ones that
-# conf/ uses (tests/test_trust.py checks that this covers conf/). Models and optimizers are added from
-# their tables in `config_targets`.
-CONFIG_TARGETS = frozenset(
-    {
-        "fmnist.data.FashionMNISTDataModule",
-        "fmnist.callbacks.KerasModelSummary",
-        "fmnist.callbacks.RunCheckpoint",
-        "fmnist.callbacks.StopOnNonFiniteLoss",
-        "fmnist.resume.SaveOnInterrupt",
-        "fmnist.resume.RandomState",
-        "lightning.pytorch.Trainer",
-        "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
-        "lightning.pytorch.callbacks.EarlyStopping",
-        "lightning.pytorch.loggers.TensorBoardLogger",
-    }
-)
 
 
 def _shown(value: Any) -> str:
@@ -70,12 +52,6 @@ def _models() -> tuple[dict[str, type], dict[str, type]]:
     import fmnist.models  # imports this module (through fmnist.models.base): looked up at call time
 
     return fmnist.models.MODELS, fmnist.models.MODEL_NAMES
-
-
-def config_targets() -> frozenset[str]:
-    """Every `_target_` that `resume=` may instantiate from a run's config."""
-    models, names = _models()
-    return CONFIG_TARGETS | (names.keys() - models.keys()) | OPTIMIZERS.keys()
 
 
 def model_class(name: Any, source: str | Path, key: str = "fmnist_model") -> type:
@@ -177,26 +153,3 @@ def checked_hparams(cls: type, hparams: Any, source: str | Path) -> dict[str, An
         if not test(value):
             raise FmnistError(f"{prefix}: hyper_parameters.{name} must be {description}, not {_shown(value)}")
     return hparams
-
-
-def check_targets(cfg: DictConfig, source: str | Path) -> None:
-    """Refuse, with one FmnistError naming the key, a config from `source` with any `_target_` (at any
-    depth: Hydra instantiates nested ones too) outside `config_targets()`."""
-    allowed = config_targets()
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                where = f"{path}.{_key(key)}" if path else _key(key)
-                if key == "_target_" and (not isinstance(value, str) or value not in allowed):
-                    raise FmnistError(
-                        f"{source} is refused: {where} {_shown(value)} is not a class fmnist builds "
-                        "from a run's config (fmnist's own and the Lightning classes of its conf/ "
-                        "only). Fix: start a new run, or delete that entry from the file"
-                    )
-                walk(value, where)
-        elif isinstance(node, list):
-            for index, item in enumerate(node):
-                walk(item, f"{path}[{index}]")
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")

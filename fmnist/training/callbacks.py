@@ -4,30 +4,23 @@ the Keras-style model summary, and what keeps a run folder's results safe: its l
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import io
-import os
+import signal
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fmnist.errors import FmnistError
-from fmnist.files import write_atomically
-from fmnist.summary import keras_summary_markdown
+from fmnist.models.summary import keras_summary_markdown
+from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_atomically
 
 # The fit-time figures of metrics.json, also kept in every checkpoint (`fmnist_fit`): a run stopped
 # while testing is finished from its checkpoint without losing them.
 FIT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
-LOCK_FILE = ".fmnist.lock"
 
 
 def _synchronize(trainer: L.Trainer) -> None:
@@ -171,136 +164,68 @@ class KerasModelSummary(L.Callback):
             write_atomically(Path(self.output_dir) / "model_summary.md", text.encode())
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's TorchCheckpointIO, writing each local checkpoint with `write_atomically`.
+class SaveOnInterrupt(L.Callback):
+    """Ctrl-C or SIGTERM during training: finish the step, save `last.ckpt`, stop.
 
-    Lightning's own save writes a temporary file in the system's temp folder and, when that is another
-    file system, copies it over the target in place: a crash in mid-copy leaves a truncated last.ckpt.
+    The signal only raises a flag. It is handed to Lightning (its SIGTERM flag, which makes the loops
+    raise SIGTERMException at the next step boundary) after a training step or after a whole
+    validation, never inside one, so the checkpoint is a consistent state to resume from. A second
+    Ctrl-C stops at once, without saving.
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None = None):
-        self.run_dir = run_dir
+    def __init__(self, dirpath: str, filename: str = "last"):
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.requested = False
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's transaction
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        write_atomically(path, buffer.getbuffer(), then=self._then())
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.requested = False
+        # Lightning installed its SIGTERM handler before this hook and restores the previous
+        # handlers of every signal when fit ends, these included.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
 
-    def _then(self) -> str:
-        if self.run_dir is None:
-            return ""
-        from fmnist.resume import LAST_CHECKPOINT, resume_command  # fmnist.resume imports this module
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
 
-        if (Path(self.run_dir) / LAST_CHECKPOINT).is_file():
-            return f"continue the run with `{resume_command(self.run_dir)}`"
-        return "start the run again"
+    def _raise_flag(self, trainer, up: bool) -> None:
+        if self.requested:
+            trainer._signal_connector.received_sigterm = up  # Lightning has no public setter
 
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self._raise_flag(trainer, True)
 
-class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint for a run folder.
-
-    `last.ckpt` is written at the end of every epoch (Lightning 2.6 writes it only with a new best, so
-    it could be epochs behind), and the paths in the saved state are file names in the checkpoints
-    folder, mapped into the folder the run is in now when it resumes: a run folder moved or copied
-    elsewhere resumes and tests its own best checkpoint. A path that leads out of that folder is
-    refused, since Lightning deletes the checkpoints it replaces.
-    """
-
-    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._raise_flag(trainer, False)  # the evaluation loop would stop in mid-validation
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last(trainer)
+        self._raise_flag(trainer, True)
 
-    def _save_last(self, trainer) -> None:
-        # Skipped when this step is saved already (with a new best), in the sanity check and outside fit.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        name = self._name
-        state.update(
-            {key: name(state[key]) for key in self._PATHS},
-            dirpath=".",
-            best_k_models={name(path): score for path, score in state["best_k_models"].items()},
-        )
-        return state
-
-    def _name(self, path: str) -> str:
-        return os.path.basename(path) if path and os.path.dirname(path) == self.dirpath else path
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_dir = state_dict.get("dirpath")
-        best_k = state_dict.get("best_k_models") or {}
-        if not isinstance(best_k, dict):
-            raise FmnistError(
-                f"the checkpoint's {self.state_key} state is not fmnist's: best_k_models is not a mapping"
-            )
-        mapped = {
-            **state_dict,
-            "dirpath": self.dirpath,
-            **{key: self._here(state_dict.get(key), saved_dir) for key in self._PATHS},
-            "best_k_models": {self._here(path, saved_dir): score for path, score in best_k.items()},
-        }
-        try:
-            super().load_state_dict(mapped)
-        except KeyError as error:
-            raise FmnistError(f"the checkpoint's {self.state_key} state is not fmnist's: it has no {error}") from None
-
-    def _here(self, path: Any, saved_dir: Any) -> str:
-        """A checkpoint path from a saved state as that file in this checkpoints folder."""
-        if not path:
-            return ""
-        if isinstance(path, str) and os.path.isabs(path) and isinstance(saved_dir, str):
-            if os.path.dirname(path) == os.path.normpath(saved_dir):  # written before paths were names
-                path = os.path.basename(path)
-        if not isinstance(path, str) or os.path.dirname(path) or path in (".", ".."):
-            raise FmnistError(
-                f"the checkpoint's {self.state_key} state names {str(path)[:200]!r}, which is not a "
-                "file of its checkpoints folder: refused (fmnist keeps and deletes checkpoints only "
-                "in the run's own folder)"
-            )
-        return os.path.join(self.dirpath, path)
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.requested and isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume from
 
 
-@contextlib.contextmanager
-def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold the run folder's lock while training in it: an fcntl lock on `.fmnist.lock`, which holds the
-    pid. The OS drops it when the process ends, however it ends. Under DDP only rank 0 takes it (the
-    other ranks train in the same folder)."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as error:
-        raise FmnistError(
-            f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
-            "Fix: choose a writable folder with hydra.run.dir=PATH"
-        ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            holder = holder if holder.isdigit() else "unknown"
-            raise FmnistError(
-                f"{run_dir} is in use: fmnist.train process {holder} is training in it "
-                f"(it holds {path}). Fix: wait until it ends, or stop it with `kill {holder}` "
-                "(it saves last.ckpt) and resume then"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+class RandomState(L.Callback):
+    """Keeps torch's random state (CPU and CUDA: dropout) in checkpoints and puts it back when a
+    resumed run starts training, so its draws continue those of the interrupted run."""
+
+    def __init__(self):
+        self._saved: dict | None = None
+
+    def state_dict(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._saved = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Not on load: the sanity check and the validation loader draw from it before training starts.
+        if self._saved is not None:
+            torch.set_rng_state(self._saved["cpu"])
+            if self._saved["cuda"] and torch.cuda.is_initialized():
+                torch.cuda.set_rng_state_all(self._saved["cuda"])
+            self._saved = None

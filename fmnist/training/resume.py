@@ -2,7 +2,7 @@
 
 Ctrl-C or SIGTERM during training ends the current step, writes `checkpoints/last.ckpt` and stops;
 `python -m fmnist.train resume=RUN_DIR` continues that run in its folder, with its config, from
-that checkpoint. With the training loader's position (`fmnist.data.ResumableLoader`), the running
+that checkpoint. With the training loader's position (`fmnist.data.datamodule.ResumableLoader`), the running
 metrics (`FashionClassifier.on_save_checkpoint`) and the random state (`RandomState`) in the
 checkpoint, a run resumed in mid-epoch computes what the uninterrupted run computes.
 
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 import shlex
-import signal
-import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,14 +28,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
-from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.callbacks import FIT_KEYS, write_atomically
-from fmnist.errors import FmnistError
-from fmnist.trust import check_targets
+from fmnist.training.callbacks import FIT_KEYS
+from fmnist.training.trust import check_targets, current_targets
+from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_atomically
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # What a resume may change: how long it goes on and how it runs, never what it computes.
@@ -135,6 +131,7 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     resolved.resume = None
     _resolve_as_in_run(resolved, config_file.with_name("hydra.yaml"))
     check_targets(resolved, config_file)  # before anything is built from it
+    current_targets(resolved)  # a run from before fmnist's sub-packages names some classes where they were
     check(resolved)
     checkpoint = read_checkpoint(checkpoint_path, run)
     previous = read_metrics(run / "metrics.json")
@@ -431,109 +428,3 @@ def interrupted_message(run_dir: str | Path) -> str:
     if not checkpoint.is_file():
         return "interrupted before the first checkpoint: nothing to resume"
     return f"interrupted: the run is saved in {checkpoint}; continue it with `{resume_command(run_dir)}`"
-
-
-RUN_MARKERS = ("metrics.json", "checkpoints")  # the results that make a folder a run's
-
-
-def _holds_run(folder: Path) -> bool:
-    return any((folder / marker).exists() for marker in RUN_MARKERS)
-
-
-class RunFolderGuard(Callback):
-    """Hydra callback: a new run never writes into the folder of an earlier run (Hydra would replace its
-    `.hydra/` before the job starts, and the run its checkpoints and metrics.json). `resume=RUN_DIR`
-    continues a run in its folder; `overwrite=true` replaces it on purpose."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("resume") or config.get("overwrite") or os.environ.get("LOCAL_RANK", "0") != "0":
-            return  # Lightning starts DDP's other ranks in the folder rank 0 has just made
-        folder = Path(config.hydra.run.dir)
-        if _holds_run(folder):
-            found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
-            raise SystemExit(
-                f"error: {folder} holds an earlier run (its {found}), "
-                f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
-                "another hydra.run.dir=PATH, or add overwrite=true to replace it"
-            )
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
-        if config.get("overwrite") or subdir != "${hydra.job.num}":
-            return  # e.g. an Optuna search, whose job folders are new on every start
-        folder = Path(config.hydra.sweep.dir)
-        taken = sorted(p.name for p in folder.iterdir() if p.is_dir() and _holds_run(p)) if folder.is_dir() else []
-        if taken:
-            shown = ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else "")
-            raise SystemExit(
-                f"error: {folder} holds the runs of an earlier sweep (job folders {shown}), which this "
-                "sweep would replace. Fix: choose another hydra.sweep.dir=PATH, or add overwrite=true to "
-                "replace them"
-            )
-
-
-class SaveOnInterrupt(L.Callback):
-    """Ctrl-C or SIGTERM during training: finish the step, save `last.ckpt`, stop.
-
-    The signal only raises a flag. It is handed to Lightning (its SIGTERM flag, which makes the loops
-    raise SIGTERMException at the next step boundary) after a training step or after a whole
-    validation, never inside one, so the checkpoint is a consistent state to resume from. A second
-    Ctrl-C stops at once, without saving.
-    """
-
-    def __init__(self, dirpath: str, filename: str = "last"):
-        self.path = Path(dirpath) / f"{filename}.ckpt"
-        self.requested = False
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.requested = False
-        # Lightning installed its SIGTERM handler before this hook and restores the previous
-        # handlers of every signal when fit ends, these included.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_signal)
-            signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def _raise_flag(self, trainer, up: bool) -> None:
-        if self.requested:
-            trainer._signal_connector.received_sigterm = up  # Lightning has no public setter
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        self._raise_flag(trainer, True)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._raise_flag(trainer, False)  # the evaluation loop would stop in mid-validation
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._raise_flag(trainer, True)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if self.requested and isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path, weights_only=False)  # everything, to resume from
-
-
-class RandomState(L.Callback):
-    """Keeps torch's random state (CPU and CUDA: dropout) in checkpoints and puts it back when a
-    resumed run starts training, so its draws continue those of the interrupted run."""
-
-    def __init__(self):
-        self._saved: dict | None = None
-
-    def state_dict(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._saved = state_dict
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        # Not on load: the sanity check and the validation loader draw from it before training starts.
-        if self._saved is not None:
-            torch.set_rng_state(self._saved["cpu"])
-            if self._saved["cuda"] and torch.cuda.is_initialized():
-                torch.cuda.set_rng_state_all(self._saved["cuda"])
-            self._saved = None

@@ -32,8 +32,8 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.errors import FmnistError
-from fmnist.runs import read_json
+from fmnist.analysis.runs import read_json
+from fmnist.utils.errors import FmnistError
 
 SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/macro_f1", "epochs", "train_seconds", "device")
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
@@ -205,7 +205,7 @@ class SweepSummary(Callback):
             print(f"sweep summary: {summary}")
         problem = ""
         if self.compare:
-            from fmnist.compare import compare
+            from fmnist.analysis.compare import compare
 
             not_run = [
                 [f"job {r['job']}", "?", "?", "not run", f"never started: {r['overrides']}"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.errors import FmnistError
+from fmnist.utils.errors import FmnistError
 
 # key: (type test, type name, range test or None, allowed values, whether null is allowed)
 Rule = tuple[Callable[[Any], bool], str, Callable[[Any], bool] | None, str, bool]

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # absolute: the commands run as scripts or modules alike
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fmnist.errors import FmnistError
+from fmnist.utils.errors import FmnistError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -50,3 +50,19 @@ def write_atomically(path: str | os.PathLike, data: bytes | memoryview, then: st
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+
+
+def write_section(page: Path, name: str, body: str, title: str) -> None:
+    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in a Markdown page.
+
+    The text around the markers (hand-written narrative) is kept; a missing page or missing
+    markers are created.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = page.read_text() if page.exists() else f"# {title}\n\n{start}\n{end}\n"
+    if start not in text or end not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(f"{head}{start}\n{body}\n{end}{tail}")

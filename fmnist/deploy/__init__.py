@@ -1,0 +1,1 @@
+"""Using a trained network outside training: classifying image files, exporting to ONNX or TorchScript."""

@@ -1,0 +1,200 @@
+"""What keeps a run folder's results safe: its lock, checkpoints written whole, and the guard that stops a
+new run from replacing an earlier run's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist.training.resume import resume_command
+from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_atomically
+
+LOCK_FILE = ".fmnist.lock"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO, writing each local checkpoint with `write_atomically`.
+
+    Lightning's own save writes a temporary file in the system's temp folder and, when that is another
+    file system, copies it over the target in place: a crash in mid-copy leaves a truncated last.ckpt.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None = None):
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getbuffer(), then=self._then())
+
+    def _then(self) -> str:
+        if self.run_dir is None:
+            return ""
+        from fmnist.training.resume import LAST_CHECKPOINT, resume_command  # fmnist.resume imports this module
+
+        if (Path(self.run_dir) / LAST_CHECKPOINT).is_file():
+            return f"continue the run with `{resume_command(self.run_dir)}`"
+        return "start the run again"
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for a run folder.
+
+    `last.ckpt` is written at the end of every epoch (Lightning 2.6 writes it only with a new best, so
+    it could be epochs behind), and the paths in the saved state are file names in the checkpoints
+    folder, mapped into the folder the run is in now when it resumes: a run folder moved or copied
+    elsewhere resumes and tests its own best checkpoint. A path that leads out of that folder is
+    refused, since Lightning deletes the checkpoints it replaces.
+    """
+
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def _save_last(self, trainer) -> None:
+        # Skipped when this step is saved already (with a new best), in the sanity check and outside fit.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        name = self._name
+        state.update(
+            {key: name(state[key]) for key in self._PATHS},
+            dirpath=".",
+            best_k_models={name(path): score for path, score in state["best_k_models"].items()},
+        )
+        return state
+
+    def _name(self, path: str) -> str:
+        return os.path.basename(path) if path and os.path.dirname(path) == self.dirpath else path
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_dir = state_dict.get("dirpath")
+        best_k = state_dict.get("best_k_models") or {}
+        if not isinstance(best_k, dict):
+            raise FmnistError(
+                f"the checkpoint's {self.state_key} state is not fmnist's: best_k_models is not a mapping"
+            )
+        mapped = {
+            **state_dict,
+            "dirpath": self.dirpath,
+            **{key: self._here(state_dict.get(key), saved_dir) for key in self._PATHS},
+            "best_k_models": {self._here(path, saved_dir): score for path, score in best_k.items()},
+        }
+        try:
+            super().load_state_dict(mapped)
+        except KeyError as error:
+            raise FmnistError(f"the checkpoint's {self.state_key} state is not fmnist's: it has no {error}") from None
+
+    def _here(self, path: Any, saved_dir: Any) -> str:
+        """A checkpoint path from a saved state as that file in this checkpoints folder."""
+        if not path:
+            return ""
+        if isinstance(path, str) and os.path.isabs(path) and isinstance(saved_dir, str):
+            if os.path.dirname(path) == os.path.normpath(saved_dir):  # written before paths were names
+                path = os.path.basename(path)
+        if not isinstance(path, str) or os.path.dirname(path) or path in (".", ".."):
+            raise FmnistError(
+                f"the checkpoint's {self.state_key} state names {str(path)[:200]!r}, which is not a "
+                "file of its checkpoints folder: refused (fmnist keeps and deletes checkpoints only "
+                "in the run's own folder)"
+            )
+        return os.path.join(self.dirpath, path)
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder's lock while training in it: an fcntl lock on `.fmnist.lock`, which holds the
+    pid. The OS drops it when the process ends, however it ends. Under DDP only rank 0 takes it (the
+    other ranks train in the same folder)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise FmnistError(
+            f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
+            "Fix: choose a writable folder with hydra.run.dir=PATH"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = holder if holder.isdigit() else "unknown"
+            raise FmnistError(
+                f"{run_dir} is in use: fmnist.train process {holder} is training in it "
+                f"(it holds {path}). Fix: wait until it ends, or stop it with `kill {holder}` "
+                "(it saves last.ckpt) and resume then"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+RUN_MARKERS = ("metrics.json", "checkpoints")  # the results that make a folder a run's
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in RUN_MARKERS)
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback: a new run never writes into the folder of an earlier run (Hydra would replace its
+    `.hydra/` before the job starts, and the run its checkpoints and metrics.json). `resume=RUN_DIR`
+    continues a run in its folder; `overwrite=true` replaces it on purpose."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume") or config.get("overwrite") or os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # Lightning starts DDP's other ranks in the folder rank 0 has just made
+        folder = Path(config.hydra.run.dir)
+        if _holds_run(folder):
+            found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
+            raise SystemExit(
+                f"error: {folder} holds an earlier run (its {found}), "
+                f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
+                "another hydra.run.dir=PATH, or add overwrite=true to replace it"
+            )
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+        if config.get("overwrite") or subdir != "${hydra.job.num}":
+            return  # e.g. an Optuna search, whose job folders are new on every start
+        folder = Path(config.hydra.sweep.dir)
+        taken = sorted(p.name for p in folder.iterdir() if p.is_dir() and _holds_run(p)) if folder.is_dir() else []
+        if taken:
+            shown = ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else "")
+            raise SystemExit(
+                f"error: {folder} holds the runs of an earlier sweep (job folders {shown}), which this "
+                "sweep would replace. Fix: choose another hydra.sweep.dir=PATH, or add overwrite=true to "
+                "replace them"
+            )
