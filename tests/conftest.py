@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+from fmnist.data.idx import DEBIAN_DIR
 from fmnist.utils.config import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONF_DIR)
-REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+REAL_DATA = Path(DEBIAN_DIR)
 N_TRAIN, N_TEST = 400, 120
 
 

@@ -67,7 +67,7 @@ def test_optuna_search_stores_its_study_and_resumes(tmp_path, tiny_root):
     jobs = list(folder.glob("*/metrics.json"))
     assert len(jobs) == 3  # resumed jobs got new folders
     lrs = {json.loads(p.read_text())["optimizer"]["lr"] for p in jobs}
-    assert len(lrs) >= 2 and all(1e-4 <= lr <= 1e-1 for lr in lrs)  # sampled from conf/search_space/rnn.yaml
+    assert len(lrs) >= 2 and all(1e-4 <= lr <= 1e-1 for lr in lrs)  # sampled from conf/search_space/optuna/rnn.yaml
     assert "3 completed" in (folder / "sweep_summary.md").read_text()
 
 

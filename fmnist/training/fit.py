@@ -102,8 +102,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     checkpoint_io = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO(output_dir)]}
+    trainer_cfg = {key: value for key, value in cfg.trainer.items() if key != "fast"}  # `fast`: read by data, model
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **checkpoint_io
+        trainer_cfg, callbacks=callbacks, logger=loggers or False, **checkpoint_io
     )
     previous = resume.previous if resume is not None else None
     record = functools.partial(_record, cfg, trainer, model, datamodule)
