@@ -9,7 +9,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep reproduce bench bench-keras tensorboard test clean
+.PHONY: help install data train sweep reproduce bench bench-keras tensorboard lint test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,8 +51,15 @@ bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras 
 tensorboard: install ## serve TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-test: install ## run the test suite
+lint: install ## ruff: lint and format check, as CI runs it before the tests (fix: ruff check --fix . && ruff format .)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install ## run the whole test suite (what CI runs)
 	$(PY) -m pytest
+
+test-fast: install ## the fast tier for the edit-test loop: unit tests on the tiny data, no training subprocess (< 1 min)
+	$(PY) -m pytest -m "not slow" -q
 
 clean: ## delete run outputs and caches (keeps .venv and data/)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
