@@ -2,7 +2,7 @@
 
     .venv-keras/bin/python benchmarks/keras_peer.py cnn|rnn|bilstm STEPS EPOCHS
 
-Builds each network exactly as the study describes it (../shared/SEED.md), compiles it with the
+Builds each network exactly as the study describes it (README and docs/RESULTS.md restate it), compiles it with the
 study's optimizer, fits STEPS batches of the study's batch size per epoch on Fashion-MNIST read from
 data/FashionMNIST/raw, and prints {"epoch_seconds": [...]} as its last line.
 """

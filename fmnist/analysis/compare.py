@@ -1,7 +1,7 @@
 """Side-by-side comparison of training runs (the logic of `fmnist.compare`).
 
 One row per model (mean ± std over seeds) of the completed runs, with the study's figures as reference
-rows; runs that did not complete (untested, diverged, failed, interrupted, unreadable: see `fmnist.runs`)
+rows; runs that did not complete (untested, diverged, failed, interrupted, unreadable: see fmnist/analysis/runs.py)
 are listed below the table with their state and left out of the figures. Writes `comparison.md`, a
 self-contained `comparison.html`, `per_class_f1.png` and `acc_vs_time.png`.
 """

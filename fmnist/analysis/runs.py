@@ -120,7 +120,7 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
 
 
 def _state_without_metrics(folder: Path) -> tuple[str, str]:
-    job, _ = read_json(folder / "job_status.json")  # written for each sweep job by fmnist.sweeps
+    job, _ = read_json(folder / "job_status.json")  # written for each sweep job by fmnist/training/sweeps.py
     if isinstance(job, dict) and job.get("status") in ("FAILED", "INTERRUPTED"):
         return job["status"].lower(), str(job.get("error", ""))
     if (folder / "checkpoints" / "last.ckpt").is_file():

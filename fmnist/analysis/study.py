@@ -1,4 +1,4 @@
-"""The published study's figures (see ../shared/SEED.md), used as reference rows in reports."""
+"""The published study's figures (restated with ours in docs/RESULTS.md), used as reference rows in reports."""
 
 CLASS_F1_CNN = {
     "T-shirt/top": 0.881,

@@ -7,7 +7,7 @@ from fmnist.models.bilstm import BiLSTM
 from fmnist.models.cnn import CNN
 from fmnist.models.rnn import SimpleRNN
 
-# The only model classes fmnist builds from a file (fmnist.trust): checkpoints store these names.
+# The only model classes fmnist builds from a file (fmnist/models/trust.py): checkpoints store these names.
 MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM}
 # The same classes by the import paths that run configs (`model._target_`) and earlier checkpoints
 # carry; a lookup is string equality against this table, never an import.

@@ -1,6 +1,6 @@
 """Rebuilding a trained model from an fmnist checkpoint, with one clear error for each bad file.
 
-The class comes from fmnist's registry and its arguments are checked first (fmnist.trust): nothing in
+The class comes from fmnist's registry and its arguments are checked first (fmnist/models/trust.py): nothing in
 the file decides what code runs.
 """
 

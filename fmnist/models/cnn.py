@@ -40,7 +40,7 @@ class CNN(FashionClassifier):
         **base_options,
     ):
         super().__init__(optimizer, **base_options)
-        # NHWC layout: the same arithmetic, ~15 % faster convolutions on the CPU (docs/BENCHMARKS.md).
+        # NHWC layout: the same arithmetic, faster convolutions on the CPU (measured in docs/BENCHMARKS.md).
         self.channels_last = channels_last
         self.features = glorot_(
             nn.Sequential(
