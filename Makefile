@@ -6,6 +6,8 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 MODEL ?= cnn
 ARGS ?=
 DATA_DIR := /usr/share/datasets/fashion-mnist
+# wait for another apt/dpkg run to finish instead of failing on its lock
+APT_WAIT := -o DPkg::Lock::Timeout=600
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
@@ -21,13 +23,15 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) data
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat  # a path entry: a clone named fmnist never shadows it
 	touch $@
 
-data: ## install the original Fashion-MNIST files (Debian package dataset-fashion-mnist)
+data: ## install the original Fashion-MNIST files (Debian package dataset-fashion-mnist; SKIP_DATA=1 skips it)
 	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is in $(DATA_DIR)"; \
-	else $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist \
-	|| echo "apt-get failed: train with data.download=true to let torchvision download the data"; fi
+	elif [ "$(SKIP_DATA)" = 1 ]; then echo "SKIP_DATA=1: no data installed; train with data.download=true"; \
+	else $(SUDO) apt-get $(APT_WAIT) update -q && $(SUDO) apt-get $(APT_WAIT) install -y -q dataset-fashion-mnist \
+	|| { echo "error: apt-get could not install dataset-fashion-mnist and $(DATA_DIR) holds no data. Fix: run" \
+	"make again once apt works, or make install SKIP_DATA=1 and train with data.download=true" >&2; exit 1; }; fi
 
 train: install ## train MODEL with the study's recipe (ARGS: extra overrides, e.g. trainer.max_epochs=2)
 	$(PY) -m fmnist.train model=$(MODEL) $(ARGS)
