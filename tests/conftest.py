@@ -76,10 +76,7 @@ def train_cfg(tmp_path, tiny_root):
                 f"data.root={tiny_root}",
                 "data.search_dirs=[]",
                 f"output_dir={tmp_path}",
-                "trainer.accelerator=cpu",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-                "data.batch_size=50",
+                "debug=tiny",  # one CPU epoch in batches of 50: its batch limits are above the tiny splits' counts
                 *extra,
             ]
         )
@@ -96,25 +93,18 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     )
 
 
+def trained_run_overrides(tiny_root: Path) -> list[str]:
+    """The overrides `trained_run` trains with (its output_dir aside)."""
+    return ["model=cnn", f"data.root={tiny_root}", "data.search_dirs=[]", "debug=tiny", "trainer.max_epochs=2"]
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_root) -> Path:
     """One short CNN training on the tiny dataset, shared by the tests that need a finished run."""
     from fmnist.training.fit import train
 
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(
-        [
-            "model=cnn",
-            f"data.root={tiny_root}",
-            "data.search_dirs=[]",
-            f"output_dir={run_dir}",
-            "trainer.accelerator=cpu",
-            "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false",
-            "data.batch_size=50",
-        ]
-    )
-    train(cfg)
+    train(compose_train([*trained_run_overrides(tiny_root), f"output_dir={run_dir}"]))
     GlobalHydra.instance().clear()
     return run_dir
 

@@ -196,6 +196,7 @@ def test_splits_training_cannot_use_are_refused_from_the_headers_before_training
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_seed_is_one_line(tmp_path):
     result = run_cli("fmnist.train", "seed=-5", cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -254,7 +255,7 @@ def _interrupt(*args, **kwargs):
 
 
 def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, monkeypatch, capsys):
-    monkeypatch.setattr(fmnist.data, "FashionMNIST", _interrupt)
+    monkeypatch.setattr(fmnist.data.idx, "FashionMNIST", _interrupt)
     with pytest.raises(SystemExit) as info:
         load_split(tiny_root, train=True)
     assert info.value.code == 130
@@ -266,7 +267,7 @@ def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, mon
 
 def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     debian = write_tiny_fashion_mnist(tmp_path / "debian", gz=True)
-    monkeypatch.setattr(fmnist.data, "extract_archive", _interrupt)
+    monkeypatch.setattr(fmnist.data.idx, "extract_archive", _interrupt)
     with pytest.raises(SystemExit) as info:
         ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
     assert info.value.code == 130
@@ -277,6 +278,7 @@ def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(
     assert list(raw.iterdir()) == []  # the staging folder went with the interrupt
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, tiny_root):
     # A real SIGINT, sent while torchvision reads the files (inside Lightning's fit, before training).
     (tmp_path / "interrupt.py").write_text(
@@ -313,6 +315,7 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
 # ---- the commands' arguments ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["fmnist.evaluate", "fmnist.cluster", "fmnist.predict", "fmnist.export"])
 def test_cli_a_missing_ckpt_path_is_one_line(tmp_path, command):
     result = run_cli(command, cwd=tmp_path, timeout=120)
@@ -321,6 +324,15 @@ def test_cli_a_missing_ckpt_path_is_one_line(tmp_path, command):
         "error: ckpt_path is required: add ckpt_path=... (a checkpoint file, e.g. "
         "outputs/cnn/<run>/checkpoints/last.ckpt)"
     )
+
+
+# Where each command's logic (and its load_model) lives: the command modules are thin entry points.
+LOGIC = {
+    "evaluate": "fmnist.analysis.evaluate",
+    "cluster": "fmnist.analysis.cluster",
+    "predict": "fmnist.deploy.predict",
+    "export": "fmnist.deploy.export",
+}
 
 
 def _command(name: str, *overrides: str):
@@ -373,7 +385,7 @@ def garments(tmp_path) -> Path:
     ],
 )
 def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, overrides, message, monkeypatch):
-    monkeypatch.setattr(f"fmnist.{name}.load_model", lambda path: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr(f"{LOGIC[name]}.load_model", lambda path: pytest.fail("the checkpoint was read"))
     function, cfg = _command(
         name,
         f"ckpt_path={tmp_path / 'x.ckpt'}",
@@ -442,6 +454,7 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, 
     )
 
 
+@pytest.mark.slow
 def test_cli_evaluate_into_the_run_folder_keeps_the_training_metrics(trained_run, tiny_root, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")
     before = (run / "metrics.json").read_bytes()
@@ -566,6 +579,7 @@ def test_nan_probabilities_become_error_rows_in_valid_json(tmp_path, ckpt, garme
     json.loads((tmp_path / "predictions.json").read_text(), parse_constant=pytest.fail)  # no NaN in the file
 
 
+@pytest.mark.slow
 def test_cli_predict_with_a_nan_checkpoint_is_one_line_and_valid_json(tmp_path, ckpt, garments):
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["state_dict"]["classifier.weight"].fill_(float("nan"))

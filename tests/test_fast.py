@@ -15,20 +15,20 @@ from tests.conftest import compose_train
 FIELDS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps", "epochs")
 
 
-def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
+def _run(tiny_root, out, model: str, *extra: str, epochs: int = 3, cpu: bool = True) -> tuple[dict, dict]:
     cfg = compose_train(
         [
             f"model={model}",
             f"data.root={tiny_root}",
             "data.search_dirs=[]",
             f"output_dir={out}",
-            "trainer.max_epochs=3",
+            f"trainer.max_epochs={epochs}",
             "trainer.enable_progress_bar=false",
             "data.batch_size=30",
-            "trainer.deterministic=true",
+            *(["trainer.deterministic=true"] if cpu else []),
             "logger={}",
             *extra,
-            "trainer.accelerator=cpu",
+            *(["trainer.accelerator=cpu"] if cpu else []),
         ]
     )
     metrics = train(cfg)
@@ -37,6 +37,7 @@ def _run(tiny_root, out, model: str, *extra: str) -> tuple[dict, dict]:
     return metrics, weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm"])
 def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
     # 400 tiny images, 10 % validation: 360 / 30 = 12 batches per epoch, in chunks of 5 (5 + 5 + 2).
@@ -51,6 +52,30 @@ def test_fast_path_follows_the_default_path(tiny_root, tmp_path, model):
         torch.testing.assert_close(fast_weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     summary = json.loads((tmp_path / "fast" / "metrics.json").read_text())
     assert summary["steps"] == 36
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm"])
+def test_fast_path_on_the_gpu_learns_what_the_default_gpu_path_learns(tiny_root, tmp_path, model):
+    # On the GPU the fast path replays a CUDA graph and cuDNN picks its kernels (trainer.benchmark): the same
+    # data order and draws, but float sums in another order, so the accuracies agree within a few images.
+    default, _ = _run(tiny_root, tmp_path / "default", model, "trainer=gpu", epochs=2, cpu=False)
+    fast, _ = _run(
+        tiny_root,
+        tmp_path / "fast",
+        model,
+        "trainer=gpu_fast",
+        "data.batches_per_step=5",
+        "data.eval_batch_size=30",
+        epochs=2,
+        cpu=False,
+    )
+    assert not default["device"].startswith("cpu") and fast["device"] == default["device"]  # the GPU's name
+    assert fast["steps"] == default["steps"] == 24
+    assert fast["val/acc"] == pytest.approx(default["val/acc"], abs=2 / 40)  # 40 validation images
+    assert fast["test/acc"] == pytest.approx(default["test/acc"], abs=3 / 120)  # 120 test images
+    assert fast["train/loss"] == pytest.approx(default["train/loss"], rel=0.05)
 
 
 def test_chunks_cover_each_epoch_once_in_the_default_order(tiny_root):

@@ -211,6 +211,7 @@ def test_sweep_summary_survives_damaged_files(tmp_path):
 # --- sweeps end with their summary and comparison, and one line -------------------------------------------
 
 
+@pytest.mark.slow
 def test_experiment_compare_with_a_failing_job_writes_the_comparison_and_one_line(tmp_path, tiny_root):
     result = run_fmnist(
         "fmnist.train",
@@ -233,6 +234,7 @@ def test_experiment_compare_with_a_failing_job_writes_the_comparison_and_one_lin
     assert "| 1 | rnn | 1 | failed | FmnistError: data.batch_size=0" in comparison
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_lists_the_interrupted_and_never_run_jobs(tmp_path, tiny_root):
     result = run_fmnist(
         "fmnist.train",
@@ -259,6 +261,7 @@ def test_interrupted_sweep_lists_the_interrupted_and_never_run_jobs(tmp_path, ti
     assert not (tmp_path / "sweep" / "1").exists()
 
 
+@pytest.mark.slow
 def test_optuna_marks_a_failed_trial_fail_and_the_search_ends_in_one_line(tmp_path, tiny_root):
     result = run_fmnist(
         "fmnist.train",
@@ -294,6 +297,7 @@ def test_epoch_shuffle_keeps_its_order_on_one_process_and_shards_evenly():
     assert [len(s) for s in shards] == [4, 4] and set(list(shards[0]) + list(shards[1])) == set(range(7))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_root):
     result = run_fmnist(
         "fmnist.train",

@@ -81,12 +81,55 @@ def test_lstm_forget_gate_bias_is_one_and_other_gates_zero():
             assert bias[:u].abs().max() == 0 and bias[2 * u :].abs().max() == 0
 
 
-def test_recurrent_kernels_are_orthogonal_and_input_kernels_glorot():
-    layer = recurrent_layers(SimpleRNN())[0]
-    w_hh = layer.rnn.weight_hh_l0
-    assert torch.allclose(w_hh.T @ w_hh, torch.eye(256), atol=1e-4)
-    w_ih = layer.rnn.weight_ih_l0
-    assert w_ih.abs().max() <= math.sqrt(6 / (28 + 256))
+def glorot_spread(weight: torch.Tensor) -> tuple[float, float]:
+    """max |w| and std of `weight` as fractions of what Keras's glorot-uniform gives: U(-b, b) with
+    b = sqrt(6 / (fan_in + fan_out)), so max |w| -> b and std -> b / sqrt(3)."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    return weight.abs().max().item() / bound, weight.std().item() / (bound / math.sqrt(3))
+
+
+def is_glorot_uniform(weight: torch.Tensor) -> bool:
+    top, spread = glorot_spread(weight.detach())
+    return 0.9 <= top <= 1.0 and spread == pytest.approx(1, abs=0.1)
+
+
+def glorot_kernels(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The kernels Keras initialises glorot-uniform: Dense and Conv2D kernels, recurrent input kernels."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if "weight_ih" in name or (name.endswith(".weight") and p.dim() >= 2)
+    }
+
+
+def test_torch_default_init_is_not_taken_for_glorot():
+    torch.manual_seed(0)
+    defaults = [nn.Linear(256, 128).weight, nn.Conv2d(32, 32, 3).weight, nn.RNN(28, 256).weight_ih_l0]
+    defaults += [nn.LSTM(28, 256).weight_ih_l0, nn.LSTM(512, 128).weight_ih_l0, nn.Linear(16, 10).weight]
+    assert not any(is_glorot_uniform(w) for w in defaults)
+
+
+@pytest.mark.parametrize("cls, kernels", [(CNN, 8), (SimpleRNN, 4), (BiLSTM, 7)])
+def test_dense_conv_and_recurrent_input_kernels_are_glorot_uniform(cls, kernels):
+    torch.manual_seed(0)
+    found = glorot_kernels(cls())
+    assert len(found) == kernels
+    for name, weight in found.items():
+        assert is_glorot_uniform(weight), (name, glorot_spread(weight.detach()))
+
+
+def test_recurrent_kernels_are_orthogonal():
+    kernels = [
+        (layer.units, w_hh)
+        for layer in recurrent_layers(SimpleRNN()) + recurrent_layers(BiLSTM())
+        for name, w_hh in layer.rnn.named_parameters()
+        if name.startswith("weight_hh")
+    ]
+    assert len(kernels) == 3 + 2 * 2
+    # (gates x units, units): orthonormal columns, as Keras's orthogonal (units, gates x units) has orthonormal rows
+    for units, w_hh in kernels:
+        assert torch.allclose(w_hh.T @ w_hh, torch.eye(units), atol=1e-4)
 
 
 def test_batchnorm_uses_keras_momentum_and_epsilon():

@@ -42,6 +42,7 @@ class AbsurdLearningRate(L.Callback):
         RECORDED.append((trainer.global_step, outputs["loss"].item()))
 
 
+@pytest.mark.slow
 def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_cfg, tmp_path):
     RECORDED.clear()
     cfg = train_cfg(
@@ -71,6 +72,7 @@ def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_c
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_tests_nothing(train_cfg, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+; no checkpoint was saved before it" + FIX):
         train(train_cfg("rnn", "trainer.max_epochs=2", "model.optimizer.lr=1e6"))
@@ -79,6 +81,7 @@ def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_tests_nothing(tr
     assert "test/acc" not in metrics and not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_early_stopping_is_a_callbacks_config_and_the_run_completes(train_cfg, tmp_path):
     # min_delta 1.0: no epoch after the first can improve val/acc enough, patience 0 stops at once
     metrics = train(
@@ -166,6 +169,7 @@ def test_a_damaged_gz_in_a_search_dir_is_one_error_naming_it(tmp_path, damage, r
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_broken_data_is_one_line_before_training(tmp_path):
     raw = write_tiny_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
     labels = raw / "train-labels-idx1-ubyte"
@@ -210,6 +214,7 @@ def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cli_wrong_type_is_one_line_before_data(tmp_path):
     result = run_cli("fmnist.train", "data.batch_size=abc", cwd=tmp_path, timeout=120)
     assert result.returncode != 0
@@ -265,6 +270,7 @@ def test_load_model_refuses_a_checkpoint_carrying_code(trained_run, tmp_path, to
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_training_tests_its_checkpoint_without_running_code(train_cfg, tmp_path, torch_defaults_to_unsafe_loads):
     marker = tmp_path / "marker"
     cfg = train_cfg(

@@ -69,6 +69,7 @@ def test_tensorboard_holds_report_images_and_hparams_with_final_metrics(trained_
     assert session.hparams["optimizer/lr"].number_value == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_every_file_beside_the_checkpoint(trained_run, tiny_root, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     result = run_cli(
@@ -91,6 +92,7 @@ def test_evaluate_writes_every_file_beside_the_checkpoint(trained_run, tiny_root
     assert result.returncode == 0 and "val/acc" in json.loads((tmp_path / "v" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_bad_checkpoints_give_one_clear_error_each(trained_run, tmp_path):
     not_torch = tmp_path / "notes.ckpt"
     not_torch.write_text("hello")
@@ -113,6 +115,7 @@ def test_evaluate_bad_checkpoints_give_one_clear_error_each(trained_run, tmp_pat
         assert expected in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_compare_two_runs_writes_tables_figures_and_page(trained_run, train_cfg, tmp_path):
     from fmnist.training.fit import train
 
@@ -129,11 +132,13 @@ def test_compare_two_runs_writes_tables_figures_and_page(trained_run, train_cfg,
     assert page.count("data:image/png;base64,") == 2 and 'src="http' not in page
 
 
+@pytest.mark.slow
 def test_compare_with_no_runs_is_a_clear_error(tmp_path):
     result = run_cli("fmnist.compare", str(tmp_path), cwd=tmp_path, timeout=60)
     assert result.returncode != 0 and "no runs" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_explore_prints_the_data_and_writes_samples(tiny_root, tmp_path):
     result = run_cli(
         "fmnist.explore",

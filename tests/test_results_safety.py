@@ -140,6 +140,7 @@ def _copy(finished_run: Path, tmp_path: Path) -> Path:
 # 1. A finished run, a run stopped while testing, and no key of metrics.json ever lost
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)  # a copied folder: the paths inside are its own
     before, metrics = _files(run), json.loads((run / "metrics.json").read_text())
@@ -155,6 +156,7 @@ def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tm
     assert list(tmp_path.iterdir()) == [run]  # no new run folder
 
 
+@pytest.mark.slow
 def test_a_resume_that_trains_further_keeps_every_key_of_metrics_json(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     before = json.loads((run / "metrics.json").read_text())
@@ -168,6 +170,7 @@ def test_a_resume_that_trains_further_keeps_every_key_of_metrics_json(finished_r
     assert json.loads((run / "metrics.json").read_text()) == more
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metrics_json", ["kept", "lost"])
 def test_a_run_stopped_while_testing_finishes_its_test_with_the_fit_figures(tiny_root, tmp_path, metrics_json):
     run = tmp_path / "run"
@@ -197,6 +200,7 @@ def test_a_run_stopped_while_testing_finishes_its_test_with_the_fit_figures(tiny
 # 2. One last.ckpt, always the newest; 4. paths relative to the run folder
 
 
+@pytest.mark.slow
 def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt_also_in_a_copy(tiny_root, tmp_path):
     run, copy = tmp_path / "run", tmp_path / "copy"
     with pytest.raises(SIGTERMException):
@@ -222,6 +226,7 @@ def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt
             assert _files(copy) == original  # the copy is a run of its own
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tiny_root, tmp_path):
     run, moved = tmp_path / "run", tmp_path / "elsewhere" / "moved run"
     with pytest.raises(SIGTERMException):  # in epoch 2: epoch_000.ckpt is the best so far
@@ -239,6 +244,7 @@ def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tiny_root,
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * STEPS
 
 
+@pytest.mark.slow
 def test_absolute_paths_of_a_checkpoint_from_another_folder_are_mapped_into_this_one(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)  # as if written, with absolute paths, in a folder that is gone now
     gone = "/gone/run/checkpoints"
@@ -259,6 +265,7 @@ def test_absolute_paths_of_a_checkpoint_from_another_folder_are_mapped_into_this
     assert metrics["best_checkpoint"] == best or Path(best).name not in kept
 
 
+@pytest.mark.slow
 def test_a_checkpoint_state_naming_a_file_outside_its_folder_is_refused(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     victim = tmp_path / "victim.ckpt"
@@ -279,6 +286,7 @@ def test_a_checkpoint_state_naming_a_file_outside_its_folder_is_refused(finished
 # 3. The run folder's lock
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_naming_the_pid_and_freed_when_its_process_dies(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     holder = subprocess.Popen(
@@ -326,6 +334,7 @@ class TryTheLock(L.Callback):
             TryTheLock.refused = str(error)
 
 
+@pytest.mark.slow
 def test_training_holds_the_lock_until_it_ends(tiny_root, tmp_path):
     run = tmp_path / "run"
     _train(
@@ -391,6 +400,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
     assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_ends_in_one_error_and_keeps_the_run(finished_run, tmp_path, monkeypatch):
     run = _copy(finished_run, tmp_path)
     before = _files(run)
@@ -441,6 +451,7 @@ def _other_model(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -466,6 +477,7 @@ def test_a_damaged_or_foreign_last_ckpt_is_named_with_the_fix(finished_run, tmp_
     assert _files(run) == before
 
 
+@pytest.mark.slow
 def test_a_damaged_last_ckpt_on_the_command_line_is_one_line(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     _zip_of_text(run / "checkpoints" / "last.ckpt")

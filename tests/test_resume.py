@@ -98,6 +98,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics_and_weights_on_the_cpu(tiny_root, tmp_path):
     # Lightning's default trainer.deterministic=null is enough on the CPU.
     runs = [
@@ -113,6 +114,7 @@ def test_same_config_and_seed_give_the_same_metrics_and_weights_on_the_cpu(tiny_
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root, tmp_path):
     config = _overrides(tiny_root, 2, "trainer.deterministic=true")
     marker, run = tmp_path / "paused", tmp_path / "outputs" / "run"
@@ -160,6 +162,7 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
     assert "trainer.max_epochs=3" in (run / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_at_the_end_of_the_step_and_gives_the_handler_back(tiny_root, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     ctrl_c = [

@@ -57,6 +57,7 @@ def _one_error_line(result, *needles: str) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "old, new, named",
     [
@@ -79,6 +80,7 @@ def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(cli_r
     assert (victim / "model_summary.md").read_text() == "PRECIOUS"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value, named",
     [
@@ -95,6 +97,7 @@ def test_a_run_config_resolves_nothing_but_its_own_keys(cli_run, tmp_path, value
     assert "s3cr3t" not in (run / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, named",
     [
@@ -108,6 +111,7 @@ def test_an_unreadable_run_config_is_one_line(cli_run, tmp_path, content, named)
     _one_error_line(run_cli("fmnist.train", f"resume={run}", cwd=tmp_path), named)
 
 
+@pytest.mark.slow
 def test_hydra_yaml_gives_a_resume_its_choices_only(cli_run, tmp_path):
     run = _copy(cli_run, tmp_path)
     hydra_file = run / ".hydra" / "hydra.yaml"
@@ -115,6 +119,7 @@ def test_hydra_yaml_gives_a_resume_its_choices_only(cli_run, tmp_path):
     _one_error_line(run_cli("fmnist.train", f"resume={run}", cwd=tmp_path), "hydra.runtime.choices.model")
 
 
+@pytest.mark.slow
 def test_a_new_run_never_replaces_an_earlier_run_in_its_folder(cli_run, tmp_path, tiny_root):
     run = _copy(cli_run, tmp_path)
     before = (run / "metrics.json").read_bytes()
@@ -148,6 +153,7 @@ def test_a_link_planted_where_a_file_goes_is_replaced_not_written_through(tmp_pa
     assert not link.is_symlink() and link.read_text() == "# CNN"
 
 
+@pytest.mark.slow
 def test_a_resume_whose_best_checkpoint_is_gone_is_one_line(cli_run, tmp_path):
     run = _copy(cli_run, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())

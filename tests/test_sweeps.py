@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import N_TRAIN, run_cli
 
+pytestmark = pytest.mark.slow  # every test runs Hydra multiruns of fmnist.train in a subprocess
+
 TINY = ["data.search_dirs=[]", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "torch_threads=1"]
 
 

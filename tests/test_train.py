@@ -25,6 +25,7 @@ METRIC_KEYS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, cls, trainable", [("cnn", CNN, 305_978), ("rnn", SimpleRNN, 135_370), ("bilstm", BiLSTM, 1_340_042)]
 )
@@ -48,6 +49,7 @@ def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_pat
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_the_tiny_task_is_learned(train_cfg, tmp_path):
     metrics = train(train_cfg("bilstm", "trainer.max_epochs=3"))
     assert metrics["test/acc"] > 0.5  # bands per class: chance is 0.1
@@ -92,6 +94,7 @@ def test_out_of_range_values_are_rejected_before_loading_data(train_cfg, overrid
         train(cfg)
 
 
+@pytest.mark.slow
 def test_cli_bad_values_print_one_line(tmp_path):
     result = run_cli("fmnist.train", "data.batch_size=0", cwd=tmp_path)
     assert result.returncode != 0
@@ -99,12 +102,14 @@ def test_cli_bad_values_print_one_line(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_cli_unknown_model_names_the_choices(tmp_path):
     result = run_cli("fmnist.train", "model=nope", cwd=tmp_path, timeout=60)
     assert result.returncode != 0
     assert "model/nope" in result.stderr and all(m in result.stderr for m in ("cnn", "rnn", "bilstm"))
 
 
+@pytest.mark.slow
 def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
     result = run_cli("fmnist.train", "model=rnn", "data.search_dirs=[]", cwd=tmp_path, timeout=120)
     assert result.returncode != 0
@@ -113,6 +118,7 @@ def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
     assert last.startswith("error: Fashion-MNIST not found in") and "data.download=true" in last
 
 
+@pytest.mark.slow
 def test_cli_multirun_gives_each_job_its_folder_and_metrics(tmp_path, tiny_root):
     result = run_cli(
         "fmnist.train",
@@ -131,6 +137,7 @@ def test_cli_multirun_gives_each_job_its_folder_and_metrics(tmp_path, tiny_root)
     assert all((p.parent / ".hydra" / "overrides.yaml").exists() for p in jobs)
 
 
+@pytest.mark.slow
 def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
     write_tiny_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
     result = run_cli(
@@ -147,6 +154,7 @@ def test_cli_single_run_folder_is_named_by_model_and_time(tmp_path):
     assert {"metrics.json", "checkpoints", "tensorboard", ".hydra"} <= {p.name for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_gradient_clipping_is_a_trainer_override(train_cfg):
     # the same lr diverges without clipping: tests/test_reliability.py
     metrics = train(
@@ -155,6 +163,7 @@ def test_gradient_clipping_is_a_trainer_override(train_cfg):
     assert metrics["status"] == "completed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flush", [True, False])
 def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flush):
     # Keras on TensorFlow computes 1e-39 * 1.0 = 0 on the CPU: its threads flush denormals to zero.
@@ -170,6 +179,7 @@ def test_denormals_are_flushed_like_tensorflow_unless_turned_off(train_cfg, flus
     assert (torch.full((4,), 1e-39) * 1.0).eq(0).all().item() is flush
 
 
+@pytest.mark.slow
 def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
     """Keras and the study count epochs from 1: the bar says 'Epoch 1/2', 'Epoch 2/2', never 'Epoch 0'."""
     from fmnist.training.fit import train

@@ -364,6 +364,7 @@ def _one_error_line(result, expected: str) -> None:
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command, args",
     [
@@ -381,6 +382,7 @@ def test_the_commands_refuse_a_gadget_checkpoint_with_one_line(tmp_path, marker,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_train_resume_refuses_a_gadget_run_folder_with_one_line(tiny_root, tmp_path):
     key, edit = next((key, edit) for key, edit in HOSTILE_CONFIGS if key.startswith("data."))
     run = _run_folder(tmp_path / "run", tiny_root, edit)

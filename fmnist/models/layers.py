@@ -1,6 +1,6 @@
 """Keras-faithful building blocks: initialisers, BatchNorm settings and recurrent layers.
 
-Keras defaults reproduced here (docs/RESULTS.md says where they come from): glorot-uniform kernels and zero biases, orthogonal
+Keras defaults reproduced here (docs/RESULTS.md has the study): glorot-uniform kernels and zero biases, orthogonal
 recurrent kernels, LSTM forget-gate bias 1, ONE bias per recurrent layer, BatchNormalization with
 momentum 0.99 / epsilon 1e-3.
 """

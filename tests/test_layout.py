@@ -1,0 +1,271 @@
+"""The package's layout holds: one-way imports between its layers, the commands that pyproject declares,
+module docstrings, the config groups' packages, and old run folders that name classes where they used to be."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, ROOT, compose_train, trained_run_overrides
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+PACKAGE = ROOT / "fmnist"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]
+
+# What each sub-package may import from fmnist (besides itself): commands -> training -> analysis -> models
+# -> data -> utils, and commands -> deploy -> models -> data -> utils.
+MAY_IMPORT = {
+    "utils": {"utils"},
+    "data": {"data", "utils"},
+    "models": {"models", "data", "utils"},
+    "analysis": {"analysis", "models", "data", "utils"},
+    "training": {"training", "analysis", "models", "data", "utils"},
+    "deploy": {"deploy", "models", "data", "utils"},
+}
+COMMAND_MODULES = {f.stem for f in PACKAGE.glob("*.py") if f.stem != "__init__"}  # train, evaluate, ..., __main__
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def fmnist_imports(path: Path, source: str | None = None) -> set[str]:
+    """Every fmnist module that `path` (or `source`, as if it were that file) imports, at module level or inside
+    functions, relative imports resolved. `from fmnist.a import b` counts as importing `fmnist.a` and (b may be
+    a module) `fmnist.a.b`."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source, filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m == "fmnist" or m.startswith("fmnist.")}
+
+
+ALL_MODULES = sorted(PACKAGE.rglob("*.py"))
+LIBRARY_MODULES = [p for p in ALL_MODULES if p.parent != PACKAGE]
+
+
+def test_every_module_is_in_a_known_layer_or_is_a_command():
+    for path in ALL_MODULES:
+        parts = path.relative_to(PACKAGE).parts
+        assert len(parts) == 1 or parts[0] in MAY_IMPORT, f"{path}: a sub-package outside the layering"
+
+
+@pytest.mark.parametrize("path", LIBRARY_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_only_go_down_the_layers(path):
+    layer = path.relative_to(PACKAGE).parts[0]
+    wrong = sorted(m for m in fmnist_imports(path) if m != "fmnist" and m.split(".")[1] not in MAY_IMPORT[layer])
+    assert not wrong, f"{path.relative_to(ROOT)} ({layer}) may only import fmnist.{sorted(MAY_IMPORT[layer])}"
+
+
+def test_the_layering_check_sees_function_level_and_relative_imports():
+    source = "def f():\n    from ..training import fit\n    import fmnist.deploy.predict\n    from . import base\n"
+    imported = fmnist_imports(PACKAGE / "models" / "probe.py", source)  # as if fmnist/models/probe.py said so
+    assert {"fmnist.training", "fmnist.training.fit", "fmnist.deploy.predict", "fmnist.models.base"} <= imported
+    assert fmnist_imports(PACKAGE / "models" / "__init__.py", "from .cnn import CNN") == {
+        "fmnist.models.cnn",
+        "fmnist.models.cnn.CNN",
+    }
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_MODULES if module_name(p) != "fmnist.__main__"], ids=module_name)
+def test_only_the_package_entry_point_and_no_other_module_imports_a_command(path):
+    """No module imports a command module (fmnist.train, ..., fmnist.__main__); the commands don't import each
+    other either. fmnist/__init__.py runs on every import of any sub-package: it imports nothing of fmnist."""
+    commands = {f"fmnist.{name}" for name in COMMAND_MODULES}
+    imported = fmnist_imports(path)
+    if path == PACKAGE / "__init__.py":
+        assert not imported
+    own = module_name(path)
+    assert not {m for m in imported if m in commands and m != own}, own
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_python_m_fmnist_lists_every_declared_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    listed = {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+    declared = {name.removeprefix("fmnist-") for name in SCRIPTS if name != "fmnist"}
+    assert "fmnist" in SCRIPTS and declared
+    assert listed == declared
+
+
+def test_the_commands_table_and_the_console_scripts_agree():
+    from fmnist.__main__ import COMMANDS
+
+    assert set(COMMANDS) == {name.removeprefix("fmnist-") for name in SCRIPTS if name != "fmnist"}
+    for name in COMMANDS:
+        assert (PACKAGE / f"{name}.py").is_file(), name
+        assert SCRIPTS[f"fmnist-{name}"].split(":")[0] == f"fmnist.{name}"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_console_script_target_imports_and_is_callable(script):
+    module, function = SCRIPTS[script].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
+# ---------------------------------------------------------------- docstrings
+
+REPO_DIRS = ("fmnist/", "conf/", "docs/", "tests/", "benchmarks/")
+
+
+def docstrings(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in [tree, *ast.walk(tree)]:
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            text = ast.get_docstring(node)
+            if text:
+                yield getattr(node, "name", "module"), text
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_every_module_opens_with_a_one_sentence_summary(path):
+    text = ast.get_docstring(ast.parse(path.read_text()), clean=False)
+    assert text, f"{path.relative_to(ROOT)} has no module docstring"
+    first = text.splitlines()[0]
+    assert first.strip() and first == first.strip(), f"{path.relative_to(ROOT)}: the summary starts on line one"
+    summary = text.split("\n\n")[0].strip()
+    assert summary.endswith("."), f"{path.relative_to(ROOT)}: the summary {summary!r} is no full sentence"
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
+def test_docstrings_name_no_path_outside_the_repository_and_no_missing_file(path):
+    for where, text in docstrings(path):
+        assert "../" not in text and "/work/" not in text, f"{path.relative_to(ROOT)} {where}: {text!r}"
+        for named in re.findall(rf"(?<![\w/.])((?:{'|'.join(REPO_DIRS)})[\w./-]*\w)", text):
+            assert (ROOT / named).exists(), f"{path.relative_to(ROOT)} {where} names {named}, which does not exist"
+
+
+# ---------------------------------------------------------------- config groups
+
+COMPONENT_GROUPS = ("data", "trainer", "logger", "callbacks", "optimizer", "paths", "hydra", "search_space")
+
+
+def header_package(file: Path) -> str | None:
+    """The `# @package` directive of a config file's leading comment block, as Hydra reads it."""
+    for line in file.read_text().splitlines():
+        if not line.startswith("#"):
+            return None
+        match = re.match(r"#\s*@package\s+(\S+)", line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def test_component_groups_write_only_their_own_package():
+    files = [f for group in COMPONENT_GROUPS for f in (CONF / group).rglob("*.yaml")]
+    assert len(files) > 10
+    assert not [str(f.relative_to(CONF)) for f in files if header_package(f) == "_global_"]
+    assert header_package(CONF / "model" / "cnn.yaml") == "_global_"  # the check reads the directive
+
+
+def _compose(*overrides: str):
+    try:
+        return compose_train([*overrides, "output_dir=."])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "overrides, resident, per_step, fast_step",
+    [([], False, 1, False), (["trainer=gpu_fast"], True, 100, True), (["trainer=cpu_fast"], True, 100, True)],
+)
+def test_the_fast_trainer_configs_reach_the_data_and_the_model(overrides, resident, per_step, fast_step):
+    cfg = _compose(*overrides)
+    assert cfg.data.device_resident is resident
+    assert cfg.data.batches_per_step == per_step
+    assert cfg.model.fast_step is fast_step
+    assert set(cfg.trainer.get("fast", {})) <= {"device_resident", "batches_per_step", "eval_batch_size", "step"}
+
+
+def test_data_overrides_win_over_the_fast_trainer_config():
+    cfg = _compose("trainer=gpu_fast", "data.batches_per_step=5", "data.eval_batch_size=30")
+    assert cfg.data.batches_per_step == 5 and cfg.data.eval_batch_size == 30 and cfg.data.device_resident is True
+
+
+@pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm", "bilstm_stated"])
+def test_search_space_exists_only_in_a_search(model):
+    assert "search_space" not in _compose(f"model={model}")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    space = _compose(f"model={model}", "hparams_search=optuna").search_space
+    assert space and any(key.startswith("model.optimizer.") for key in space), model
+
+
+def test_debug_tiny_is_a_quick_cpu_run_that_the_command_line_still_overrides():
+    cfg = _compose("model=bilstm", "debug=tiny")  # after the model's recipe (batch 64, 20 epochs)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 1 and cfg.data.batch_size == 50
+    assert cfg.trainer.limit_train_batches == 8 and cfg.trainer.enable_progress_bar is False
+    assert _compose("debug=tiny", "trainer.max_epochs=2").trainer.max_epochs == 2
+
+
+# ---------------------------------------------------------------- old run folders
+
+OLD_TARGETS = {
+    "fmnist.training.run_folder.RunCheckpoint": "fmnist.callbacks.RunCheckpoint",
+    "fmnist.training.callbacks.KerasModelSummary": "fmnist.callbacks.KerasModelSummary",
+    "fmnist.training.callbacks.StopOnNonFiniteLoss": "fmnist.callbacks.StopOnNonFiniteLoss",
+    "fmnist.training.callbacks.SaveOnInterrupt": "fmnist.resume.SaveOnInterrupt",
+    "fmnist.training.callbacks.RandomState": "fmnist.resume.RandomState",
+    "fmnist.models.optim.KerasRMSprop": "fmnist.optim.KerasRMSprop",
+}
+
+
+@pytest.mark.slow
+def test_a_run_folder_naming_classes_by_their_old_paths_resumes(trained_run, tiny_root, tmp_path):
+    from fmnist.training.fit import train
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    # trained_run ran without Hydra's main: write its .hydra/ as Hydra does (config unresolved, the choices
+    # in hydra.yaml), then name each class where it lived before fmnist's sub-packages.
+    overrides = trained_run_overrides(tiny_root)
+    text = OmegaConf.to_yaml(_compose(*overrides))
+    for new, old in OLD_TARGETS.items():
+        assert f"_target_: {new}\n" in text, new
+        text = text.replace(f"_target_: {new}\n", f"_target_: {old}\n")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(text)
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"model": "cnn"}}}}, run / ".hydra" / "hydra.yaml")
+    OmegaConf.save(overrides, run / ".hydra" / "overrides.yaml")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # the checkpoint names it too
+    assert checkpoint["hyper_parameters"]["optimizer"]["_target_"] == "fmnist.models.optim.KerasRMSprop"
+    checkpoint["hyper_parameters"]["optimizer"]["_target_"] = "fmnist.optim.KerasRMSprop"
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+
+    try:
+        metrics = train(compose_train([f"resume={run}", "trainer.max_epochs=3"]))
+    finally:
+        GlobalHydra.instance().clear()
+    assert metrics["epochs"] == 3 and len(metrics["epoch_seconds"]) == 3
+    assert metrics["steps"] == 3 * 8  # 360 training images in batches of 50
+    written = (run / "metrics.json").read_text()
+    assert '"epochs": 3' in written
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # 0-based: a third epoch
