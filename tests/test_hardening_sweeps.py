@@ -349,6 +349,7 @@ def _completed_metrics(**changes) -> dict:
     return {**metrics, **changes}
 
 
+@pytest.mark.slow  # draws the comparison figures for each case
 @pytest.mark.parametrize(
     "changes, note",
     [
