@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,8 +18,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from fmnist.training.console import route_lightning_logs, to_log_file
 from fmnist.training.fit import train
 from fmnist.training.resume import cli_args, interrupted_message
+from fmnist.training.run_folder import discard_unused_run_folder
 from fmnist.training.sweeps import FailedJob
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
@@ -32,6 +35,7 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
     reaches its end and reports every job (fmnist/training/sweeps.py says why).
     """
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    route_lightning_logs()
     try:
         metrics = train(cfg)
     except SIGTERMException:  # Ctrl-C or SIGTERM: stops a sweep too, once its summary is written
@@ -43,6 +47,9 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
         if multirun:
             logging.getLogger("fmnist.train").error(f"job failed: {error}")
             return FailedJob.of(error)
+        to_log_file(f"error: {error}")
+        if not cfg.get("resume"):
+            discard_unused_run_folder(Path(cfg.output_dir))  # a config error leaves no empty folder
         raise SystemExit(f"error: {error}") from None
     except Exception as error:
         if not multirun:

@@ -25,6 +25,7 @@ from torchmetrics.functional.classification import (  # noqa: E402
 )
 
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
+from fmnist.utils.console import say  # noqa: E402
 from fmnist.utils.files import write_atomically  # noqa: E402
 
 
@@ -211,7 +212,7 @@ def write_reports(
         output_dir / "classification_report.md",
         report_markdown(report, f"Classification report {title}".strip()).encode(),
     )
-    print(report_text(report))
+    say(report_text(report))
     figures = {
         "confusion_matrix": confusion_matrix_figure(probs, labels, class_names),
         "misclassified": misclassified_figure(probs, labels, images, class_names),

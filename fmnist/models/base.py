@@ -116,12 +116,16 @@ class FashionClassifier(L.LightningModule):
             optimizer.step()
         return losses
 
+    def running_train_figures(self) -> dict[str, torch.Tensor]:
+        """The epoch's training loss and accuracy so far (on the device: reading them is a host sync)."""
+        seen = self.train_seen.clamp(min=1)
+        return {"train/loss": (self.train_loss_sum / seen).float(), "train/acc": (self.train_correct / seen).float()}
+
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch, not from each step: Lightning's bookkeeping of a logged value costs
         # about a millisecond per call, as much as a whole SimpleRNN step on the CPU.
-        seen = self.train_seen.clamp(min=1)
-        self.log("train/loss", (self.train_loss_sum / seen).float(), prog_bar=True, sync_dist=True)
-        self.log("train/acc", (self.train_correct / seen).float(), prog_bar=True, sync_dist=True)
+        for name, value in self.running_train_figures().items():
+            self.log(name, value, prog_bar=True, sync_dist=True)
         for name in TRAIN_SUMS:
             getattr(self, name).zero_()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from fmnist.analysis.reports import write_reports
 from fmnist.models.summary import keras_param_counts
 from fmnist.training.callbacks import FIT_KEYS, EpochTimer, TrainingDiverged
 from fmnist.training.checks import check_config, check_output_dir, check_splits
+from fmnist.training.console import RunConsole, describe_device, log
 from fmnist.training.progress import EpochProgressBar
 from fmnist.training.resume import (
     Resume,
@@ -40,17 +40,10 @@ from fmnist.utils.files import write_atomically
 
 # The splits live in memory as tensors, so loader workers would only add overhead.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# fmnist logs its figures once per epoch (fmnist/models/base.py), so Lightning's per-step interval never matters.
+warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 # Lightning 2.6 on torch >= 2.9 warns about its own use of a torch API; nothing for users to do.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-
-
-def describe_device(trainer: L.Trainer) -> str:
-    """A short human description of where training ran, e.g. 'NVIDIA H200' or 'cpu (2 threads)'."""
-    device = trainer.strategy.root_device
-    count = f"{trainer.world_size}x " if trainer.world_size > 1 else ""
-    if device.type == "cuda":
-        return count + torch.cuda.get_device_name(device)
-    return count + f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _plain(value: Any) -> Any:
@@ -98,6 +91,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     timer = EpochTimer()
     # The timer goes first so that its epoch ends before checkpoints are written.
     callbacks = [timer] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks.append(RunConsole(str(cfg.get("name") or "")))  # the plan, the time estimate, a line per epoch
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -162,9 +156,28 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     metrics = _write_metrics(trainer, output_dir, metrics, previous)
     if tested and trainer.is_global_zero:
         report_run(cfg, trainer, model, datamodule, metrics)
+    if trainer.is_global_zero:
+        log.info(next_steps(output_dir, metrics))
     if diverged:
         raise diverged
     return metrics
+
+
+def next_steps(run_dir: Path, metrics: dict) -> str:
+    """Where the run is, what it reached, and the commands that look at it, with its folder filled in."""
+    lines = [f"run folder: {run_dir}"]
+    if isinstance(metrics.get("test/acc"), float):
+        lines.append(
+            f"test accuracy: {metrics['test/acc']:.4f} (best checkpoint on validation: {metrics['best_checkpoint']})"
+        )
+    checkpoint = run_dir / (metrics.get("best_checkpoint") or "checkpoints/last.ckpt")
+    lines += [
+        "next:",
+        f"  tensorboard --logdir {run_dir / 'tensorboard'}",
+        f"  python -m fmnist.evaluate ckpt_path={checkpoint}",
+        f"  python -m fmnist.predict ckpt_path={checkpoint} inputs=YOUR_IMAGES",
+    ]
+    return "\n".join(lines)
 
 
 def _record(
@@ -207,7 +220,9 @@ def _record(
 
 
 def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=True, weights_only=True)
+    results = trainer.test(
+        model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True
+    )  # fmnist reports the test itself
     return {k: _plain(v) for k, v in results[0].items()}
 
 

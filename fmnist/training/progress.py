@@ -1,13 +1,29 @@
-"""The training progress bar, counting epochs from 1 as Keras and the study do."""
+"""The training progress bar: epochs counted from 1 as Keras and the study do, the time left for the
+whole run, and the epoch's training loss and accuracy so far."""
 
 from __future__ import annotations
+
+import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
+from fmnist.training.console import duration
+
 
 class EpochProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar with the epoch shown as `Epoch 1/150` instead of `Epoch 0`."""
+    """Lightning's tqdm bar with `Epoch 1/150` instead of `Epoch 0`, the run's ETA and running figures."""
+
+    RUNNING_EVERY = 1.0  # seconds between readings of the running loss and accuracy (each is a host sync)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fit_start, self._batches, self._read_at = 0.0, 0, 0.0
+        self._running: dict[str, str] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._fit_start, self._batches, self._read_at = time.perf_counter(), 0, 0.0
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         # Lightning's own hook, with the description set once: its "Epoch 0" would be drawn first.
@@ -18,3 +34,32 @@ class EpochProgressBar(TQDMProgressBar):
         self.train_progress_bar.initial = 0
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+        self._running = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches += 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        if trainer.training and not trainer.sanity_checking:
+            now = time.perf_counter()
+            if now - self._read_at >= self.RUNNING_EVERY and hasattr(pl_module, "running_train_figures"):
+                self._read_at = now
+                figures = pl_module.running_train_figures()
+                self._running = {k.split("/")[1]: f"{float(v):.3f}" for k, v in figures.items()}
+            metrics.update(self._running)
+            eta = self._time_left(trainer)
+            if eta is not None:
+                metrics["ETA"] = eta
+        return metrics
+
+    def _time_left(self, trainer) -> str | None:
+        """The whole run's time left, from its average pace so far (validation included)."""
+        per_epoch, epochs = trainer.num_training_batches, trainer.max_epochs
+        if not self._batches or not epochs or epochs < 0 or per_epoch == float("inf"):
+            return None
+        done_in_epoch = self.train_progress_bar.n if self.train_progress_bar is not None else 0
+        left = (per_epoch - done_in_epoch) + (epochs - trainer.current_epoch - 1) * per_epoch
+        return duration((time.perf_counter() - self._fit_start) / self._batches * max(left, 0))

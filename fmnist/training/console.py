@@ -1,0 +1,144 @@
+"""What a person reads while a run trains, on the terminal and in the run's train.log: the plan and an
+estimate of the total time, one line per epoch (as Keras prints), the result and the next commands."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+
+import lightning as L
+import torch
+from tqdm import tqdm
+
+from fmnist.models.summary import keras_param_counts
+from fmnist.utils.console import log
+
+TIP = "💡 Tip:"  # Lightning's advertisement for its cloud logger, printed at every Trainer start
+
+
+class TqdmHandler(logging.StreamHandler):
+    """The terminal's log handler (conf/hydra/job_logging/fmnist.yaml): lines go through tqdm, so that
+    they never break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention: a failing handler reports, never raises
+            self.handleError(record)
+
+
+class _NoTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TIP)
+
+
+def route_lightning_logs() -> None:
+    """Lightning's messages through the run's handlers (terminal and train.log), without its tip.
+
+    Lightning gives its loggers a handler of their own and stops them propagating when it is imported
+    before logging is configured, so its messages would never reach train.log."""
+    root = logging.getLogger()
+    if not root.handlers:  # outside a Hydra run: leave Lightning as it is
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for handler in root.handlers:
+        if not any(isinstance(f, _NoTip) for f in handler.filters):
+            handler.addFilter(_NoTip())
+
+
+def to_log_file(message: str, level: int = logging.ERROR) -> None:
+    """`message` into the run's log file only (the terminal shows it otherwise, e.g. as the exit message)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def describe_device(trainer: L.Trainer) -> str:
+    """A short human description of where training runs, e.g. 'NVIDIA H200' or 'cpu (x86_64, 2 threads)'."""
+    device = trainer.strategy.root_device
+    count = f"{trainer.world_size}x " if trainer.world_size > 1 else ""
+    if device.type == "cuda":
+        return count + torch.cuda.get_device_name(device)
+    return count + f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person says them: '45 s', '12 min', '2 h 31 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _optimizer(hparams: dict) -> str:
+    spec = hparams.get("optimizer") or {}
+    name = str(spec.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name} lr {spec['lr']:g}" if "lr" in spec else name
+
+
+class RunConsole(L.Callback):
+    """Before training, the plan; after its first steps, the estimated total time; after each epoch,
+    one line with its time and figures, epochs counted from 1."""
+
+    ESTIMATE_AFTER = (20, 3.0)  # steps and seconds of training measured before the estimate
+
+    def __init__(self, name: str = ""):
+        self.name = name
+        self._fit_start = self._epoch_start = 0.0
+        self._steps = 0
+        self._estimated = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start, self._steps, self._estimated = time.perf_counter(), 0, False
+        if not trainer.is_global_zero:
+            return
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "unlimited"
+        batch = getattr(trainer.datamodule, "batch_size", "?")
+        params = keras_param_counts(pl_module)["total"]
+        left = "" if trainer.current_epoch == 0 else f", from epoch {trainer.current_epoch + 1}"
+        log.info(
+            f"training {self.name or type(pl_module).__name__} ({params:,} parameters): "
+            f"{_optimizer(pl_module.hparams)}, batch {batch}, {epochs} epochs of "
+            f"{trainer.num_training_batches:,} steps{left}, on {describe_device(trainer)}"
+        )
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self._steps += 1
+        steps, seconds = self.ESTIMATE_AFTER
+        if self._estimated or self._steps < steps or not trainer.is_global_zero:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # once: the GPU's clock, not the launch queue's
+        elapsed = time.perf_counter() - self._fit_start
+        if elapsed < seconds:
+            return
+        self._estimated = True
+        if not trainer.max_epochs or trainer.max_epochs < 0:
+            return
+        per_epoch = elapsed / self._steps * trainer.num_training_batches
+        epochs_left = trainer.max_epochs - trainer.current_epoch
+        log.info(
+            f"estimated training time: {duration(per_epoch * epochs_left)} for {epochs_left} epochs at "
+            f"~{duration(per_epoch)} each (from the first {self._steps} steps; validation not included)"
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        figures = {k: float(v) for k, v in pl_module.running_train_figures().items()}
+        figures.update({k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/loss", "val/acc")})
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        log.info(
+            f"Epoch {trainer.current_epoch + 1}{total} - {time.perf_counter() - self._epoch_start:.1f} s - "
+            + " - ".join(f"{k} {v:.4f}" for k, v in figures.items())
+        )
