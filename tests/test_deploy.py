@@ -187,3 +187,23 @@ def compose_train_export(ckpt, fmt, folder):
         ],
         config_name="export",
     )
+
+
+def test_a_top_class_below_min_confidence_is_flagged_unsure_in_both_files(tmp_path):
+    from fmnist.deploy.predict import mark_unsure, write_predictions
+
+    results = [
+        {"file": "landscape.jpg", "top": [{"class": "Sneaker", "prob": 0.45}]},
+        {"file": "bag.png", "top": [{"class": "Bag", "prob": 0.97}]},
+        {"file": "broken.png", "error": "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"},
+    ]
+    assert mark_unsure(results, 0.5) == 1
+    assert [r.get("unsure") for r in results] == [True, False, None]
+    write_predictions(results, tmp_path, top_k=1)
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows == [
+        "file,class1,prob1,unsure,error",
+        "landscape.jpg,Sneaker,0.45,true,",
+        "bag.png,Bag,0.97,false,",
+        'broken.png,,,,"not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"',
+    ]

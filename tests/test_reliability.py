@@ -64,9 +64,9 @@ def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_c
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["error"] == str(info.value)
     assert (metrics["diverged_epoch"], metrics["diverged_step"], metrics["epochs"]) == (2, first_bad, 1)
-    assert metrics["best_checkpoint"].endswith("epoch_000.ckpt") and 0 <= metrics["test/acc"] <= 1
+    assert metrics["best_checkpoint"].endswith("epoch_001.ckpt") and 0 <= metrics["test/acc"] <= 1
     # the diverged epoch left no checkpoint: last.ckpt is still the good first epoch
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (0, steps_per_epoch)
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

@@ -187,8 +187,8 @@ def test_a_run_stopped_while_testing_finishes_its_test_with_the_fit_figures(tiny
     assert 0 <= finished["test/acc"] <= 1 and "test/f1/Bag" in finished
     assert {k: finished[k] for k in FIT_FIGURES} == {k: fitted[k] for k in FIT_FIGURES}  # from what the run saved
     assert (
-        finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_000.ckpt"
-        or finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_001.ckpt"
+        finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_001.ckpt"
+        or finished["best_checkpoint"] == fitted["best_checkpoint"] == "checkpoints/epoch_002.ckpt"
     )
     assert fitted.keys() <= finished.keys()
     assert json.loads((run / "metrics.json").read_text()) == finished
@@ -216,7 +216,7 @@ def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt
         assert last["global_step"] == 2 * STEPS  # the newest
         assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
         state = next(v for k, v in last["callbacks"].items() if k.startswith("RunCheckpoint"))
-        assert state["best_model_path"] in ("epoch_000.ckpt", "epoch_001.ckpt")  # names in the folder, not paths
+        assert state["best_model_path"] in ("epoch_001.ckpt", "epoch_002.ckpt")  # names in the folder, not paths
         assert state["last_model_path"] == "last.ckpt" and state["dirpath"] == "."
         assert metrics["best_checkpoint"] == f"checkpoints/{state['best_model_path']}"
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == sorted(
@@ -229,7 +229,7 @@ def test_an_interrupt_in_the_first_epoch_then_resume_leaves_one_newest_last_ckpt
 @pytest.mark.slow
 def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tiny_root, tmp_path):
     run, moved = tmp_path / "run", tmp_path / "elsewhere" / "moved run"
-    with pytest.raises(SIGTERMException):  # in epoch 2: epoch_000.ckpt is the best so far
+    with pytest.raises(SIGTERMException):  # in epoch 2: epoch_001.ckpt (the first epoch) is the best so far
         _train_in(
             run,
             _overrides(tiny_root, *_callback("stop", SendSignal, step=STEPS + 2), *_callback("worse", WorseEachEpoch)),
@@ -237,9 +237,9 @@ def test_a_moved_run_folder_resumes_and_tests_its_own_best_checkpoint(tiny_root,
     moved.parent.mkdir()
     run.rename(moved)
     metrics = _train([f"resume={moved}"])
-    assert metrics["best_checkpoint"] == "checkpoints/epoch_000.ckpt" and 0 <= metrics["test/acc"] <= 1
+    assert metrics["best_checkpoint"] == "checkpoints/epoch_001.ckpt" and 0 <= metrics["test/acc"] <= 1
     assert metrics["steps"] == 2 * STEPS and not run.exists()
-    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
     # Epoch 2 was no new best (its val/acc < 1.0): Lightning would have left last.ckpt at epoch 1.
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * STEPS
 

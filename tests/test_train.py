@@ -188,3 +188,5 @@ def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
     out = capfd.readouterr().out  # Lightning's tqdm bars write to stdout
     assert "Epoch 1/2" in out and "Epoch 2/2" in out
     assert "Epoch 0" not in out
+    assert "ETA=" in out  # the whole run's time left
+    assert "loss=" in out and "acc=" in out  # the epoch's training figures so far, while it runs

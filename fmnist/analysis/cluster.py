@@ -97,12 +97,23 @@ def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], sco
     """2-D PCA maps of each representation, points coloured by their k-means cluster."""
     fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 6.2), squeeze=False)
     for ax, (name, points) in zip(axes[0], maps.items(), strict=False):
-        ax.scatter(points[:, 0], points[:, 1], c=clusters[name], cmap="tab10", s=3, alpha=0.6)
+        mix = {m["cluster"]: m for m in scores[name].get("clusters", [])}
+        ids = np.unique(clusters[name])
+        colours = plt.get_cmap("tab10" if len(ids) <= 10 else "tab20")
+        for c in ids:
+            inside = clusters[name] == c
+            top = next(iter(mix.get(int(c), {}).get("classes", {}).items()), None)
+            label = f"{c}: {top[0]} {top[1]:.0%}" if top else str(c)  # the cluster's most common class
+            ax.scatter(
+                points[inside, 0], points[inside, 1], color=colours(int(c) % colours.N), s=3, alpha=0.6, label=label
+            )
+        if len(ids) <= 20:
+            ax.legend(title="cluster: most common class", fontsize=7, markerscale=3, loc="best")
         s = scores[name]
         ax.set_title(f"{name}: NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}, purity {s['purity']:.3f}")
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
-    fig.suptitle("k-means clusters of the test set on a 2-D PCA map (colour = cluster)")
+    fig.suptitle("k-means clusters of the test set on a 2-D PCA map (colour = cluster, legend: its most common class)")
     fig.tight_layout()
     return fig
 

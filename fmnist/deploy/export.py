@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -50,6 +51,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
     except ImportError:
         raise FmnistError("format=onnx needs the onnx extra: pip install -e '.[onnx]'") from None
     log = io.StringIO()  # the exporter narrates every graph pass; keep it for errors only
+    logging.disable(logging.WARNING)  # and logs hundreds of lines ("Skipping constant folding ...")
     try:
         with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
             warnings.simplefilter("ignore")
@@ -64,6 +66,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
             )
     except Exception as error:  # noqa: BLE001
         raise FmnistError(f"ONNX export failed: {error}\n{log.getvalue()[-2000:]}") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:

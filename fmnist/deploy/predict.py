@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist.data.idx import CLASS_NAMES
 from fmnist.models.checkpoint import load_model
-from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values, integer, text
+from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values, integer, number, text
 from fmnist.utils.errors import FmnistError
 
 RULES = {
@@ -30,7 +30,9 @@ RULES = {
     "batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "output_dir": (text, "a folder", None, "a folder", False),
     "overwrite": (boolean, "true or false", None, "true or false", False),
+    "min_confidence": (number, "a number", lambda v: 0 <= v <= 1, "a number from 0 to 1", False),
 }
+UNSURE = "unsure: unlike every garment the network knows (not a garment, or not Fashion-MNIST-like)"
 OUTPUTS = ("predictions.csv", "predictions.json")
 # Formats whose decoders are plain Pillow code (no Ghostscript for EPS and the like: a file never picks a program).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -143,6 +145,15 @@ def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 25
     return results
 
 
+def mark_unsure(results: list[dict], min_confidence: float) -> int:
+    """Flag (`"unsure": true`) the predictions whose top class has a probability below `min_confidence`:
+    a landscape photo still gets a class, and the flag says not to trust it. Returns how many."""
+    for r in results:
+        if "top" in r:
+            r["unsure"] = r["top"][0]["prob"] < min_confidence
+    return sum(bool(r.get("unsure")) for r in results)
+
+
 def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None:
     """predictions.json (the list as is) and predictions.csv (one row per file)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -150,10 +161,12 @@ def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None
     (output_dir / "predictions.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     with open(output_dir / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "error"])
+        header = ["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "unsure", "error"]
+        writer.writerow(header)
         for r in results:
             cells = [x for t in r.get("top", []) for x in (t["class"], t["prob"])]
-            writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), r.get("error", "")])
+            unsure = "" if "unsure" not in r else str(r["unsure"]).lower()
+            writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), unsure, r.get("error", "")])
 
 
 def printable(name: str) -> str:
@@ -166,7 +179,7 @@ def print_table(results: list[dict]) -> None:
     width = max(map(len, names))
     for name, r in zip(names, results, strict=False):
         row = r.get("error") and f"error: {r['error']}" or "  ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
-        print(f"{name:<{width}}  {printable(row)}")
+        print(f"{name:<{width}}  {printable(row)}" + (f"  ({UNSURE})" if r.get("unsure") else ""))
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -178,8 +191,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     check_output_folder(output_dir)
     check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
     results = predict_files(model, files, cfg.top_k, cfg.batch_size)
+    unsure = mark_unsure(results, cfg.min_confidence)
     print_table(results)
     write_predictions(results, output_dir, min(cfg.top_k, len(CLASS_NAMES)))
+    flagged = f"; {unsure} unsure (top class below min_confidence={cfg.min_confidence:g})" if unsure else ""
+    print(f"wrote {output_dir / OUTPUTS[0]} and {OUTPUTS[1]}{flagged}")
     if all(r.get("error") == NOT_A_NUMBER for r in results):
         raise FmnistError(
             f"no prediction for the {len(files)} input file(s): {NOT_A_NUMBER}. Fix: use a "

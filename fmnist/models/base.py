@@ -126,6 +126,12 @@ class FashionClassifier(L.LightningModule):
         # about a millisecond per call, as much as a whole SimpleRNN step on the CPU.
         for name, value in self.running_train_figures().items():
             self.log(name, value, prog_bar=True, sync_dist=True)
+        self._log_epoch_as_step()
+
+    def _log_epoch_as_step(self, epochs_done: int | None = None) -> None:
+        # Lightning plots a logged "step" as the x value: TensorBoard's curves then count epochs from 1,
+        # and the test figures sit at the run's last epoch.
+        self.log("step", float(self.current_epoch + 1 if epochs_done is None else epochs_done))
         for name in TRAIN_SUMS:
             getattr(self, name).zero_()
 
@@ -149,6 +155,7 @@ class FashionClassifier(L.LightningModule):
             return  # the sanity check's figures are no epoch's: they never count as the best
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        self._log_epoch_as_step()
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, labels = self._step(batch)
@@ -164,6 +171,7 @@ class FashionClassifier(L.LightningModule):
         self.log("test/macro_f1", per_class.mean(), sync_dist=True)
         for name, value in zip(self.class_names, per_class, strict=False):
             self.log(f"test/f1/{name}", value, sync_dist=True)
+        self._log_epoch_as_step(self.current_epoch)  # after fitting: the number of epochs trained
         self.test_f1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -87,7 +87,7 @@ class RunConsole(L.Callback):
     """Before training, the plan; after its first steps, the estimated total time; after each epoch,
     one line with its time and figures, epochs counted from 1."""
 
-    ESTIMATE_AFTER = (20, 3.0)  # steps and seconds of training measured before the estimate
+    ESTIMATE_AFTER = (2, 5.0)  # at least this many steps and seconds of training before the estimate
 
     def __init__(self, name: str = ""):
         self.name = name

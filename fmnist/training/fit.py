@@ -223,7 +223,7 @@ def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: s
     results = trainer.test(
         model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True
     )  # fmnist reports the test itself
-    return {k: _plain(v) for k, v in results[0].items()}
+    return {k: _plain(v) for k, v in results[0].items() if k != "step"}  # "step": TensorBoard's x (the epoch)
 
 
 def _restore_best(trainer: L.Trainer, resume: Resume) -> str:
@@ -302,7 +302,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         title=str(metrics["model"]),
         tensorboard_dir=tensorboard.log_dir if tensorboard else None,
         writer=tensorboard.experiment if tensorboard else None,
-        step=trainer.global_step,
+        step=trainer.current_epoch,  # the report images at the run's last epoch, like its test figures
     )
     if tensorboard is not None:
         final = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/macro_f1", "train_seconds") if k in metrics}

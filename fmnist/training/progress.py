@@ -49,6 +49,9 @@ class EpochProgressBar(TQDMProgressBar):
                 self._read_at = now
                 figures = pl_module.running_train_figures()
                 self._running = {k.split("/")[1]: f"{float(v):.3f}" for k, v in figures.items()}
+            if self._running:  # this epoch's figures so far replace the last epoch's
+                metrics.pop("train/loss", None)
+                metrics.pop("train/acc", None)
             metrics.update(self._running)
             eta = self._time_left(trainer)
             if eta is not None:
