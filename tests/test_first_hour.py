@@ -85,13 +85,14 @@ def test_a_diverged_run_keeps_its_error_in_train_log(tmp_path, tiny_root):
     assert "error: training diverged" in log and "training rnn" in log
 
 
-def test_tensorboard_curves_count_epochs_from_one_and_the_test_sits_at_the_last(train_cfg, tmp_path):
+def test_tensorboard_curves_count_epochs_from_one_and_a_partial_epoch_is_recorded(train_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fmnist.training.fit import train
 
-    metrics = train(train_cfg("rnn", "trainer.max_epochs=2"))
+    metrics = train(train_cfg("rnn", "trainer.max_epochs=2", "trainer.limit_train_batches=2"))
     assert "step" not in metrics  # TensorBoard's x value, not a figure of the run
+    assert (metrics["epoch_images"], metrics["train_images"]) == (100, 360)  # 2 batches of 50: part of an epoch
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

@@ -152,3 +152,22 @@ def test_explore_prints_the_data_and_writes_samples(tiny_root, tmp_path):
     assert "training set: Tensor torch.uint8, images (400, 1, 28, 28)" in result.stdout
     assert "Ankle boot" in result.stdout and "max 255" in result.stdout
     assert (tmp_path / "samples.png").stat().st_size > 10_000
+
+
+def test_a_one_epoch_curve_has_whole_epochs_on_its_axis():
+    from fmnist.analysis.reports import curves_figure
+
+    fig = curves_figure({"train/acc": [0.3], "val/acc": [0.2], "train/loss": [2.0], "val/loss": [2.1]})
+    for ax in fig.axes:
+        assert ax.get_xlim() == (0.5, 1.5)
+        assert [tick for tick in ax.get_xticks() if 0.5 <= tick <= 1.5] == [1.0]
+
+
+def test_a_run_that_saw_part_of_each_epoch_says_so_in_its_recipe():
+    from fmnist.analysis.runs import recipe
+
+    run = {"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.01}, "batch_size": 65}
+    assert recipe(run) == "SGD lr=0.01, batch 65"
+    assert recipe({**run, "epoch_images": 54_000, "train_images": 54_000}) == "SGD lr=0.01, batch 65"
+    partial = recipe({**run, "epoch_images": 3_250, "train_images": 54_000})
+    assert partial == "SGD lr=0.01, batch 65, 3,250 of 54,000 images per epoch"

@@ -144,6 +144,7 @@ def _copy(finished_run: Path, tmp_path: Path) -> Path:
 def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)  # a copied folder: the paths inside are its own
     before, metrics = _files(run), json.loads((run / "metrics.json").read_text())
+    log_before = (run / "train.log").read_text()
     result = run_cli("fmnist.train", f"resume={run}", "torch_threads=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -151,7 +152,11 @@ def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tm
         f"resume={run}: the run is finished (trained 2 epochs of trainer.max_epochs=2) and its "
         "metrics.json is complete; nothing was changed. To train it further, raise trainer.max_epochs"
     ]
-    assert _files(run) == before  # nothing rewritten, the torch_threads=1 override not recorded either
+    log = (run / "train.log").read_text()  # the log only gains what this command printed
+    assert log.startswith(log_before) and log.rstrip().endswith("To train it further, raise trainer.max_epochs")
+    after = {name: stat for name, stat in _files(run).items() if name != "train.log"}
+    assert after == {name: stat for name, stat in before.items() if name != "train.log"}  # nothing rewritten,
+    # the torch_threads=1 override not recorded either
     assert _train([f"resume={run}"]) == metrics
     assert list(tmp_path.iterdir()) == [run]  # no new run folder
 

@@ -171,13 +171,15 @@ def read_curves(tensorboard_dir: str | Path) -> dict[str, list[float]]:
 def curves_figure(curves: dict[str, list[float]], title: str = ""):
     """Accuracy and loss per epoch, training and validation, in two panels like the study's figures."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    epochs = max((len(values) for values in curves.values()), default=0)
     for ax, metric in zip(axes, ("acc", "loss"), strict=False):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = curves.get(f"{split}/{metric}", [])
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=split)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(epochs, 1) + 0.5)  # whole epochs, counted from 1, also for a one-epoch run
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel({"acc": "accuracy", "loss": "loss"}[metric])
         ax.set_title(f"{title} {'accuracy' if metric == 'acc' else 'loss'}".strip())
         ax.grid(alpha=0.3)

@@ -189,7 +189,11 @@ def recipe(run: dict) -> str:
     """The training recipe of a run in a few words, e.g. 'KerasRMSprop lr=0.0001, batch 100'."""
     optimizer = run.get("optimizer") or {}
     name = str(optimizer.get("_target_", "?")).rsplit(".", 1)[-1]
-    return f"{name} lr={optimizer.get('lr')}, batch {run.get('batch_size')}"
+    part = ""
+    seen, split = run.get("epoch_images"), run.get("train_images")
+    if isinstance(seen, int) and isinstance(split, int) and 0 < seen < split:  # e.g. trainer.limit_train_batches
+        part = f", {seen:,} of {split:,} images per epoch"
+    return f"{name} lr={optimizer.get('lr')}, batch {run.get('batch_size')}{part}"
 
 
 def aggregate(runs: list[dict]) -> list[dict]:

@@ -207,6 +207,7 @@ def _record(
         "epochs": epochs,
         "steps": steps,
         "batch_size": datamodule.batch_size,
+        **epoch_share(trainer, datamodule),
         "optimizer": model.hparams["optimizer"],
         **{k: fit[k] for k in FIT_KEYS if k in fit},
         **test,
@@ -217,6 +218,16 @@ def _record(
         "best_checkpoint": best,
         **extra,
     }
+
+
+def epoch_share(trainer: L.Trainer, datamodule) -> dict[str, int]:
+    """How many of the training split's images an epoch used (fewer with trainer.limit_train_batches)."""
+    split = len(datamodule.train_set) if getattr(datamodule, "train_set", None) is not None else 0
+    steps = trainer.num_training_batches
+    if not split or not isinstance(steps, int):
+        return {}
+    per_step = datamodule.batch_size * (getattr(datamodule, "batches_per_step", 1) or 1)
+    return {"epoch_images": min(split, steps * per_step), "train_images": split}
 
 
 def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: str | None) -> dict[str, Any]:
@@ -271,6 +282,11 @@ def _write_metrics(trainer: L.Trainer, output_dir: Path, metrics: dict, previous
     return metrics
 
 
+def _partial(metrics: dict) -> str:
+    seen, split = metrics.get("epoch_images"), metrics.get("train_images")
+    return f" (epochs of {seen:,} of {split:,} images)" if seen and split and seen < split else ""
+
+
 def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
     """The run's hyperparameters as flat scalars/strings for TensorBoard's HPARAMS tab."""
     params = {
@@ -299,7 +315,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         datamodule.class_names,
         cfg.output_dir,
         device=trainer.strategy.root_device,
-        title=str(metrics["model"]),
+        title=str(metrics["model"]) + _partial(metrics),
         tensorboard_dir=tensorboard.log_dir if tensorboard else None,
         writer=tensorboard.experiment if tensorboard else None,
         step=trainer.current_epoch,  # the report images at the run's last epoch, like its test figures
