@@ -93,6 +93,7 @@ def test_tensorboard_curves_count_epochs_from_one_and_a_partial_epoch_is_recorde
     metrics = train(train_cfg("rnn", "trainer.max_epochs=2", "trainer.limit_train_batches=2"))
     assert "step" not in metrics  # TensorBoard's x value, not a figure of the run
     assert (metrics["epoch_images"], metrics["train_images"]) == (100, 360)  # 2 batches of 50: part of an epoch
+    assert metrics["train/loss"] > 0.1 and metrics["train/acc"] > 0  # the epoch's figures, not cleared ones
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

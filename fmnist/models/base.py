@@ -127,13 +127,13 @@ class FashionClassifier(L.LightningModule):
         for name, value in self.running_train_figures().items():
             self.log(name, value, prog_bar=True, sync_dist=True)
         self._log_epoch_as_step()
+        for name in TRAIN_SUMS:
+            getattr(self, name).zero_()
 
     def _log_epoch_as_step(self, epochs_done: int | None = None) -> None:
         # Lightning plots a logged "step" as the x value: TensorBoard's curves then count epochs from 1,
         # and the test figures sit at the run's last epoch.
         self.log("step", float(self.current_epoch + 1 if epochs_done is None else epochs_done))
-        for name in TRAIN_SUMS:
-            getattr(self, name).zero_()
 
     def on_train_start(self) -> None:
         if self.fast_step:
