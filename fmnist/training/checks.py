@@ -109,6 +109,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "model.dropout": (number, "a number", _probability, "a number in [0, 1)", False),
     "seed": (integer, "an integer", seed_in_range, f"{SEED_RANGE} (or null)", True),
     "test": (boolean, "true or false", None, "true or false", False),
+    "test_best": (boolean, "true or false", None, "true or false", True),
     "torch_threads": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (or null)", True),
     "flush_denormal": (boolean, "true or false", None, "true or false", True),
 }

@@ -154,6 +154,46 @@ def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[
     return rows
 
 
+def test_best(config: DictConfig, sweep_dir: Path) -> dict | None:
+    """Test, once, the best job of a sweep whose jobs were not tested (a search: `test_best=true`): the job
+    with the highest val/acc_best, its best checkpoint, on the test split; the reports go to its `eval/`.
+    Returns that evaluation's metrics (None when no job has a checkpoint to test)."""
+    from fmnist.analysis.evaluate import evaluate
+
+    best: tuple[float, Path, str] | None = None
+    for metrics_file in sweep_dir.rglob("metrics.json"):
+        metrics, _ = read_json(metrics_file)
+        if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+            continue
+        value, checkpoint = metrics.get("val/acc_best"), metrics.get("best_checkpoint")
+        if (
+            isinstance(value, float)
+            and isinstance(checkpoint, str)
+            and checkpoint
+            and (best is None or value > best[0])
+        ):
+            best = (value, metrics_file.parent, checkpoint)
+    if best is None:
+        print("no job of the sweep has a best checkpoint to test")
+        return None
+    value, job_dir, checkpoint = best
+    ckpt = job_dir / checkpoint
+    if job_dir.resolve() not in ckpt.resolve().parents:  # metrics.json is a file: its path stays in the job
+        print(f"not testing {job_dir}: its best_checkpoint {checkpoint} is outside its folder")
+        return None
+    data = OmegaConf.to_container(config.data, resolve=True)
+    data.update(eval_batch_size=1000, device_resident=False, batches_per_step=1)
+    cfg = OmegaConf.create(
+        {"ckpt_path": str(ckpt), "split": "test", "output_dir": None, "overwrite": True, "device": "auto", "data": data}
+    )
+    result = evaluate(cfg)
+    print(
+        f"best job: {job_dir.relative_to(sweep_dir)} (val/acc_best {value:.4f}), tested once: "
+        f"test/acc {result['test/acc']:.4f} ({ckpt.parent / 'eval'})"
+    )
+    return result
+
+
 class SweepSummary(Callback):
     """Writes job_status.json after each job, refreshes the sweep's summary files, and ends the sweep as the
     module says. With `compare=True` it also writes `fmnist.compare`'s report into the sweep folder."""
@@ -192,6 +232,8 @@ class SweepSummary(Callback):
             self.finish(sweep_dir, interrupted=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("test_best"):
+            test_best(config, Path(config.hydra.sweep.dir))
         self.finish(Path(config.hydra.sweep.dir))
 
     def finish(self, sweep_dir: Path, interrupted: bool = False) -> None:
