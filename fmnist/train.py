@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,7 +20,6 @@ from omegaconf import DictConfig
 from fmnist.training.console import route_lightning_logs, to_log_file
 from fmnist.training.fit import train
 from fmnist.training.resume import cli_args, interrupted_message
-from fmnist.training.run_folder import discard_unused_run_folder
 from fmnist.training.sweeps import FailedJob
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
@@ -47,9 +45,7 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
         if multirun:
             logging.getLogger("fmnist.train").error(f"job failed: {error}")
             return FailedJob.of(error)
-        to_log_file(f"error: {error}")
-        if not cfg.get("resume"):
-            discard_unused_run_folder(Path(cfg.output_dir))  # a config error leaves no empty folder
+        to_log_file(f"error: {error}")  # the values are checked before the folder exists (RunFolderGuard)
         raise SystemExit(f"error: {error}") from None
     except Exception as error:
         if not multirun:

@@ -298,7 +298,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_pid_and_freed_when_its_proces
         [
             sys.executable,
             "-c",
-            "import sys, time; from fmnist.callbacks import run_folder_lock\n"
+            "import sys, time; from fmnist.training.run_folder import run_folder_lock\n"
             "with run_folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)",
             str(run),
         ],

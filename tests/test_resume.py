@@ -139,7 +139,7 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 6
     assert not (run / "metrics.json").exists()
 
-    # The test's pause callback is no class that resume= builds from a run's config (fmnist.trust): drop it.
+    # The test's pause callback is no class that resume= builds from a run's config (fmnist/training/trust.py): drop it.
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
     del saved.callbacks["pause"]
     OmegaConf.save(saved, run / ".hydra" / "config.yaml")

@@ -28,6 +28,17 @@ def _synchronize(trainer: L.Trainer) -> None:
         torch.cuda.synchronize(trainer.strategy.root_device)
 
 
+def epoch_share(trainer: L.Trainer, datamodule) -> dict[str, int]:
+    """How many of the training split's images an epoch used (fewer with trainer.limit_train_batches)."""
+    split = len(datamodule.train_set) if getattr(datamodule, "train_set", None) is not None else 0
+    steps = trainer.num_training_batches
+    if not split or not isinstance(steps, int):
+        return {}
+    per_step = datamodule.batch_size * (getattr(datamodule, "batches_per_step", 1) or 1)
+    # num_training_batches is one process's share: DDP splits each epoch among trainer.world_size processes
+    return {"epoch_images": min(split, steps * per_step * trainer.world_size), "train_images": split}
+
+
 class EpochTimer(L.Callback):
     """Wall time of each training epoch's batch loop (validation excluded), in `epoch_seconds`.
 
@@ -56,6 +67,7 @@ class EpochTimer(L.Callback):
         checkpoint["fmnist_fit"] = {
             key: float(value) for key, value in trainer.callback_metrics.items() if key in FIT_KEYS
         }
+        checkpoint["fmnist_epoch_share"] = epoch_share(trainer, trainer.datamodule)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._loaded is not None:

@@ -97,6 +97,7 @@ class RunConsole(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start, self._steps, self._estimated = time.perf_counter(), 0, False
+        self._epoch_start = self._fit_start  # a run resumed in mid-epoch gets no on_train_epoch_start for it
         if not trainer.is_global_zero:
             return
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "unlimited"
@@ -117,11 +118,11 @@ class RunConsole(L.Callback):
         steps, seconds = self.ESTIMATE_AFTER
         if self._estimated or self._steps < steps or not trainer.is_global_zero:
             return
+        if time.perf_counter() - self._fit_start < seconds:
+            return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # once: the GPU's clock, not the launch queue's
         elapsed = time.perf_counter() - self._fit_start
-        if elapsed < seconds:
-            return
         self._estimated = True
         if not trainer.max_epochs or trainer.max_epochs < 0:
             return

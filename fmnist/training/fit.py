@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -18,20 +19,23 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from fmnist.analysis.reports import write_reports
 from fmnist.models.summary import keras_param_counts
-from fmnist.training.callbacks import FIT_KEYS, EpochTimer, TrainingDiverged
+from fmnist.training.callbacks import FIT_KEYS, EpochTimer, TrainingDiverged, epoch_share
 from fmnist.training.checks import check_config, check_output_dir, check_splits
 from fmnist.training.console import RunConsole, describe_device, log
 from fmnist.training.progress import EpochProgressBar
 from fmnist.training.resume import (
     Resume,
     check_weights,
+    hydra_value,
     metrics_describe,
     never_poorer,
     resume_config,
     run_files,
+    saved_epoch_share,
     saved_fit,
 )
 from fmnist.training.run_folder import AtomicCheckpointIO, run_folder_lock
@@ -121,6 +125,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
                 test=test,
                 train_seconds=sum(epoch_seconds),
                 epoch_seconds=epoch_seconds,
+                **saved_epoch_share(resume),
             )
         metrics["best_checkpoint"] = _in_run(best, output_dir)
         diverged = None
@@ -165,17 +170,17 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
 
 def next_steps(run_dir: Path, metrics: dict) -> str:
     """Where the run is, what it reached, and the commands that look at it, with its folder filled in."""
-    lines = [f"run folder: {run_dir}"]
+    lines = [f"run folder: {shlex.quote(str(run_dir))}"]
     if isinstance(metrics.get("test/acc"), float):
         lines.append(
             f"test accuracy: {metrics['test/acc']:.4f} (best checkpoint on validation: {metrics['best_checkpoint']})"
         )
-    checkpoint = run_dir / (metrics.get("best_checkpoint") or "checkpoints/last.ckpt")
+    checkpoint = hydra_value(str(run_dir / (metrics.get("best_checkpoint") or "checkpoints/last.ckpt")))
     lines += [
         "next:",
-        f"  tensorboard --logdir {run_dir / 'tensorboard'}",
-        f"  python -m fmnist.evaluate ckpt_path={checkpoint}",
-        f"  python -m fmnist.predict ckpt_path={checkpoint} inputs=YOUR_IMAGES",
+        f"  tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}",
+        f"  python -m fmnist.evaluate {shlex.quote('ckpt_path=' + checkpoint)}",
+        f"  python -m fmnist.predict {shlex.quote('ckpt_path=' + checkpoint)} inputs=YOUR_IMAGES",
     ]
     return "\n".join(lines)
 
@@ -218,16 +223,6 @@ def _record(
         "best_checkpoint": best,
         **extra,
     }
-
-
-def epoch_share(trainer: L.Trainer, datamodule) -> dict[str, int]:
-    """How many of the training split's images an epoch used (fewer with trainer.limit_train_batches)."""
-    split = len(datamodule.train_set) if getattr(datamodule, "train_set", None) is not None else 0
-    steps = trainer.num_training_batches
-    if not split or not isinstance(steps, int):
-        return {}
-    per_step = datamodule.batch_size * (getattr(datamodule, "batches_per_step", 1) or 1)
-    return {"epoch_images": min(split, steps * per_step), "train_images": split}
 
 
 def _test(trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: str | None) -> dict[str, Any]:
@@ -309,6 +304,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None:
         tensorboard.experiment.flush()
+    epochs = int(metrics.get("epochs") or trainer.current_epoch)
     write_reports(
         model,
         datamodule.test_dataloader(),
@@ -318,9 +314,15 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         title=str(metrics["model"]) + _partial(metrics),
         tensorboard_dir=tensorboard.log_dir if tensorboard else None,
         writer=tensorboard.experiment if tensorboard else None,
-        step=trainer.current_epoch,  # the report images at the run's last epoch, like its test figures
+        step=epochs,  # the report images at the run's last epoch, like its test figures
     )
     if tensorboard is not None:
+        experiment = tensorboard.experiment
+        if isinstance(metrics.get("train_seconds"), float):
+            experiment.add_scalar("train_seconds", metrics["train_seconds"], epochs)
+        # The HPARAMS entry names its metrics; their values are the scalars logged at their epochs (Lightning's
+        # log_hyperparams would log them again at step 0).
         final = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/macro_f1", "train_seconds") if k in metrics}
-        tensorboard.log_hyperparams(hparams_for_tensorboard(cfg, model), metrics=final)
-        tensorboard.experiment.flush()
+        for summary in hparams_summary(hparams_for_tensorboard(cfg, model), final):
+            experiment.file_writer.add_summary(summary)
+        experiment.flush()

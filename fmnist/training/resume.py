@@ -286,6 +286,13 @@ def saved_fit(resume: Resume) -> tuple[dict[str, float], list[float]]:
     return fit, [float(s) for s in seconds] if numbers else []
 
 
+def saved_epoch_share(resume: Resume) -> dict[str, int]:
+    """`epoch_images` and `train_images` as the run's last.ckpt holds them (plain integers only)."""
+    share = resume.checkpoint.get("fmnist_epoch_share")
+    share = share if isinstance(share, dict) else {}
+    return {key: share[key] for key in ("epoch_images", "train_images") if type(share.get(key)) is int}
+
+
 # What a resume may drop from metrics.json: it belongs to a state of the run that the new one replaces.
 NOT_CARRIED = ("test_checkpoint", "diverged_epoch", "diverged_step", "error")
 
@@ -405,21 +412,25 @@ def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
         instance.cfg = current
 
 
-def resume_command(run_dir: str | Path) -> str:
-    """`python -m fmnist.train resume=RUN_DIR`, quoted for Hydra's override grammar and then for the
-    shell, so that it works when pasted whatever the folder's name (spaces, quotes, `=`, commas, ...)."""
-    text = str(run_dir)
-    value = text
+def hydra_value(text: str, key: str = "ckpt_path") -> str:
+    """`text` as the value of an override `key=...`, quoted for Hydra's grammar when it needs it (spaces,
+    quotes, `=`, commas, `${`, ...); shell quoting comes on top."""
     plain = "${" not in text
     if plain:
         try:
-            plain = OverridesParser.create().parse_overrides([f"resume={text}"])[0].value() == text
+            plain = OverridesParser.create().parse_overrides([f"{key}={text}"])[0].value() == text
         except Exception:  # noqa: BLE001 - Hydra's grammar refuses it unquoted
             plain = False
-    if not plain:
-        text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
-        value = QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()
-    return f"python -m fmnist.train {shlex.quote('resume=' + value)}"
+    if plain:
+        return text
+    text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
+    return QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()
+
+
+def resume_command(run_dir: str | Path) -> str:
+    """`python -m fmnist.train resume=RUN_DIR`, quoted for Hydra's override grammar and then for the
+    shell, so that it works when pasted whatever the folder's name."""
+    return f"python -m fmnist.train {shlex.quote('resume=' + hydra_value(str(run_dir), 'resume'))}"
 
 
 def interrupted_message(run_dir: str | Path) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.training.resume import resume_command
+from fmnist.training.checks import check_config
+from fmnist.training.resume import LAST_CHECKPOINT, resume_command
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_atomically
 
@@ -47,8 +47,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _then(self) -> str:
         if self.run_dir is None:
             return ""
-        from fmnist.training.resume import LAST_CHECKPOINT, resume_command  # fmnist.resume imports this module
-
         if (Path(self.run_dir) / LAST_CHECKPOINT).is_file():
             return f"continue the run with `{resume_command(self.run_dir)}`"
         return "start the run again"
@@ -175,48 +173,22 @@ def _holds_run(folder: Path) -> bool:
     return any((folder / marker).exists() for marker in RUN_MARKERS)
 
 
-NEW_FOLDERS: set[Path] = set()  # run folders that this process's run made (RunFolderGuard saw them absent)
-HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
-
-
-def discard_unused_run_folder(folder: Path) -> bool:
-    """Remove a run folder that this process made and that holds only what Hydra wrote before the run
-    stopped (`.hydra/`, train.log, the lock): a config error leaves no empty run folder behind. Any other
-    file keeps the folder. Returns whether it was removed."""
-    folder = folder.resolve()
-    ours = {".hydra", "train.log", LOCK_FILE}
-    if folder not in NEW_FOLDERS or not folder.is_dir() or {p.name for p in folder.iterdir()} - ours:
-        return False
-    hydra_dir = folder / ".hydra"
-    if hydra_dir.is_dir() and ({p.name for p in hydra_dir.iterdir()} - set(HYDRA_FILES) or hydra_dir.is_symlink()):
-        return False
-    for handler in logging.getLogger().handlers:  # train.log is open in Hydra's file handler
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    for name in HYDRA_FILES:
-        (hydra_dir / name).unlink(missing_ok=True)
-    if hydra_dir.is_dir():
-        hydra_dir.rmdir()
-    for name in ("train.log", LOCK_FILE):
-        (folder / name).unlink(missing_ok=True)
-    folder.rmdir()
-    return True
-
-
 class RunFolderGuard(Callback):
-    """Hydra callback: a new run never writes into the folder of an earlier run (Hydra would replace its
+    """Hydra callback, before the run folder exists: the config's values are checked (an error leaves no
+    folder behind), and a new run never writes into the folder of an earlier run (Hydra would replace its
     `.hydra/` before the job starts, and the run its checkpoints and metrics.json). `resume=RUN_DIR`
     continues a run in its folder; `overwrite=true` replaces it on purpose."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("resume") or os.environ.get("LOCAL_RANK", "0") != "0":
             return  # Lightning starts DDP's other ranks in the folder rank 0 has just made
-        folder = Path(config.hydra.run.dir)
-        if not folder.exists():
-            NEW_FOLDERS.add(folder.resolve())
+        try:  # before Hydra makes the run folder: a config error leaves no folder behind
+            check_config(config)
+        except FmnistError as error:
+            raise SystemExit(f"error: {error}") from None
         if config.get("overwrite"):
             return
+        folder = Path(config.hydra.run.dir)
         if _holds_run(folder):
             found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
             raise SystemExit(
