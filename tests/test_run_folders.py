@@ -14,23 +14,16 @@ from fmnist.utils.files import write_atomically
 from tests.conftest import run_cli
 
 
+def _tiny_run(tiny_root: Path) -> list[str]:
+    """A one-epoch SimpleRNN run on the tiny data, without TensorBoard."""
+    return ["model=rnn", "debug=tiny", f"data.root={tiny_root}", "data.search_dirs=[]", "logger={}"]
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, tiny_root) -> Path:
     """One finished run of the real command (with its .hydra/), to copy and tamper with."""
     folder = tmp_path_factory.mktemp("cli_run")
-    result = run_cli(
-        "fmnist.train",
-        "model=rnn",
-        f"data.root={tiny_root}",
-        "data.search_dirs=[]",
-        "trainer.max_epochs=1",
-        "data.batch_size=50",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "logger={}",
-        f"hydra.run.dir={folder / 'run'}",
-        cwd=folder,
-    )
+    result = run_cli("fmnist.train", *_tiny_run(tiny_root), f"hydra.run.dir={folder / 'run'}", cwd=folder)
     assert result.returncode == 0, result.stderr[-2000:]
     return folder / "run"
 
@@ -123,16 +116,7 @@ def test_hydra_yaml_gives_a_resume_its_choices_only(cli_run, tmp_path):
 def test_a_new_run_never_replaces_an_earlier_run_in_its_folder(cli_run, tmp_path, tiny_root):
     run = _copy(cli_run, tmp_path)
     before = (run / "metrics.json").read_bytes()
-    common = [
-        "model=rnn",
-        f"data.root={tiny_root}",
-        "data.search_dirs=[]",
-        "trainer.max_epochs=1",
-        "data.batch_size=50",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "logger={}",
-    ]
+    common = _tiny_run(tiny_root)
     result = run_cli("fmnist.train", *common, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
     _one_error_line(result, "holds an earlier run", "overwrite=true", "resume=")
     assert (run / "metrics.json").read_bytes() == before

@@ -189,11 +189,17 @@ def recipe(run: dict) -> str:
     """The training recipe of a run in a few words, e.g. 'KerasRMSprop lr=0.0001, batch 100'."""
     optimizer = run.get("optimizer") or {}
     name = str(optimizer.get("_target_", "?")).rsplit(".", 1)[-1]
-    part = ""
-    seen, split = run.get("epoch_images"), run.get("train_images")
-    if isinstance(seen, int) and isinstance(split, int) and 0 < seen < split:  # e.g. trainer.limit_train_batches
-        part = f", {seen:,} of {split:,} images per epoch"
-    return f"{name} lr={optimizer.get('lr')}, batch {run.get('batch_size')}{part}"
+    part = partial_epochs(run)
+    return f"{name} lr={optimizer.get('lr')}, batch {run.get('batch_size')}" + (f", {part}" if part else "")
+
+
+def partial_epochs(metrics: dict) -> str:
+    """'3,250 of 54,000 images per epoch' for a run whose epochs used part of the training split (e.g. with
+    trainer.limit_train_batches), from its metrics.json; '' for whole epochs or when it does not say."""
+    seen, split = metrics.get("epoch_images"), metrics.get("train_images")
+    if isinstance(seen, int) and isinstance(split, int) and 0 < seen < split:
+        return f"{seen:,} of {split:,} images per epoch"
+    return ""
 
 
 def aggregate(runs: list[dict]) -> list[dict]:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from fmnist.analysis.reports import write_reports
+from fmnist.analysis.runs import partial_epochs
 from fmnist.models.summary import keras_param_counts
 from fmnist.training.callbacks import FIT_KEYS, EpochTimer, TrainingDiverged, epoch_share
 from fmnist.training.checks import check_config, check_output_dir, check_splits
@@ -277,11 +278,6 @@ def _write_metrics(trainer: L.Trainer, output_dir: Path, metrics: dict, previous
     return metrics
 
 
-def _partial(metrics: dict) -> str:
-    seen, split = metrics.get("epoch_images"), metrics.get("train_images")
-    return f" (epochs of {seen:,} of {split:,} images)" if seen and split and seen < split else ""
-
-
 def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
     """The run's hyperparameters as flat scalars/strings for TensorBoard's HPARAMS tab."""
     params = {
@@ -311,7 +307,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         datamodule.class_names,
         cfg.output_dir,
         device=trainer.strategy.root_device,
-        title=str(metrics["model"]) + _partial(metrics),
+        title=str(metrics["model"]) + (f" ({part})" if (part := partial_epochs(metrics)) else ""),
         tensorboard_dir=tensorboard.log_dir if tensorboard else None,
         writer=tensorboard.experiment if tensorboard else None,
         step=epochs,  # the report images at the run's last epoch, like its test figures
