@@ -93,7 +93,9 @@ def test_tensorboard_curves_count_epochs_from_one_and_a_partial_epoch_is_recorde
     assert "step" not in metrics  # TensorBoard's x value, not a figure of the run
     assert (metrics["epoch_images"], metrics["train_images"]) == (100, 360)  # 2 batches of 50: part of an epoch
     assert metrics["train/loss"] > 0.1 and metrics["train/acc"] > 0  # the epoch's figures, not cleared ones
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    named = [p.name for p in (tmp_path / "tensorboard").iterdir()]  # TensorBoard's run name says what ran
+    assert named == ["rnn,seed=42,debug=tiny,trainer.limit_train_batches=2,trainer.max_epochs=2"]
+    events = EventAccumulator(str(tmp_path / "tensorboard" / named[0]), size_guidance={"scalars": 0})
     events.Reload()
     steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):

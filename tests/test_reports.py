@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fmnist.analysis.reports import classification_report
+from fmnist.analysis.reports import classification_report, events_dir
 from tests.conftest import run_cli
 
 RUN_FILES = {
@@ -52,7 +52,7 @@ def test_training_run_leaves_every_report_file(trained_run):
 
 
 def test_tensorboard_holds_report_images_and_hparams_with_final_metrics(trained_run):
-    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(events_dir(trained_run / "tensorboard")), size_guidance={"images": 0})
     events.Reload()
     assert {"reports/confusion_matrix", "reports/misclassified", "reports/curves"} <= set(events.Tags()["images"])
     content = events.PluginTagToContent("hparams")

@@ -23,7 +23,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fmnist.analysis.reports import events_dir
 from fmnist.models import SimpleRNN
 from fmnist.training.fit import train
 from fmnist.training.resume import cli_args, interrupted_message, resume_command
@@ -200,6 +202,10 @@ def test_a_run_stopped_while_testing_finishes_its_test_with_the_fit_figures(tiny
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last  # no training happened
     assert (run / "classification_report.md").is_file()
     assert _train([f"resume={run}"]) == finished  # now finished
+    # the test figures sit at the run's last epoch in TensorBoard, though this process never fitted
+    events = EventAccumulator(str(events_dir(run / "tensorboard")), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/acc")] == [2]
 
 
 # 2. One last.ckpt, always the newest; 4. paths relative to the run folder

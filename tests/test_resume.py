@@ -148,7 +148,8 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
     assert process.returncode == 0, stderr[-3000:]
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["steps"] == 2 * STEPS_PER_EPOCH and len(resumed["epoch_seconds"]) == 2
-    events = list((run / "tensorboard").iterdir())  # one TensorBoard run, written by both processes
+    (named,) = (run / "tensorboard").iterdir()  # one TensorBoard run, written by both processes
+    events = list(named.iterdir())
     assert len({f.name.rsplit(".", 2)[1] for f in events if f.name.startswith("events.out.tfevents.")}) == 2
     assert list((tmp_path / "outputs").iterdir()) == [run]  # no new run folder
 

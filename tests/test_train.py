@@ -38,7 +38,9 @@ def test_short_training_leaves_checkpoints_events_and_metrics(train_cfg, tmp_pat
     assert saved["params_trainable"] == trainable
     assert 0 <= saved["test/acc"] <= 1 and saved["val/acc_best"] >= saved["val/acc"] - 1e-6
     assert (tmp_path / "checkpoints" / "last.ckpt").exists() and saved["best_checkpoint"]
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # one TensorBoard run, named for what it is: the model, the seed, the run's overrides
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == [f"{name},seed=42,debug=tiny,trainer.max_epochs=2"]
+    assert list((tmp_path / "tensorboard").glob("*/events.out.tfevents.*"))
     assert (tmp_path / "model_summary.md").read_text().count("|") > 10
     # checkpoints hold plain values: loadable with weights_only=True and without Hydra
     best = tmp_path / saved["best_checkpoint"]  # stored relative to the run folder

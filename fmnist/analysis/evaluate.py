@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from fmnist.analysis.reports import write_reports
+from fmnist.analysis.reports import events_dir, write_reports
 from fmnist.models.checkpoint import load_model
 from fmnist.models.summary import keras_summary_markdown
 from fmnist.utils.checks import (
@@ -69,7 +69,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"split=val is empty: data.val_fraction={cfg.data.val_fraction} leaves no validation image. "
             "Fix: a larger data.val_fraction, or split=test"
         )
-    run_tensorboard = ckpt.parent.parent / "tensorboard"
+    run_tensorboard = events_dir(ckpt.parent.parent / "tensorboard")
     with SummaryWriter(str(output_dir / "tensorboard")) as writer:
         report, loss = write_reports(
             model,
@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict:
             datamodule.class_names,
             output_dir,
             device=device,
-            tensorboard_dir=run_tensorboard if run_tensorboard.exists() else None,
+            tensorboard_dir=run_tensorboard,
             writer=writer,
             title=type(model).__name__,
         )

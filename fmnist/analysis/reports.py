@@ -151,6 +151,16 @@ def misclassified_figure(probs, labels, images, class_names: Sequence[str], coun
     return fig
 
 
+def events_dir(tensorboard_dir: str | Path) -> Path | None:
+    """The folder that holds a run's TensorBoard events: its one `tensorboard/<run name>/`, or
+    `tensorboard/` itself (runs from before the names); None when there are none."""
+    folder = Path(tensorboard_dir)
+    if any(folder.glob("events.out.tfevents.*")):
+        return folder
+    named = [d for d in folder.glob("*/") if d.is_dir() and any(d.glob("events.out.tfevents.*"))]
+    return named[0] if len(named) == 1 else None
+
+
 def read_curves(tensorboard_dir: str | Path) -> dict[str, list[float]]:
     """Per-epoch train/val accuracy and loss as logged to TensorBoard by a training run."""
     import logging

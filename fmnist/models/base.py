@@ -77,6 +77,7 @@ class FashionClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average=None)
         self.val_acc_best = MaxMetric()
+        self.epochs_trained: int | None = None  # the test's x value when the trainer did not fit (a resume's test)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 10) for images (B, 1, 28, 28) in [0, 1]."""
@@ -171,7 +172,8 @@ class FashionClassifier(L.LightningModule):
         self.log("test/macro_f1", per_class.mean(), sync_dist=True)
         for name, value in zip(self.class_names, per_class, strict=False):
             self.log(f"test/f1/{name}", value, sync_dist=True)
-        self._log_epoch_as_step(self.current_epoch)  # after fitting: the number of epochs trained
+        # after fitting: the number of epochs trained
+        self._log_epoch_as_step(self.current_epoch if self.epochs_trained is None else self.epochs_trained)
         self.test_f1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -17,11 +17,12 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from fmnist.analysis.reports import write_reports
+from fmnist.analysis.reports import events_dir, write_reports
 from fmnist.analysis.runs import partial_epochs
 from fmnist.models.summary import keras_param_counts
 from fmnist.training.callbacks import FIT_KEYS, EpochTimer, TrainingDiverged, epoch_share
@@ -99,7 +100,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     callbacks.append(RunConsole(str(cfg.get("name") or "")))  # the plan, the time estimate, a line per epoch
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = [_logger(cfg, c, resume) for c in (cfg.get("logger") or {}).values()]
     checkpoint_io = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO(output_dir)]}
     trainer_cfg = {key: value for key, value in cfg.trainer.items() if key != "fast"}  # `fast`: read by data, model
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -111,6 +112,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     if resume is not None and resume.plan == "finish":  # the fit is over: test, with what the run saved
         best = _restore_best(trainer, resume)
         tested = cfg.get("test", True)
+        epochs = resume.checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+        model.epochs_trained = epochs  # the test figures at the run's last epoch in TensorBoard
         test = _test(trainer, model, datamodule, best or str(resume.path)) if tested else {}
         if metrics_describe(previous, resume.checkpoint):
             metrics = {**{k: v for k, v in previous.items() if not k.startswith("test/")}, **test}
@@ -120,7 +123,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
             # The session times are lost with the process; the epochs' sum is what the checkpoint keeps.
             metrics = record(
                 status="completed",
-                epochs=resume.checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"],
+                epochs=epochs,
                 steps=resume.checkpoint["global_step"],
                 fit=fit,
                 test=test,
@@ -167,6 +170,40 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     if diverged:
         raise diverged
     return metrics
+
+
+# Keys that say where a run reads and writes or how it prints, not what it is: left out of its TensorBoard name.
+UNNAMED_KEYS = ("model", "seed", "output_dir", "resume", "overwrite", "torch_threads", "data.root", "data.search_dirs")
+UNNAMED_PREFIXES = ("hydra.", "paths.", "trainer.enable_progress_bar")
+
+
+def run_label(cfg: DictConfig) -> str:
+    """What the run is, as TensorBoard's run name: `<model>,seed=<seed>` and the run's other overrides
+    in Hydra's `override_dirname` form (sorted, `key=value` joined by commas), e.g.
+    `rnn,seed=1,model.optimizer.lr=0.1`. A `/` in a value becomes `_`: the name is one folder."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    named = sorted(
+        o.lstrip("+~")
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~") not in UNNAMED_KEYS and not o.lstrip("+~").startswith(UNNAMED_PREFIXES)
+    )
+    label = ",".join([f"{cfg.get('name') or 'run'}", f"seed={cfg.seed}", *named]).replace("/", "_")
+    return label[:200]  # a folder name stays well under the file system's 255 bytes
+
+
+def _logger(cfg: DictConfig, logger_cfg: DictConfig, resume: Resume | None):
+    """A logger from its config; TensorBoard's events go to `tensorboard/<run_label>/` (a resumed run: the
+    folder it already has) so that `tensorboard --logdir` shows each run under what it is."""
+    target = str(logger_cfg.get("_target_", ""))
+    if not target.endswith("TensorBoardLogger") or logger_cfg.get("version") not in ("", None):
+        return hydra.utils.instantiate(logger_cfg)
+    if resume is not None:
+        folder = Path(str(logger_cfg.save_dir)) / str(logger_cfg.name)
+        found = events_dir(folder)
+        version = found.name if found is not None and found != folder else ""  # "": a run from before the names
+    else:
+        version = run_label(cfg)
+    return hydra.utils.instantiate(logger_cfg, version=version)
 
 
 def next_steps(run_dir: Path, metrics: dict) -> str:
