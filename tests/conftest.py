@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
 
 from fmnist.data.idx import DEBIAN_DIR
 from fmnist.utils.config import CONF_DIR, compose_config
@@ -20,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONF_DIR)
 REAL_DATA = Path(DEBIAN_DIR)
 N_TRAIN, N_TEST = 400, 120
+
+
+def shop_photo(image: np.ndarray) -> Image.Image:
+    """A Fashion-MNIST image as a shop photo: dark garment on white, 200x300, RGB, JPEG-compressed."""
+    buffer = io.BytesIO()
+    Image.fromarray(255 - image).resize((200, 300)).convert("RGB").save(buffer, "JPEG", quality=90)
+    buffer.seek(0)
+    return Image.open(buffer)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -1,6 +1,5 @@
 """Clustering, prediction on ordinary image files, and export of trained models."""
 
-import io
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tensorboard.plugins import projector  # noqa: F401  (the projector plugin m
 
 from fmnist.analysis.cluster import class_mix, cluster_scores
 from fmnist.deploy.predict import to_fashion_mnist
-from tests.conftest import run_cli
+from tests.conftest import run_cli, shop_photo
 
 
 def test_cluster_scores_on_a_known_answer():
@@ -69,14 +68,6 @@ def test_trained_embedding_groups_better_than_pixels(real_bilstm, tmp_path):
     scores = json.loads((tmp_path / "clusters.json").read_text())
     assert scores["embedding"]["nmi"] > scores["pixels"]["nmi"]
     assert scores["embedding"]["ari"] > scores["pixels"]["ari"]
-
-
-def shop_photo(image: np.ndarray) -> Image.Image:
-    """A Fashion-MNIST image as a shop photo: dark garment on white, 200x300, RGB, JPEG-compressed."""
-    buffer = io.BytesIO()
-    Image.fromarray(255 - image).resize((200, 300)).convert("RGB").save(buffer, "JPEG", quality=90)
-    buffer.seek(0)
-    return Image.open(buffer)
 
 
 def test_preprocessing_recovers_a_fashion_mnist_like_image():

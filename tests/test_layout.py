@@ -28,7 +28,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]
 
 # What each sub-package may import from fmnist (besides itself): commands -> training -> analysis -> models
-# -> data -> utils, and commands -> deploy -> models -> data -> utils.
+# -> data -> utils, commands -> deploy -> models -> data -> utils, and commands -> web -> deploy, analysis.
 MAY_IMPORT = {
     "utils": {"utils"},
     "data": {"data", "utils"},
@@ -36,6 +36,7 @@ MAY_IMPORT = {
     "analysis": {"analysis", "models", "data", "utils"},
     "training": {"training", "analysis", "models", "data", "utils"},
     "deploy": {"deploy", "models", "data", "utils"},
+    "web": {"web", "deploy", "analysis", "models", "data", "utils"},
 }
 COMMAND_MODULES = {f.stem for f in PACKAGE.glob("*.py") if f.stem != "__init__"}  # train, evaluate, ..., __main__
 

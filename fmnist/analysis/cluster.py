@@ -93,7 +93,12 @@ def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
 
 
-def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], scores: dict[str, dict]):
+def map_figure(
+    maps: dict[str, np.ndarray],
+    clusters: dict[str, np.ndarray],
+    scores: dict[str, dict],
+    title: str = "k-means clusters of the test set on a 2-D PCA map (colour = cluster, legend: its most common class)",
+):
     """2-D PCA maps of each representation, points coloured by their k-means cluster."""
     fig, axes = plt.subplots(1, len(maps), figsize=(7 * len(maps), 6.2), squeeze=False)
     for ax, (name, points) in zip(axes[0], maps.items(), strict=False):
@@ -113,7 +118,7 @@ def map_figure(maps: dict[str, np.ndarray], clusters: dict[str, np.ndarray], sco
         ax.set_title(f"{name}: NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}, purity {s['purity']:.3f}")
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
-    fig.suptitle("k-means clusters of the test set on a 2-D PCA map (colour = cluster, legend: its most common class)")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,43 @@
+"""The README's screenshots, taken in headless Chromium (Debian's) through Playwright (`pip install playwright`).
+
+    python docs/screenshots.py tensorboard URL   # docs/tensorboard_{scalars,images,hparams}.png
+    python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
+
+URL is a running `tensorboard --logdir ...` or `python -m fmnist.serve ...`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+DOCS = Path(__file__).resolve().parent
+ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main() -> None:
+    what, url = sys.argv[1], sys.argv[2].rstrip("/")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", *ARGS])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        if what == "tensorboard":
+            # the scalars tab on the per-epoch curves (a regex of tags)
+            for tab, query in (("scalars", "&tagFilter=%5E(train%7Cval)%2F"), ("images", ""), ("hparams", "")):
+                page.goto(f"{url}/?darkMode=false#{tab}{query}")
+                page.wait_for_timeout(6000)
+                page.screenshot(path=DOCS / f"tensorboard_{tab}.png")
+        else:
+            page.goto(url)
+            page.get_by_text("nearest catalogue items").first.wait_for()
+            page.wait_for_timeout(6000)  # the example is classified as the page opens
+            page.screenshot(path=DOCS / "serve_classify.png", full_page=True)
+            page.get_by_role("tab", name="Catalogue groups").click()
+            page.wait_for_timeout(4000)
+            page.screenshot(path=DOCS / "serve_groups.png", full_page=True)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The catalogue the web page searches and groups: every item's embedding, image and class, its k-means clusters.
+
+Built once at start-up from the test set or a folder of images (prepared as `fmnist.predict` prepares a
+photo), with `fmnist.cluster`'s k-means and scores, and cached beside the checkpoint under a key made of
+the checkpoint's and the catalogue's contents, so that a restart loads it instead of rebuilding it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from sklearn.decomposition import PCA
+from tqdm import tqdm
+
+from fmnist.analysis.cluster import class_mix, cluster_scores, kmeans
+from fmnist.analysis.reports import predictions
+from fmnist.data.idx import CLASS_NAMES
+from fmnist.deploy.predict import list_inputs, load_image
+from fmnist.utils.errors import FmnistError
+
+CACHE_FOLDER = "serve_cache"  # beside the checkpoint
+CACHE_VERSION = 1  # raised when what a cache file holds changes
+
+
+@dataclass
+class Catalog:
+    """N items: unit-length embeddings (N, D), uint8 images (N, 28, 28), classes (N,) (`labelled`: the true
+    classes of the test set; else the network's), names, k-means clusters (N,), a 2-D PCA map (N, 2), and the
+    clusters' scores against the classes (NMI, ARI, purity) with each cluster's class mix."""
+
+    embeddings: torch.Tensor
+    images: torch.Tensor
+    classes: torch.Tensor
+    names: list[str]
+    labelled: bool
+    clusters: np.ndarray
+    map2d: np.ndarray
+    scores: dict
+
+    def nearest(self, embedding: torch.Tensor, n: int) -> list[tuple[int, float]]:
+        """The `n` items most similar to one embedding (cosine), best first, with their similarity."""
+        query = torch.nn.functional.normalize(embedding.float().flatten(), dim=0)
+        similarity = self.embeddings @ query
+        top = similarity.topk(min(n, len(similarity)))
+        return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+    def to_state(self) -> dict:
+        """Plain tensors and values only: what `torch.load(weights_only=True)` reads back."""
+        return {
+            "version": CACHE_VERSION,
+            "embeddings": self.embeddings,
+            "images": self.images,
+            "classes": self.classes,
+            "names": self.names,
+            "labelled": self.labelled,
+            "clusters": torch.from_numpy(self.clusters),
+            "map2d": torch.from_numpy(self.map2d),
+            "scores": self.scores,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Catalog:
+        return cls(
+            embeddings=state["embeddings"],
+            images=state["images"],
+            classes=state["classes"],
+            names=list(state["names"]),
+            labelled=bool(state["labelled"]),
+            clusters=state["clusters"].numpy(),
+            map2d=state["map2d"].numpy(),
+            scores=state["scores"],
+        )
+
+
+def _digest(*parts: bytes | str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode() if isinstance(part, str) else part)
+        hasher.update(b"\0")
+    return hasher.hexdigest()[:20]
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def cache_key(ckpt_path: Path, catalog: str | None, k: int, seed: int, files: list[Path]) -> str:
+    """The checkpoint's contents, the catalogue (its files' names, sizes and times; the test set), k and seed."""
+    listing = (
+        "test set" if catalog is None else "\n".join(f"{p}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+    )
+    return _digest(_file_digest(ckpt_path), listing, str(k), str(seed), str(CACHE_VERSION))
+
+
+@torch.inference_mode()
+def _embed_folder(model, files: list[Path], device: torch.device, batch_size: int) -> tuple:
+    """Embeddings, the network's classes and uint8 images of the files that are images (others are skipped)."""
+    embeddings, classes, images, names, skipped = [], [], [], [], []
+    model.eval().to(device)
+    for start in tqdm(range(0, len(files), batch_size), desc="embedding the catalogue", unit="batch"):
+        batch, kept = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                batch.append(load_image(path))
+                kept.append(path)
+            except ValueError as error:
+                skipped.append(f"{path}: {error}")
+        if not batch:
+            continue
+        x = torch.stack(batch).to(device)
+        e = model.embed(x)
+        embeddings.append(e.float().cpu())
+        classes.append(model.classifier(e).argmax(dim=1).cpu())
+        images.append((x[:, 0] * 255).round().to(torch.uint8).cpu())
+        names += [str(p) for p in kept]
+    for line in skipped[:5]:
+        print(f"skipped {line}")
+    if len(skipped) > 5:
+        print(f"skipped {len(skipped) - 5} more files that are not images")
+    if not names:
+        raise FmnistError("catalog: none of its files could be read as an image")
+    return torch.cat(embeddings), torch.cat(classes), torch.cat(images), names
+
+
+def _embed_test_set(model, cfg: DictConfig, device: torch.device) -> tuple:
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    embeddings, labels, images = predictions(
+        model, tqdm(loader, desc="embedding the test set", unit="batch"), device, embed=True
+    )
+    return embeddings, labels, images[:, 0], [f"test image {i}" for i in range(len(labels))]
+
+
+def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
+    """The catalogue of `cfg.catalog` (a folder; null: the test set) for `model`, from the cache when it holds it."""
+    files = list_inputs(str(cfg.catalog)) if cfg.catalog is not None else []
+    ckpt = Path(cfg.ckpt_path)
+    cache = ckpt.parent / CACHE_FOLDER / f"catalog_{cache_key(ckpt, cfg.catalog, cfg.k, cfg.seed, files)}.pt"
+    if cfg.cache and cache.is_file():
+        try:
+            catalog = Catalog.from_state(torch.load(cache, map_location="cpu", weights_only=True))
+            print(f"catalogue: {len(catalog.names):,} items from the cache {cache}")
+            return catalog
+        except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            print(f"the cache {cache} is unreadable ({type(error).__name__}): building the catalogue again")
+    start = time.perf_counter()
+    if cfg.catalog is None:
+        embeddings, classes, images, names = _embed_test_set(model, cfg, device)
+    else:
+        embeddings, classes, images, names = _embed_folder(model, files, device, cfg.data.eval_batch_size or 256)
+    features = embeddings.numpy()
+    k = min(cfg.k, len(names))
+    clusters = kmeans(features, k, cfg.seed) if k >= 2 else np.zeros(len(names), dtype=np.int64)
+    labels = classes.numpy()
+    scores = cluster_scores(labels, clusters) | {"k": k, "clusters": class_mix(labels, clusters)}
+    map2d = (
+        PCA(n_components=2, random_state=cfg.seed).fit_transform(features).astype(np.float32)
+        if len(names) >= 2 and features.shape[1] >= 2
+        else np.zeros((len(names), 2), dtype=np.float32)
+    )
+    catalog = Catalog(
+        embeddings=torch.nn.functional.normalize(embeddings.float(), dim=1),
+        images=images.to(torch.uint8),
+        classes=classes.long(),
+        names=names,
+        labelled=cfg.catalog is None,
+        clusters=clusters.astype(np.int64),
+        map2d=map2d,
+        scores=scores,
+    )
+    print(f"catalogue: {len(names):,} items embedded and clustered in {time.perf_counter() - start:.1f} s")
+    if cfg.cache:
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            partial = cache.with_suffix(".tmp")
+            torch.save(catalog.to_state(), partial)
+            partial.replace(cache)  # a file of fmnist's own, named by its key: never someone else's
+            print(f"cached in {cache}")
+        except OSError as error:
+            print(f"the catalogue is not cached ({error.strerror}): the next start builds it again")
+    return catalog
+
+
+def class_name(index: int) -> str:
+    return CLASS_NAMES[index] if 0 <= index < len(CLASS_NAMES) else str(index)
