@@ -5,17 +5,18 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 MODEL ?= cnn
 ARGS ?=
+STORAGE ?= sqlite:///outputs/tune/$(MODEL)/optuna.db
 DATA_DIR := /usr/share/datasets/fashion-mnist
 # wait for another apt/dpkg run to finish instead of failing on its lock
 APT_WAIT := -o DPkg::Lock::Timeout=600
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep reproduce bench bench-keras tensorboard lint test test-fast clean
+.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras tensorboard lint test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=cnn|rnn|bilstm  ARGS='hydra overrides'  TORCH='torch pip spec'"
+	@echo "  variables: MODEL=cnn|rnn|bilstm  ARGS='hydra overrides'  TORCH='torch pip spec'  STORAGE=URL (dashboard)"
 
 install: $(VENV)/.installed ## set up: Fashion-MNIST (apt), .venv with torch, fmnist and its dev tools
 
@@ -38,6 +39,12 @@ train: install ## train MODEL with the study's recipe (ARGS: extra overrides, e.
 
 sweep: install ## one multirun of the three models (ARGS: extra overrides)
 	$(PY) -m fmnist.train -m model=cnn,rnn,bilstm $(ARGS)
+
+tune: install ## search MODEL's hyperparameters with Optuna (ARGS: tune.n_trials=20 pruner=hyperband, train overrides)
+	$(PY) -m fmnist.tune model=$(MODEL) $(ARGS)
+
+dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 for a study's STORAGE (default: MODEL's SQLite file)
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 $(STORAGE)
 
 reproduce: install ## the three study recipes x 3 seeds, then docs/RESULTS.md (hours on a CPU; ARGS: overrides)
 	$(PY) -m fmnist.reproduce $(if $(ARGS),-- $(ARGS))

@@ -12,6 +12,7 @@ COMMANDS = {
     "export": "ONNX or TorchScript, checked against PyTorch: ckpt_path=PATH format=onnx|torchscript",
     "explore": "describe the data set and draw samples of each class",
     "reproduce": "the study's three recipes x 3 seeds, then docs/RESULTS.md",
+    "tune": "search hyperparameters (Optuna, pruning, shared storage): model=rnn [tune.n_trials=20]",
     "serve": "a web page (Gradio) that classifies a photo and shows look-alikes: ckpt_path=PATH",
 }
 

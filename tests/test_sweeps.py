@@ -2,7 +2,6 @@
 
 import json
 import math
-import sqlite3
 
 import pytest
 
@@ -54,23 +53,6 @@ def test_grid_sweep_on_any_key_and_a_failing_job_keeps_the_others(tmp_path, tiny
     assert summary.count("data.batch_size=0 is out of range") == 2
     assert len(list(folder.glob("*/metrics.json"))) == 2
     assert len({p.parent for p in folder.glob("*/job_status.json")}) == 4  # one folder per job
-
-
-def test_optuna_search_stores_its_study_and_resumes(tmp_path, tiny_root):
-    args = ["fmnist.train", "hparams_search=optuna", "model=rnn", f"data.root={tiny_root}", *TINY]
-    first = run_cli(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    folder = tmp_path / "outputs" / "optuna" / "rnn"
-    second = run_cli(*args, "hydra.sweeper.n_trials=1", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    with sqlite3.connect(folder / "optuna.db") as db:
-        states = [row[0] for row in db.execute("select state from trials")]
-    assert states == ["COMPLETE"] * 3
-    jobs = list(folder.glob("*/metrics.json"))
-    assert len(jobs) == 3  # resumed jobs got new folders
-    lrs = {json.loads(p.read_text())["optimizer"]["lr"] for p in jobs}
-    assert len(lrs) >= 2 and all(1e-4 <= lr <= 1e-1 for lr in lrs)  # sampled from conf/search_space/optuna/rnn.yaml
-    assert "3 completed" in (folder / "sweep_summary.md").read_text()
 
 
 def test_experiment_compare_is_one_multirun_of_the_three_recipes(tmp_path, tiny_root):

@@ -56,8 +56,18 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    callbacks: list[L.Callback] | None = None,
+    stops: tuple[type[BaseException], ...] = (),
+    next_steps_line: bool = True,
+) -> dict[str, Any]:
     """Fit, test the best checkpoint, write `metrics.json`; return the metrics.
+
+    `callbacks` join the config's (objects that no config can describe: a search's pruning callback);
+    an exception of a type in `stops` raised during the fit (a pruned trial) ends it early on purpose:
+    `metrics.json` says `"status": "stopped"` with the fit's figures so far, nothing is tested, and the
+    exception goes on up. `next_steps_line=False` leaves out the closing lines (a search prints its own).
 
     The run folder is locked meanwhile (`run_folder_lock`). With `resume=RUN_DIR` the run trains on
     if it has epochs left, is only tested if its fit is over, and is left as it is if it is finished.
@@ -83,10 +93,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_output_dir(output_dir)
         if resume is None:
             stack.enter_context(run_folder_lock(output_dir))
-        return _fit_and_test(cfg, output_dir, resume)
+        return _fit_and_test(cfg, output_dir, resume, callbacks or [], stops, next_steps_line)
 
 
-def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict[str, Any]:
+def _fit_and_test(
+    cfg: DictConfig, output_dir: Path, resume: Resume | None, extra: list, stops: tuple, next_steps_line: bool
+) -> dict[str, Any]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data now, with one clear message
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
@@ -96,7 +108,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
         resume.record_overrides()
     timer = EpochTimer()
     # The timer goes first so that its epoch ends before checkpoints are written.
-    callbacks = [timer] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [timer] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + extra
     callbacks.append(RunConsole(str(cfg.get("name") or "")))  # the plan, the time estimate, a line per epoch
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
@@ -136,15 +148,18 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     else:
         start = time.perf_counter()
         diverged: TrainingDiverged | None = None
+        stopped: BaseException | None = None
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None, weights_only=True)
         except TrainingDiverged as error:
             diverged = error
+        except stops as error:
+            stopped = error
         fit = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k in FIT_KEYS}
         best = _best_path(trainer)
         record = functools.partial(
             record,
-            status="diverged" if diverged else "completed",
+            status="diverged" if diverged else "stopped" if stopped else "completed",
             epochs=trainer.current_epoch,
             steps=trainer.global_step,
             fit=fit,
@@ -154,10 +169,15 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
             **(
                 {"diverged_epoch": diverged.epoch, "diverged_step": diverged.step, "error": str(diverged)}
                 if diverged
+                else {"stopped_by": str(stopped)[:300]}
+                if stopped
                 else {}
             ),
         )
         metrics = record(test={})
+        if stopped is not None:
+            _write_metrics(trainer, output_dir, metrics, previous)
+            raise stopped
         tested = cfg.get("test", True) and bool(best or not diverged)  # never the diverged weights
         if tested:
             _write_metrics(trainer, output_dir, metrics, previous)  # a stop while testing keeps the fit's figures
@@ -165,7 +185,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> d
     metrics = _write_metrics(trainer, output_dir, metrics, previous)
     if tested and trainer.is_global_zero:
         report_run(cfg, trainer, model, datamodule, metrics)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and next_steps_line:
         log.info(next_steps(output_dir, metrics))
     if diverged:
         raise diverged

@@ -4,8 +4,7 @@ not end the sweep.
 Hydra's sweepers re-raise a job's exception as soon as the launcher hands back its batch, which skips
 `on_multirun_end`: no summary of the end, no comparison, a traceback. So in a multirun fmnist.train's
 entry point catches the error and returns a `FailedJob` instead. Hydra then records the job as
-completed: this callback reads the real status from the return value, and Optuna's sweeper, which cannot
-turn a FailedJob into a float, marks the trial FAIL and goes on.
+completed: this callback reads the real status from the return value.
 
 Each finished job leaves `job_status.json` in its folder and the summary is rebuilt from all of them
 under a file lock (jobs may finish in parallel processes: joblib, submitit). When the sweep ends (or a job
@@ -58,7 +57,7 @@ class FailedJob:
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     """The overrides of each job of a basic-sweeper multirun, in job order; None when not known in advance
-    (Optuna picks its trials as it goes; glob() sweeps need Hydra's config loader)."""
+    (another sweeper's; glob() sweeps need Hydra's config loader)."""
     if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
         return None
     params = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
@@ -155,42 +154,45 @@ def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[
 
 
 def test_best(config: DictConfig, sweep_dir: Path) -> dict | None:
-    """Test, once, the best job of a sweep whose jobs were not tested (a search: `test_best=true`): the job
-    with the highest val/acc_best, its best checkpoint, on the test split; the reports go to its `eval/`.
+    """Test, once, the best job of a sweep whose jobs were not tested (`test_best=true`): the job with the
+    highest val/acc_best, its best checkpoint, on the test split; the reports go to its `eval/`.
     Returns that evaluation's metrics (None when no job has a checkpoint to test)."""
-    from fmnist.analysis.evaluate import evaluate
-
-    best: tuple[float, Path, str] | None = None
+    best: tuple[float, Path] | None = None
     for metrics_file in sweep_dir.rglob("metrics.json"):
         metrics, _ = read_json(metrics_file)
         if not isinstance(metrics, dict) or metrics.get("status") != "completed":
             continue
         value, checkpoint = metrics.get("val/acc_best"), metrics.get("best_checkpoint")
-        if (
-            isinstance(value, float)
-            and isinstance(checkpoint, str)
-            and checkpoint
-            and (best is None or value > best[0])
-        ):
-            best = (value, metrics_file.parent, checkpoint)
+        tested = isinstance(checkpoint, str) and checkpoint
+        if isinstance(value, float) and tested and (best is None or value > best[0]):
+            best = (value, metrics_file.parent)
     if best is None:
         print("no job of the sweep has a best checkpoint to test")
         return None
-    value, job_dir, checkpoint = best
-    ckpt = job_dir / checkpoint
-    if job_dir.resolve() not in ckpt.resolve().parents:  # metrics.json is a file: its path stays in the job
-        print(f"not testing {job_dir}: its best_checkpoint {checkpoint} is outside its folder")
+    return test_once(config.data, best[1], f"best job: {best[1].relative_to(sweep_dir)} (val/acc_best {best[0]:.4f})")
+
+
+def test_once(data_cfg: DictConfig, run_dir: Path, label: str) -> dict | None:
+    """Test an untested run's best checkpoint (its metrics.json's `best_checkpoint`) on the test split, with
+    `fmnist.evaluate` (reports in `eval/` beside the checkpoint); print one line; return the metrics."""
+    from fmnist.analysis.evaluate import evaluate
+
+    metrics, _ = read_json(run_dir / "metrics.json")
+    checkpoint = metrics.get("best_checkpoint") if isinstance(metrics, dict) else None
+    if not isinstance(checkpoint, str) or not checkpoint:
+        print(f"not testing {run_dir}: its metrics.json names no best checkpoint")
         return None
-    data = OmegaConf.to_container(config.data, resolve=True)
+    ckpt = run_dir / checkpoint
+    if run_dir.resolve() not in ckpt.resolve().parents:  # metrics.json is a file: its path stays in the run
+        print(f"not testing {run_dir}: its best_checkpoint {checkpoint} is outside its folder")
+        return None
+    data = OmegaConf.to_container(data_cfg, resolve=True)
     data.update(eval_batch_size=1000, device_resident=False, batches_per_step=1)
     cfg = OmegaConf.create(
         {"ckpt_path": str(ckpt), "split": "test", "output_dir": None, "overwrite": True, "device": "auto", "data": data}
     )
     result = evaluate(cfg)
-    print(
-        f"best job: {job_dir.relative_to(sweep_dir)} (val/acc_best {value:.4f}), tested once: "
-        f"test/acc {result['test/acc']:.4f} ({ckpt.parent / 'eval'})"
-    )
+    print(f"{label}, tested once: test/acc {result['test/acc']:.4f} ({ckpt.parent / 'eval'})")
     return result
 
 
@@ -203,7 +205,6 @@ class SweepSummary(Callback):
         self.plan: list[list[str]] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Optuna's sqlite storage lives in the sweep folder, which must exist before the study opens.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         self.plan = planned_jobs(config)
 

@@ -1,0 +1,366 @@
+"""A hyperparameter search (the logic of `fmnist.tune`): an Optuna study whose trials are ordinary fmnist runs.
+
+Each trial is composed with Hydra's compose API from conf/train.yaml, the command's overrides and the
+parameters Optuna draws from the search space (fmnist/tuning/space.py), and trained in this process with
+`fmnist.training.fit.train`, so that Optuna's Lightning pruning callback can stop it after an epoch. Every
+trial leaves a run folder (`trial_NNNN/`: metrics.json, checkpoints, TensorBoard, train.log), pruned ones
+too. The study lives in any SQLAlchemy storage (a SQLite file in the study's folder by default): running the
+command again continues it, and several commands (workers) on one storage share it, each trial numbered
+once by the storage. The end: study_summary.md/.csv, best.yaml and the command that retrains the best trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna_integration import PyTorchLightningPruningCallback
+
+from fmnist.training.checks import check_config
+from fmnist.training.console import TqdmHandler, route_lightning_logs
+from fmnist.training.fit import train
+from fmnist.training.resume import hydra_value
+from fmnist.training.sweeps import test_once
+from fmnist.tuning.space import contained, search_space
+from fmnist.utils.checks import boolean, check_values, integer, seed_in_range, text
+from fmnist.utils.config import compose_config
+from fmnist.utils.errors import FmnistError
+
+RULES = {
+    "tune.n_trials": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "tune.dir": (text, "a folder", None, "a folder (or null: outputs/tune/<model>)", True),
+    "tune.storage": (text, "a URL", None, "a SQLAlchemy URL, e.g. sqlite:///study.db (or null)", True),
+    "tune.study_name": (text, "a name", None, "a name (or null: fmnist_<model>)", True),
+    "tune.search_space": (text, "a name", None, "a config of conf/search_space/ (or null: the model's)", True),
+    "tune.metric": (text, "a metric name", None, "a key of metrics.json, e.g. val/acc_best", False),
+    "tune.sampler_seed": (integer, "an integer", seed_in_range, "an integer from 0 to 4294967295 (or null)", True),
+    "tune.n_startup_trials": (integer, "an integer", lambda v: v >= 0, "an integer >= 0", False),
+    "tune.test_best": (boolean, "true or false", None, "true or false", False),
+}
+SET_BY_TUNE = ("output_dir", "resume", "overwrite", "test", "hydra.run.dir", "hydra.sweep.dir")
+TIMED = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+log = logging.getLogger("fmnist.tune")
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """(the search's overrides: tune.* and pruner, the trials' overrides)."""
+    ours = [a for a in args if a.lstrip("+~").startswith(("tune.", "pruner=", "pruner."))]
+    return ours, [a for a in args if a not in ours]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Hydra's compose, its errors (an unknown key or option, a bad value) as one FmnistError."""
+    try:
+        return compose_config(overrides, config_name=config_name)
+    except Exception as error:  # noqa: BLE001 - Hydra's and OmegaConf's errors all end the command in one line
+        text = " ".join(str(error).split())
+        raise FmnistError(text[:400] or type(error).__name__) from None
+
+
+def _storage_url(url: str) -> str:
+    """`postgresql://` with psycopg 3 when psycopg2, SQLAlchemy's default driver, is not installed."""
+    if url.startswith("postgresql://"):
+        try:
+            import psycopg2  # noqa: F401
+        except ModuleNotFoundError:
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; workers that start together may race to create its tables: the loser tries again."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy's IntegrityError/ProgrammingError of the race
+            racing = any(word in str(error) for word in ("already exists", "duplicate key", "UniqueViolation"))
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_study(settings: DictConfig, storage_url: str, study_name: str) -> optuna.Study:
+    """The study (created, or loaded when it exists); one FmnistError for a storage that can't be used."""
+    shown = storage_url.split("@")[-1] if "@" in storage_url else storage_url  # never print a password
+    try:
+        storage = _rdb_storage(_storage_url(storage_url))
+        return optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(
+                seed=settings.tune.sampler_seed, n_startup_trials=settings.tune.n_startup_trials
+            ),
+            pruner=hydra.utils.instantiate(settings.pruner),
+            load_if_exists=True,
+        )
+    except ModuleNotFoundError as error:
+        raise FmnistError(
+            f"tune.storage={shown}: its database driver {error.name} is not installed. Fix: pip install "
+            f"{'psycopg[binary]' if 'psycopg' in str(error.name) else error.name}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy's errors: a malformed URL, no server, refused login
+        reason = " ".join(str(error).split())[:300]
+        raise FmnistError(f"tune.storage={shown} cannot be used: {reason}") from None
+
+
+def _suggest(trial: optuna.Trial, key: str, distribution) -> Any:
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    assert isinstance(distribution, FloatDistribution)
+    return trial.suggest_float(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+
+
+def _override(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"{key}={value!r}"
+    return f"{key}={hydra_value(str(value), key)}"
+
+
+def _checked_params(params: dict[str, Any], distributions: dict, where: str) -> dict[str, Any]:
+    """A trial's parameters as read from the storage: only the space's keys, each a value its dimension gives."""
+    unknown = sorted(set(params) - set(distributions))
+    if unknown:
+        raise FmnistError(f"{where} has parameters that the search space lacks: {', '.join(unknown)}")
+    for key, value in params.items():
+        if not contained(distributions[key], value):
+            raise FmnistError(f"{where}: {key}={value!r} is outside the search space")
+    return params
+
+
+class Search:
+    """The study, its folder, the trials' base overrides and the search space; `objective` runs one trial."""
+
+    def __init__(self, settings: DictConfig, base: list[str]):
+        self.settings, self.base = settings, base
+        given = sorted({_key(o) for o in base} & set(SET_BY_TUNE))
+        if given:
+            raise FmnistError(f"{', '.join(given)}: set by fmnist.tune for each trial (tune.dir= chooses the folder)")
+        probe = _compose([*base, "output_dir=."])  # the trials' base config: Hydra checks every override
+        check_config(probe)
+        self.model = str(probe.name)
+        self.dir = Path(settings.tune.dir or Path("outputs") / "tune" / self.model)
+        space_name = settings.tune.search_space or self.model
+        where = f"conf/search_space/{space_name}.yaml"
+        try:
+            space = compose_config([], config_name=f"search_space/{space_name}")
+        except Exception as error:  # noqa: BLE001 - Hydra's missing or malformed config
+            if "Cannot find primary config" in str(error):
+                raise FmnistError(
+                    f"{where} does not exist: no search space for model={self.model}. Fix: write it, or choose "
+                    "one with tune.search_space=NAME"
+                ) from None
+            raise FmnistError(f"{where} cannot be read: {str(error).splitlines()[0][:300]}") from None
+        self.space = search_space(space.get("search_space", space), probe, where)  # composed under its group's key
+        self.metric = str(settings.tune.metric)
+
+    def trial_overrides(self, params: dict[str, Any]) -> list[str]:
+        return [*self.base, *(_override(k, v) for k, v in params.items())]
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """Train one trial; its value is its `tune.metric` (NaN, which Optuna marks FAIL, when it has none)."""
+        params = _checked_params(
+            {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
+        )
+        run_dir = self.dir / f"trial_{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        handler = logging.FileHandler(_new_folder(run_dir) / "train.log")
+        handler.setFormatter(TIMED)
+        logging.getLogger().addHandler(handler)
+        try:
+            overrides = [*self.trial_overrides(params), f"output_dir={run_dir}", "test=false"]
+            cfg = compose_config(overrides)
+            _write_run_config(run_dir, cfg, overrides)
+            pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
+            metrics = train(cfg, callbacks=[pruning], stops=(optuna.TrialPruned,), next_steps_line=False)
+        except (optuna.TrialPruned, KeyboardInterrupt, SIGTERMException):
+            raise
+        except FmnistError as error:
+            trial.set_user_attr("error", str(error)[:500])
+            log.error(f"trial {trial.number} failed: {error}")
+            return math.nan
+        except Exception as error:  # noqa: BLE001 - the search goes on; the traceback is in the trial's train.log
+            trial.set_user_attr("error", f"{type(error).__name__}: {str(error)[:400]}")
+            log.exception(f"trial {trial.number} failed: {type(error).__name__}: {error}")
+            return math.nan
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            trial.set_user_attr("error", f"metrics.json has no {self.metric}")
+            return math.nan
+        return float(value)
+
+
+def _write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """The trial's `.hydra/` as a Hydra run leaves it (config.yaml, hydra.yaml, overrides.yaml): a normal run folder."""
+    folder = run_dir / ".hydra"
+    folder.mkdir()
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": HydraConfig.get()}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+
+
+def _new_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=False)  # a trial number is the storage's: never an earlier trial's folder
+    return folder
+
+
+def _setup_logging(log_file: Path) -> None:
+    """The terminal (through tqdm) and the study's tune.log; each trial adds its own train.log."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = TqdmHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    file = logging.FileHandler(log_file)
+    file.setFormatter(TIMED)
+    root.handlers[:] = [console, file]
+    for name in ("alembic", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.disable_default_handler()  # its warnings reach the handlers above
+    optuna.logging.enable_propagation()
+    route_lightning_logs()
+
+
+def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    state = trial.state.name
+    value = f" {trial.value:.4f}" if trial.value is not None and state == "COMPLETE" else ""
+    at = f" after epoch {max(trial.intermediate_values) + 1}" if state == "PRUNED" and trial.intermediate_values else ""
+    seconds = f" in {trial.duration.total_seconds():.1f} s" if trial.duration else ""
+    log.info(f"trial {trial.number}: {state}{value}{at}{seconds} ({params}) {trial.user_attrs.get('run_dir', '')}")
+
+
+def summary_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial of the study (every worker's), in number order."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "epochs reported": len(t.intermediate_values),
+                "params": " ".join(f"{k}={v}" for k, v in t.params.items()),
+                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                "run_dir": t.user_attrs.get("run_dir", ""),
+                "error": t.user_attrs.get("error", ""),
+            }
+        )
+    return rows
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if key == "value" and isinstance(value, float) else str(value)
+
+
+def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[str, Any]]:
+    rows = summary_rows(study)
+    columns = list(rows[0]) if rows else ["trial", "state", "value"]
+    with open(folder / "study_summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    lines = [
+        f"# Study {study.study_name}: {len(rows)} trials, " + ", ".join(f"{n} {s}" for s, n in states.items() if n),
+        "",
+        f"value: {metric} (maximised)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for r in rows:
+        cells = [_cell(k, v) for k, v in r.items()]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    (folder / "study_summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, str] | None:
+    """best.yaml (the best trial's overrides, a YAML list) and the command that retrains it; None without one."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not complete:
+        return None
+    best = study.best_trial
+    params = _checked_params(best.params, search.space, f"the best trial ({best.number}) in the storage")
+    overrides = search.trial_overrides(params)
+    command = "python -m fmnist.train " + " ".join(shlex.quote(o) for o in overrides)
+    header = (
+        f"# The best trial of study {study.study_name}: trial {best.number}, {search.metric} {best.value:.4f}, "
+        f"{best.user_attrs.get('run_dir', '')}\n# Retrain it (and test it) with:\n#   {command}\n"
+    )
+    (search.dir / "best.yaml").write_text(header + OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    return best, command
+
+
+def tune(args: list[str]) -> dict[str, Any]:
+    """Run the search the command line describes; return what it found (the summary's rows and the best)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # fmnist prints one line per trial instead
+    ours, base = split_args(args)
+    settings = _compose(ours, config_name="tune")
+    check_values(settings, RULES)
+    search = Search(settings, base)
+    study_name = settings.tune.study_name or f"fmnist_{search.model}"
+    storage = settings.tune.storage
+    if storage is None:  # the SQLite file in the study's folder, which must exist first
+        search.dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(search.dir / 'optuna.db').resolve()}"
+    study = open_study(settings, storage, study_name)
+    search.dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(search.dir / "tune.log")
+    earlier = len(study.get_trials(deepcopy=False))
+    log.info(
+        f"study {study_name} ({earlier} trials so far) in {storage.split('@')[-1]}: {settings.tune.n_trials} trials of "
+        f"{search.model} over {', '.join(search.space)}; pruner {type(study.pruner).__name__}; folder {search.dir}"
+    )
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        study.optimize(search.objective, n_trials=settings.tune.n_trials, callbacks=[_trial_line], gc_after_trial=True)
+    except (KeyboardInterrupt, SIGTERMException):
+        interrupted = True
+    rows = write_summary(study, search.dir, search.metric)
+    log.info(f"{len(rows)} trials in the study; this command: {time.perf_counter() - start:.1f} s")
+    log.info(f"study summary: {search.dir / 'study_summary.md'}")
+    found = write_best(search, study)
+    result: dict[str, Any] = {"rows": rows, "dir": search.dir, "best": None}
+    if found:
+        best, command = found
+        result["best"] = {"trial": best.number, "value": best.value, "params": best.params, "command": command}
+        log.info(f"best: trial {best.number}, {search.metric} {best.value:.4f} ({search.dir / 'best.yaml'})")
+        log.info(f"retrain it: {command}")
+        if settings.tune.test_best and not interrupted and best.user_attrs.get("run_dir"):
+            base_cfg = _compose([*search.trial_overrides(best.params), "output_dir=."])
+            result["test"] = test_once(base_cfg.data, Path(best.user_attrs["run_dir"]), f"best trial {best.number}")
+    if interrupted:
+        raise FmnistError(
+            f"interrupted: the study keeps its {len(rows)} trials; run the same command again to continue it"
+        )
+    if not found:
+        raise FmnistError(f"no trial completed: see {search.dir / 'study_summary.md'}")
+    return result
