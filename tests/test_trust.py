@@ -92,9 +92,8 @@ def _targets(node, path=""):
 
 
 def test_every_target_in_conf_is_allowed_so_the_list_cannot_rot():
-    found = {
-        target for file in CONF.rglob("*.yaml") for _, target in _targets(OmegaConf.to_container(OmegaConf.load(file)))
-    }
+    run_configs = [f for f in CONF.rglob("*.yaml") if CONF / "pruner" not in f.parents]  # pruners: fmnist.tune's
+    found = {target for file in run_configs for _, target in _targets(OmegaConf.to_container(OmegaConf.load(file)))}
     assert found and found <= config_targets()
     for overrides in (
         ["model=cnn"],
