@@ -2,8 +2,9 @@
 
     python docs/screenshots.py tensorboard URL   # docs/tensorboard_{scalars,images,hparams}.png
     python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
+    python docs/screenshots.py dashboard URL     # docs/optuna_dashboard.png (URL: the study's page)
 
-URL is a running `tensorboard --logdir ...` or `python -m fmnist.serve ...`.
+URL is a running `tensorboard --logdir ...`, `python -m fmnist.serve ...` or `make dashboard`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main() -> None:
                 page.goto(f"{url}/?darkMode=false#{tab}{query}")
                 page.wait_for_timeout(6000)
                 page.screenshot(path=DOCS / f"tensorboard_{tab}.png")
+        elif what == "dashboard":
+            page.goto(url)
+            page.wait_for_timeout(8000)  # the history plot is drawn after the study is fetched
+            page.screenshot(path=DOCS / "optuna_dashboard.png", full_page=True)
         else:
             page.goto(url)
             page.get_by_text("nearest catalogue items").first.wait_for()

@@ -27,6 +27,15 @@ from gradio_client import Client, handle_file  # noqa: E402
 from fmnist.web.app import Classifier, build_app, check_port, cluster_gallery, write_examples  # noqa: E402
 from fmnist.web.catalog import build_catalog  # noqa: E402
 
+# A 193-byte PNG whose damaged chunk makes Pillow raise SyntaxError while decoding (found by fuzzing the page).
+BROKEN_CHUNK_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d494844520000003c0000005a08020000006b33a2620000009049444154789ceddbb10d80"
+    "300c00418cd87fe5b00105128722fdb72e7272e32ab3d63a76ebfc1bf0a6d0aad0aad0aad0aaeb793c33dfbdfdfa186f"
+    "b9e9d0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aa"
+    "d0aad0aad0aad0aad0aad0aad0aad0aad0aad0aad0aa2dd1d3274a43971da355682e963cd51a6909af150385a9000060"
+    "82"
+)
+
 
 def serve_cfg(ckpt: Path, *extra: str):
     cfg = compose_config([f"ckpt_path={ckpt}", *extra], config_name="serve")
@@ -74,6 +83,19 @@ def test_the_catalogue_is_the_test_set_embedded_clustered_and_cached(tiny_cfg, c
     cached[0].write_bytes(b"damaged")  # never trusted: rebuilt
     rebuilt = build_catalog(model, tiny_cfg, torch.device("cpu"))
     assert "unreadable" in capsys.readouterr().out and torch.equal(rebuilt.embeddings, catalog.embeddings)
+    for key, wrong in (("images", catalog.images[:5]), ("classes", catalog.classes - 20), ("scores", {})):
+        torch.save({**catalog.to_state(), key: wrong}, cached[0])  # plain tensors, but not this catalogue's
+        assert torch.equal(build_catalog(model, tiny_cfg, torch.device("cpu")).classes, catalog.classes)
+        assert "unreadable" in capsys.readouterr().out, key
+
+    other = Path(tiny_cfg.data.root) / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    original = other.read_bytes()
+    try:  # other test data (same sizes): another key, not the old cache
+        other.write_bytes(original[:8] + bytes(reversed(original[8:])))
+        build_catalog(model, tiny_cfg, torch.device("cpu"))
+        assert "embedded and clustered" in capsys.readouterr().out
+    finally:
+        other.write_bytes(original)
 
 
 def test_a_folder_catalogue_skips_files_that_are_not_images_and_keys_the_cache_by_its_files(tiny_cfg, tmp_path, capsys):
@@ -115,8 +137,10 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     (tmp_path / "cut.png").write_bytes((tmp_path / "photo.jpg").read_bytes()[:200])
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20000, 20000)).save(bomb)  # 400 million pixels in a small file
+    (tmp_path / "chunk.png").write_bytes(BROKEN_CHUNK_PNG)
 
     files = [photo, tmp_path / "notes.txt", tmp_path / "empty.png", tmp_path / "cut.png", bomb, None, photo]
+    files.append(tmp_path / "chunk.png")  # in the same batch as good photos: only its own row is an error
     seen, labels, galleries, lines = classifier.classify([str(f) if f else None for f in files])
     assert len(seen) == len(labels) == len(galleries) == len(lines) == len(files)
     for i in (0, 6):  # the same photo twice in one batch: the same answer
@@ -129,7 +153,8 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     assert lines[1] == "error: not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"
     assert lines[2].startswith("error: ") and lines[3].startswith("error: unreadable image")
     assert "decompression bomb" in lines[4] and lines[5] == "error: no file: upload a photo or pick an example"
-    for i in range(1, 6):  # nothing else on the page changes
+    assert lines[7] == "error: unreadable image: broken PNG file (chunk b'')"
+    for i in (1, 2, 3, 4, 5, 7):  # nothing else on the page changes
         assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in (seen[i], labels[i], galleries[i]))
 
     groups = cluster_gallery(catalog)
@@ -153,6 +178,8 @@ def test_bad_settings_stop_with_one_line(tiny_cfg):
         ("port=0", "port=0 is out of range"),
         ("neighbours=abc", "neighbours=abc is not an integer"),
         ("catalog=/nonexistent", "catalog=/nonexistent is not a folder"),
+        ("max_file_size=banana", "max_file_size=banana is not a size"),
+        ("max_file_size=1.5mb", "max_file_size=1.5mb is not a size"),
     ):
         cfg = serve_cfg(Path(tiny_cfg.ckpt_path), override)
         with pytest.raises(FmnistError, match=message):
@@ -229,20 +256,19 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
         assert load["requests"] == 200 and load["errors"] == 0, load
 
         chromium = shutil.which("chromium")
-        if chromium:  # .ci/run installs Debian's chromium; the page is drawn by its JavaScript
-            shot = tmp_path / "page.png"
-            subprocess.run(
-                [
-                    chromium,
-                    *"--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update "
-                    "--disable-sync --no-first-run --window-size=1200,900 --virtual-time-budget=15000".split(),
-                    f"--user-data-dir={tmp_path / 'chromium'}",
-                    f"--screenshot={shot}",
-                    url,
-                ],
-                capture_output=True,
-                timeout=120,
-            )
+        if chromium:  # .ci/run installs Debian's chromium: the page, drawn by its JavaScript, shows the result
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+                )
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(url)
+                page.get_by_text("Trouser · ").first.wait_for(timeout=60_000)  # the opening example's neighbours
+                shot = tmp_path / "page.png"
+                page.screenshot(path=shot)
+                browser.close()
             pixels = np.asarray(Image.open(shot).convert("L"))
             assert pixels.std() > 10 and (pixels < 128).mean() > 0.005, "a blank page"  # text and images drawn
     log = (tmp_path / "serve.log").read_text()

@@ -90,27 +90,33 @@ def list_inputs(inputs: str) -> list[Path]:
     raise FmnistError(f"inputs={inputs} does not exist")
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Read and prepare one file; raises ValueError with a short reason when it can't."""
+def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Read and prepare one file; raises ValueError with a short reason when it can't.
+
+    An image of more than `max_pixels` is refused from its header, before anything is decoded; a JPEG is
+    decoded at the smallest scale of at least 1024 pixels a side that its format offers (the garment ends up
+    28x28 anyway)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, below Pillow's, decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels, below Pillow's, decides
             image = Image.open(path, formats=FORMATS)
         with image:
-            if image.width * image.height > MAX_PIXELS:  # the header alone: nothing is decoded yet
+            if image.width * image.height > max_pixels:  # the header alone: nothing is decoded yet
                 raise ValueError(
                     f"too large: {image.width}x{image.height} pixels, more than the "
-                    f"{MAX_PIXELS:,} fmnist decodes (a decompression bomb?)"
+                    f"{max_pixels:,} fmnist decodes (a decompression bomb?)"
                 )
+            if image.format == "JPEG":
+                image.draft(image.mode, (1024, 1024))
             image.load()
             return to_fashion_mnist(image)
     except Image.DecompressionBombError:
         raise ValueError(
-            f"too large: more than the {MAX_PIXELS:,} pixels fmnist decodes (a decompression bomb?)"
+            f"too large: more than the {max_pixels:,} pixels fmnist decodes (a decompression bomb?)"
         ) from None
     except UnidentifiedImageError:
         raise ValueError(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
-    except OSError as error:  # truncated or damaged files
+    except (OSError, SyntaxError) as error:  # truncated or damaged files (Pillow's PNG chunk errors: SyntaxError)
         raise ValueError(f"unreadable image: {error}") from None
 
 

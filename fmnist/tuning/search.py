@@ -184,7 +184,7 @@ class Search:
             {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
         )
         run_dir = self.dir / f"trial_{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))  # workers may start in other folders
         handler = logging.FileHandler(_new_folder(run_dir) / "train.log")
         handler.setFormatter(TIMED)
         logging.getLogger().addHandler(handler)

@@ -11,6 +11,7 @@ The same functions are the app's HTTP API (`/classify`), which `gradio_client` c
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
 
@@ -48,6 +49,14 @@ from fmnist.utils.checks import (  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
 from fmnist.web.catalog import Catalog, build_catalog, class_name  # noqa: E402
 
+
+def file_size(value) -> bool:
+    """A size Gradio's `max_file_size` takes: a number of bytes, or digits and b, kb, mb or gb."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 1
+    return isinstance(value, str) and re.fullmatch(r"\s*[1-9]\d*\s*(b|kb|mb|gb)\s*", value, re.IGNORECASE) is not None
+
+
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
     "catalog": (text, "a folder name", None, "a folder of images (or null: the test set)", True),
@@ -57,7 +66,8 @@ RULES = {
     "k": (integer, "an integer", lambda v: v >= 2, "an integer >= 2", False),
     "seed": (integer, "an integer", seed_in_range, SEED_RANGE, False),
     "min_confidence": (number, "a number", lambda v: 0 <= v <= 1, "a number from 0 to 1", False),
-    "max_file_size": (text, "a size", None, "a size such as 10mb or 500kb", False),
+    "max_file_size": (file_size, "a size", None, "a size such as 10mb, 500kb or a number of bytes", False),
+    "max_pixels": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (an upload's pixels)", False),
     "max_batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "cache": (boolean, "true or false", None, "true or false", False),
     "device": (text, "a device name", None, "auto, cpu, cuda or cuda:N", False),
@@ -98,10 +108,17 @@ class Classifier:
     """The model and catalogue, loaded once; `classify` serves a batch of uploads."""
 
     def __init__(
-        self, model, catalog: Catalog, device: torch.device, neighbours: int, min_confidence: float, folder: Path
+        self,
+        model,
+        catalog: Catalog,
+        device: torch.device,
+        neighbours: int,
+        min_confidence: float,
+        folder: Path,
+        max_pixels: int = MAX_PIXELS,
     ):
         self.model, self.catalog, self.device = model.eval().to(device), catalog, device
-        self.neighbours, self.min_confidence = neighbours, min_confidence
+        self.neighbours, self.min_confidence, self.max_pixels = neighbours, min_confidence, max_pixels
         self.thumbnails = Thumbnails(folder)
 
     @torch.inference_mode()
@@ -115,17 +132,19 @@ class Classifier:
             try:
                 if not path:
                     raise ValueError(NO_FILE.removeprefix("error: "))
-                images.append(load_image(Path(path)))
-                slots.append(len(seen))
-                seen.append(None)
-                labels.append(None)
-                galleries.append(None)
-                lines.append(None)
-            except ValueError as error:
+                images.append(load_image(Path(path), self.max_pixels))
+            except Exception as error:  # noqa: BLE001 - one bad upload never fails the others of its batch
+                reason = str(error) if isinstance(error, ValueError) else f"unreadable image: {type(error).__name__}"
                 seen.append(gr.skip())
                 labels.append(gr.skip())
                 galleries.append(gr.skip())
-                lines.append(f"error: {error}")
+                lines.append(f"error: {reason}")
+                continue
+            slots.append(len(seen))
+            seen.append(None)
+            labels.append(None)
+            galleries.append(None)
+            lines.append(None)
         catalog = self.catalog
         if images:
             x = torch.stack(images).to(self.device)
@@ -218,7 +237,7 @@ def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) 
             gallery = gr.Gallery(label="nearest catalogue items (class · cosine similarity)", columns=8, height="auto")
             outputs = [seen, label, gallery, line]
             # the page opens with its first example classified; an upload is classified at once
-            for event in (button.click, upload.upload, app.load):
+            for event in (button.click, upload.upload, *([app.load] if examples else [])):
                 event(
                     classifier.classify,
                     inputs=[upload],
@@ -268,22 +287,27 @@ def serve(cfg: DictConfig, block: bool = True):
     if cfg.catalog is not None and not Path(cfg.catalog).is_dir():
         raise FmnistError(f"catalog={cfg.catalog} is not a folder: give a folder of images (or catalog=null)")
     catalog = build_catalog(model, cfg, device)
-    folder = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))  # the examples and thumbnails: removed at exit
+    folder = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))  # examples, thumbnails, uploads: removed at exit
     atexit.register(shutil.rmtree, folder, True)
-    classifier = Classifier(model, catalog, device, cfg.neighbours, cfg.min_confidence, folder)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(folder / "uploads"))  # Gradio's copies of uploads and outputs
+    classifier = Classifier(model, catalog, device, cfg.neighbours, cfg.min_confidence, folder, cfg.max_pixels)
     app = build_app(classifier, write_examples(catalog, folder), cfg.max_batch_size)
+    try:
+        app.queue().launch(
+            server_name=cfg.host,
+            server_port=cfg.port,
+            max_file_size=cfg.max_file_size,
+            prevent_thread_lock=True,
+            quiet=True,
+            footer_links=["api"],
+        )
+    except OSError as error:  # the port was taken while the catalogue was built
+        raise FmnistError(f"cannot serve on {cfg.host}:{cfg.port} ({error}). Fix: another port=") from None
     print(
-        f"serving {cfg.ckpt_path} on http://{cfg.host}:{cfg.port} (uploads up to {cfg.max_file_size}, "
-        f"{MAX_PIXELS:,} pixels); Ctrl-C stops it"
+        f"serving {cfg.ckpt_path} on http://{cfg.host}:{cfg.port} (uploads up to {cfg.max_file_size} and "
+        f"{cfg.max_pixels:,} pixels); Ctrl-C stops it"
     )
     if block:  # SIGTERM stops the server as Ctrl-C does: Gradio closes and the temporary folder goes
         signal.signal(signal.SIGTERM, _interrupt)
-    app.queue().launch(
-        server_name=cfg.host,
-        server_port=cfg.port,
-        max_file_size=cfg.max_file_size,
-        prevent_thread_lock=not block,
-        quiet=True,
-        footer_links=["api"],
-    )
+        app.block_thread()
     return app

@@ -2,15 +2,18 @@
 
 Built once at start-up from the test set or a folder of images (prepared as `fmnist.predict` prepares a
 photo), with `fmnist.cluster`'s k-means and scores, and cached beside the checkpoint under a key made of
-the checkpoint's and the catalogue's contents, so that a restart loads it instead of rebuilding it.
+the checkpoint's and the catalogue files' bytes, so that a restart loads it instead of rebuilding it. A cache
+file is read with `torch.load(weights_only=True)` and checked part by part; one that fails is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -21,7 +24,7 @@ from tqdm import tqdm
 
 from fmnist.analysis.cluster import class_mix, cluster_scores, kmeans
 from fmnist.analysis.reports import predictions
-from fmnist.data.idx import CLASS_NAMES
+from fmnist.data.idx import CLASS_NAMES, RAW_FILES, raw_folder
 from fmnist.deploy.predict import list_inputs, load_image
 from fmnist.utils.errors import FmnistError
 
@@ -95,16 +98,41 @@ def _file_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def cache_key(ckpt_path: Path, catalog: str | None, k: int, seed: int, files: list[Path]) -> str:
-    """The checkpoint's contents, the catalogue (its files' names, sizes and times; the test set), k and seed."""
-    listing = (
-        "test set" if catalog is None else "\n".join(f"{p}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+def cache_key(ckpt_path: Path, files: list[Path], k: int, seed: int) -> str:
+    """The checkpoint's bytes, every catalogue file's name and bytes (the test set: its two IDX files), k, seed."""
+    contents = [f"{p.name}\t{_file_digest(p)}" for p in files]
+    return _digest(_file_digest(ckpt_path), *contents, str(k), str(seed), str(CACHE_VERSION))
+
+
+def _checked_state(state: Any, width: int) -> dict:
+    """A cache file's contents, refused (ValueError) unless they are what `to_state` writes for this model."""
+    keys = {"version", "embeddings", "images", "classes", "names", "labelled", "clusters", "map2d", "scores"}
+    if not isinstance(state, dict) or set(state) != keys or state["version"] != CACHE_VERSION:
+        raise ValueError("not a catalogue of this fmnist version")
+    tensors = [state[k] for k in ("embeddings", "images", "classes", "clusters", "map2d")]
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or not isinstance(state["names"], list):
+        raise ValueError("its parts are not tensors")
+    n = len(state["names"])
+    embeddings, images, classes, clusters, map2d = tensors
+    shapes_ok = (
+        embeddings.shape == (n, width)
+        and images.shape == (n, 28, 28)
+        and images.dtype == torch.uint8
+        and classes.shape == clusters.shape == (n,)
+        and map2d.shape == (n, 2)
+        and n >= 1
     )
-    return _digest(_file_digest(ckpt_path), listing, str(k), str(seed), str(CACHE_VERSION))
+    if not shapes_ok or not bool(((classes >= 0) & (classes < len(CLASS_NAMES))).all()):
+        raise ValueError("its sizes or classes do not match this model and catalogue")
+    scores = state["scores"]
+    needed = {"nmi", "ari", "purity", "k", "clusters"}
+    if not isinstance(scores, dict) or not needed <= set(scores) or not isinstance(scores["clusters"], list):
+        raise ValueError("its cluster scores are incomplete")
+    return state
 
 
 @torch.inference_mode()
-def _embed_folder(model, files: list[Path], device: torch.device, batch_size: int) -> tuple:
+def _embed_folder(model, files: list[Path], device: torch.device, batch_size: int, max_pixels: int) -> tuple:
     """Embeddings, the network's classes and uint8 images of the files that are images (others are skipped)."""
     embeddings, classes, images, names, skipped = [], [], [], [], []
     model.eval().to(device)
@@ -112,9 +140,9 @@ def _embed_folder(model, files: list[Path], device: torch.device, batch_size: in
         batch, kept = [], []
         for path in files[start : start + batch_size]:
             try:
-                batch.append(load_image(path))
+                batch.append(load_image(path, max_pixels))
                 kept.append(path)
-            except ValueError as error:
+            except Exception as error:  # noqa: BLE001 - one file never stops the catalogue
                 skipped.append(f"{path}: {error}")
         if not batch:
             continue
@@ -133,9 +161,7 @@ def _embed_folder(model, files: list[Path], device: torch.device, batch_size: in
     return torch.cat(embeddings), torch.cat(classes), torch.cat(images), names
 
 
-def _embed_test_set(model, cfg: DictConfig, device: torch.device) -> tuple:
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
+def _embed_test_set(model, datamodule, device: torch.device) -> tuple:
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
     embeddings, labels, images = predictions(
@@ -146,21 +172,31 @@ def _embed_test_set(model, cfg: DictConfig, device: torch.device) -> tuple:
 
 def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
     """The catalogue of `cfg.catalog` (a folder; null: the test set) for `model`, from the cache when it holds it."""
-    files = list_inputs(str(cfg.catalog)) if cfg.catalog is not None else []
+    if cfg.catalog is None:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()  # the IDX files, found or unpacked: what the key reads
+        files = [raw_folder(datamodule.root) / name for name in RAW_FILES if name.startswith("t10k")]
+    else:
+        files = list_inputs(str(cfg.catalog))
     ckpt = Path(cfg.ckpt_path)
-    cache = ckpt.parent / CACHE_FOLDER / f"catalog_{cache_key(ckpt, cfg.catalog, cfg.k, cfg.seed, files)}.pt"
-    if cfg.cache and cache.is_file():
+    cache = ckpt.parent / CACHE_FOLDER / f"catalog_{cache_key(ckpt, files, cfg.k, cfg.seed)}.pt"
+    with torch.no_grad():
+        width = int(model.embed(torch.zeros(1, 1, 28, 28)).shape[1]) if cfg.cache and cache.is_file() else 0
+    if width:
         try:
-            catalog = Catalog.from_state(torch.load(cache, map_location="cpu", weights_only=True))
+            state = _checked_state(torch.load(cache, map_location="cpu", weights_only=True), width)
+            catalog = Catalog.from_state(state)
             print(f"catalogue: {len(catalog.names):,} items from the cache {cache}")
             return catalog
-        except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
-            print(f"the cache {cache} is unreadable ({type(error).__name__}): building the catalogue again")
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign cache is rebuilt, never trusted
+            reason = f"{type(error).__name__}: {str(error)[:120]}"
+            print(f"the cache {cache} is unreadable ({reason}): building the catalogue again")
     start = time.perf_counter()
     if cfg.catalog is None:
-        embeddings, classes, images, names = _embed_test_set(model, cfg, device)
+        embeddings, classes, images, names = _embed_test_set(model, datamodule, device)
     else:
-        embeddings, classes, images, names = _embed_folder(model, files, device, cfg.data.eval_batch_size or 256)
+        batch = cfg.data.eval_batch_size or 256
+        embeddings, classes, images, names = _embed_folder(model, files, device, batch, cfg.max_pixels)
     features = embeddings.numpy()
     k = min(cfg.k, len(names))
     clusters = kmeans(features, k, cfg.seed) if k >= 2 else np.zeros(len(names), dtype=np.int64)
@@ -185,7 +221,7 @@ def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
     if cfg.cache:
         try:
             cache.parent.mkdir(exist_ok=True)
-            partial = cache.with_suffix(".tmp")
+            partial = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp")  # two servers may build it at once
             torch.save(catalog.to_state(), partial)
             partial.replace(cache)  # a file of fmnist's own, named by its key: never someone else's
             print(f"cached in {cache}")
