@@ -15,7 +15,7 @@ def main() -> None:
     """Run the search of the command line; every problem ends it with one `error: ...` line."""
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip().splitlines()[0].removeprefix("Search hyperparameters: "))
+        print("usage: " + __doc__.strip().splitlines()[0].removeprefix("Search hyperparameters: ").strip("`."))
         print("the tune.* keys and their defaults: conf/tune.yaml; pruners: conf/pruner/; spaces: conf/search_space/")
         return
     try:

@@ -70,13 +70,18 @@ def test_the_search_keys_are_told_from_the_trials_keys():
     "args, message",
     [
         (["tune.storage=notaurl"], "tune.storage=notaurl cannot be used"),
-        (["tune.storage=postgresql://u@127.0.0.1:1/db"], "tune.storage=127.0.0.1:1/db cannot be used"),
+        (
+            ["tune.storage=postgresql://u:pw@127.0.0.1:1/db"],
+            "tune.storage=postgresql://u:***@127.0.0.1:1/db cannot be used",
+        ),
         (["tune.search_space=cnn"], "conf/search_space/cnn.yaml: model.dense_dropout is not a key of the trials'"),
         (["tune.search_space=nope"], "conf/search_space/nope.yaml does not exist"),
         (["tune.n_trials=0"], "tune.n_trials=0 is out of range"),
         (["data.batch_size=0"], "data.batch_size=0 is out of range"),
         (["output_dir=x"], "output_dir: set by fmnist.tune"),
         (["pruner=nope"], "pruner"),
+        (["model.optimizer.lr=0.01"], "model.optimizer.lr: searched by conf/search_space/rnn.yaml"),
+        (["+tune.nope=1"], "tune.nope: not a setting of fmnist.tune"),
     ],
 )
 def test_bad_input_stops_in_one_line_before_any_trial(tmp_path, tiny_root, args, message):
@@ -87,6 +92,40 @@ def test_bad_input_stops_in_one_line_before_any_trial(tmp_path, tiny_root, args,
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("trial_*")) and not list(tmp_path.rglob("metrics.json"))
     assert not (tmp_path / "study").exists() or "storage=" not in message  # no empty folder left behind
+
+
+def test_storage_urls_are_printed_without_their_password():
+    from fmnist.tuning.search import _secret_free, shown_url
+
+    assert shown_url("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert "secret" not in shown_url("postgresql://u@db/x?password=secret")
+    assert shown_url("not a url at all@host") == "host"
+    assert _secret_free("could not connect: password s3cret refused", "postgresql://u:s3cret@db/x") == (
+        "could not connect: password *** refused"
+    )
+
+
+def test_stored_values_must_be_of_the_dimension_s_type():
+    from fmnist.tuning.search import _checked_params
+
+    cfg = compose_train(["model=rnn", "output_dir=."])
+    space = search_space(OmegaConf.load(CONF / "search_space" / "rnn.yaml"), cfg, "rnn")
+    assert _checked_params({"data.batch_size": 32, "model.optimizer.lr": 0.01}, space, "t")
+    for bad in ({"data.batch_size": 32.0}, {"model.optimizer.lr": "0.01"}, {"data.batch_size": True}, {"x": 1}):
+        with pytest.raises(FmnistError):
+            _checked_params(bad, space, "t")
+
+
+@pytest.mark.slow
+def test_a_study_folder_that_is_a_file_or_holds_another_study_is_refused(tmp_path, tiny_root):
+    (tmp_path / "afile").write_text("")
+    result = run_cli("fmnist.tune", *tiny(tiny_root), f"tune.dir={tmp_path / 'afile'}", cwd=tmp_path)
+    expected = f"error: tune.dir={tmp_path / 'afile'} is a file, not a folder. Fix: give a folder"
+    assert result.stderr.strip().splitlines()[-1] == expected
+    (tmp_path / "other" / "trial_0000").mkdir(parents=True)  # e.g. a study whose optuna.db was deleted
+    result = run_cli("fmnist.tune", *tiny(tiny_root), f"tune.dir={tmp_path / 'other'}", cwd=tmp_path)
+    assert "holds trial folders of another study (trial_0000)" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 2, result.stderr
 
 
 @pytest.mark.slow
@@ -137,7 +176,31 @@ def test_the_pruner_stops_a_trial_that_cannot_learn_before_its_last_epoch(tmp_pa
     metrics = json.loads((study / "trial_0001" / "metrics.json").read_text())  # the pruned trial keeps its folder
     assert metrics["status"] == "stopped" and metrics["epochs"] < 4 and "pruned" in metrics["stopped_by"]
     assert "| 1 | PRUNED |" in (study / "study_summary.md").read_text()
-    assert "trial 1: PRUNED after epoch" in result.stdout
+    assert "trial 1: PRUNED at the validation of epoch" in result.stdout
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_marks_its_trial_fail_and_the_same_command_continues_it(tmp_path, tiny_root):
+    import signal
+
+    study = tmp_path / "study"
+    args = [sys.executable, "-m", "fmnist.tune", *tiny(tiny_root, "trainer.max_epochs=200"), f"tune.dir={study}"]
+    process = subprocess.Popen(
+        [*args, "tune.n_trials=3"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not list(study.glob("trial_0000/checkpoints/*.ckpt")):  # in its first trial's training
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted: the study keeps its 1 trials")
+    (trial,) = optuna.load_study(study_name="fmnist_rnn", storage=f"sqlite:///{study / 'optuna.db'}").get_trials()
+    assert trial.state.name == "FAIL" and trial.user_attrs["error"] == "interrupted (Ctrl-C or SIGTERM)"
+    again = run_cli("fmnist.tune", *tiny(tiny_root, "trainer.max_epochs=1"), f"tune.dir={study}", "tune.n_trials=1",
+                    cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "(1 trials so far)" in again.stdout, again.stderr[-2000:]
 
 
 def _free_port() -> int:

@@ -11,12 +11,15 @@ once by the storage. The end: study_summary.md/.csv, best.yaml and the command t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna_integration import PyTorchLightningPruningCallback
+from sqlalchemy.engine import make_url
 
 from fmnist.training.checks import check_config
 from fmnist.training.console import TqdmHandler, route_lightning_logs
@@ -87,7 +91,9 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage; workers that start together may race to create its tables: the loser tries again."""
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna: no warning for users
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
         except Exception as error:  # noqa: BLE001 - SQLAlchemy's IntegrityError/ProgrammingError of the race
             racing = any(word in str(error) for word in ("already exists", "duplicate key", "UniqueViolation"))
             if not racing or attempt == attempts - 1:
@@ -96,9 +102,31 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed: no password, in the user part or in the query."""
+    try:
+        parsed = make_url(url)
+        return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL: only what follows its last @
+        return url.rsplit("@", 1)[-1]
+
+
+def _secret_free(text: str, url: str) -> str:
+    """`text` (a driver's message) without the URL's password or user part."""
+    try:
+        parsed = make_url(url)
+        secrets = [parsed.password, parsed.query.get("password")]
+    except Exception:  # noqa: BLE001 - a malformed URL: everything before its last @ may be secret
+        secrets = [url.rsplit("@", 1)[0]] if "@" in url else []
+    for secret in secrets:
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def open_study(settings: DictConfig, storage_url: str, study_name: str) -> optuna.Study:
     """The study (created, or loaded when it exists); one FmnistError for a storage that can't be used."""
-    shown = storage_url.split("@")[-1] if "@" in storage_url else storage_url  # never print a password
+    shown = shown_url(storage_url)
     try:
         storage = _rdb_storage(_storage_url(storage_url))
         return optuna.create_study(
@@ -117,7 +145,7 @@ def open_study(settings: DictConfig, storage_url: str, study_name: str) -> optun
             f"{'psycopg[binary]' if 'psycopg' in str(error.name) else error.name}"
         ) from None
     except Exception as error:  # noqa: BLE001 - SQLAlchemy's errors: a malformed URL, no server, refused login
-        reason = " ".join(str(error).split())[:300]
+        reason = _secret_free(" ".join(str(error).split()), storage_url)[:300]
         raise FmnistError(f"tune.storage={shown} cannot be used: {reason}") from None
 
 
@@ -173,29 +201,54 @@ class Search:
                 ) from None
             raise FmnistError(f"{where} cannot be read: {str(error).splitlines()[0][:300]}") from None
         self.space = search_space(space.get("search_space", space), probe, where)  # composed under its group's key
+        fixed = sorted({_key(o) for o in base} & set(self.space))
+        if fixed:
+            raise FmnistError(
+                f"{', '.join(fixed)}: searched by {where}, so a value on the command line would be overridden by "
+                "each trial's. Fix: leave it out, or search another space with tune.search_space=NAME"
+            )
         self.metric = str(settings.tune.metric)
+
+    def run_dir(self, number: int) -> Path:
+        """A trial's folder: from its number, never from what the storage says."""
+        return self.dir / f"trial_{number:04d}"
+
+    def check_folder(self, study: optuna.Study) -> None:
+        """Refuse a study folder holding trial folders that are not this study's (another study's, a deleted one's)."""
+        own = {self.run_dir(t.number).name for t in study.get_trials(deepcopy=False)}
+        foreign = sorted(p.name for p in self.dir.glob("trial_*") if p.name not in own)
+        if foreign:
+            raise FmnistError(
+                f"tune.dir={self.dir} holds trial folders of another study ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}), which this study's trials would collide with. "
+                "Fix: another tune.dir=, or the tune.storage and tune.study_name that made them"
+            )
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
         return [*self.base, *(_override(k, v) for k, v in params.items())]
 
     def objective(self, trial: optuna.Trial) -> float:
         """Train one trial; its value is its `tune.metric` (NaN, which Optuna marks FAIL, when it has none)."""
-        params = _checked_params(
-            {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
-        )
-        run_dir = self.dir / f"trial_{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))  # workers may start in other folders
-        handler = logging.FileHandler(_new_folder(run_dir) / "train.log")
-        handler.setFormatter(TIMED)
-        logging.getLogger().addHandler(handler)
+        run_dir = self.run_dir(trial.number)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))  # for the summary: workers may start in other folders
+        handler: logging.Handler | None = None
         try:
+            params = _checked_params(
+                {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
+            )
+            handler = logging.FileHandler(_new_folder(run_dir) / "train.log")
+            handler.setFormatter(TIMED)
+            logging.getLogger().addHandler(handler)
             overrides = [*self.trial_overrides(params), f"output_dir={run_dir}", "test=false"]
             cfg = compose_config(overrides)
             _write_run_config(run_dir, cfg, overrides)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
             metrics = train(cfg, callbacks=[pruning], stops=(optuna.TrialPruned,), next_steps_line=False)
-        except (optuna.TrialPruned, KeyboardInterrupt, SIGTERMException):
+        except (optuna.TrialPruned, KeyboardInterrupt):
             raise
+        except SIGTERMException as error:  # a SystemExit, which Optuna would leave RUNNING: it marks this one FAIL
+            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+            raise KeyboardInterrupt from error
         except FmnistError as error:
             trial.set_user_attr("error", str(error)[:500])
             log.error(f"trial {trial.number} failed: {error}")
@@ -205,13 +258,29 @@ class Search:
             log.exception(f"trial {trial.number} failed: {type(error).__name__}: {error}")
             return math.nan
         finally:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
         value = metrics.get(self.metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             trial.set_user_attr("error", f"metrics.json has no {self.metric}")
             return math.nan
         return float(value)
+
+
+def _make_folder(folder: Path) -> bool:
+    """The study's folder, made if needed (True: made now); one FmnistError when it can't be."""
+    if folder.exists() and not folder.is_dir():
+        raise FmnistError(f"tune.dir={folder} is a file, not a folder. Fix: give a folder")
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fmnist_write_test_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise FmnistError(f"tune.dir={folder} cannot be written: {error.strerror or error}") from None
+    return made
 
 
 def _write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
@@ -224,7 +293,10 @@ def _write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> N
 
 
 def _new_folder(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=False)  # a trial number is the storage's: never an earlier trial's folder
+    try:  # a trial number is the storage's: never an earlier trial's folder
+        folder.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise FmnistError(f"{folder} exists already: it is not this trial's") from None
     return folder
 
 
@@ -248,7 +320,9 @@ def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     state = trial.state.name
     value = f" {trial.value:.4f}" if trial.value is not None and state == "COMPLETE" else ""
-    at = f" after epoch {max(trial.intermediate_values) + 1}" if state == "PRUNED" and trial.intermediate_values else ""
+    # stopped at that epoch's validation: its metrics.json counts the epochs before it, whose checkpoints it has
+    pruned = state == "PRUNED" and trial.intermediate_values
+    at = f" at the validation of epoch {max(trial.intermediate_values) + 1}" if pruned else ""
     seconds = f" in {trial.duration.total_seconds():.1f} s" if trial.duration else ""
     log.info(f"trial {trial.number}: {state}{value}{at}{seconds} ({params}) {trial.user_attrs.get('run_dir', '')}")
 
@@ -310,9 +384,11 @@ def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.Frozen
     params = _checked_params(best.params, search.space, f"the best trial ({best.number}) in the storage")
     overrides = search.trial_overrides(params)
     command = "python -m fmnist.train " + " ".join(shlex.quote(o) for o in overrides)
+    one_line = all(c.isprintable() for c in command + study.study_name)  # a header line never becomes two
     header = (
-        f"# The best trial of study {study.study_name}: trial {best.number}, {search.metric} {best.value:.4f}, "
-        f"{best.user_attrs.get('run_dir', '')}\n# Retrain it (and test it) with:\n#   {command}\n"
+        f"# The best trial of study {study.study_name if one_line else '(name not shown)'}: trial {best.number}, "
+        f"{search.metric} {best.value:.4f}, {search.run_dir(best.number)}\n"
+        + (f"# Retrain it (and test it) with:\n#   {command}\n" if one_line else "")
     )
     (search.dir / "best.yaml").write_text(header + OmegaConf.to_yaml(OmegaConf.create(overrides)))
     return best, command
@@ -320,22 +396,29 @@ def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.Frozen
 
 def tune(args: list[str]) -> dict[str, Any]:
     """Run the search the command line describes; return what it found (the summary's rows and the best)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # fmnist prints one line per trial instead
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # fmnist prints one line per trial, with its error
     ours, base = split_args(args)
     settings = _compose(ours, config_name="tune")
+    unknown = sorted({f"tune.{k}" for k in settings.tune} - set(RULES)) + sorted(set(settings) - {"tune", "pruner"})
+    if unknown:
+        raise FmnistError(f"{', '.join(unknown)}: not a setting of fmnist.tune (conf/tune.yaml lists them)")
     check_values(settings, RULES)
     search = Search(settings, base)
     study_name = settings.tune.study_name or f"fmnist_{search.model}"
-    storage = settings.tune.storage
-    if storage is None:  # the SQLite file in the study's folder, which must exist first
-        search.dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{(search.dir / 'optuna.db').resolve()}"
-    study = open_study(settings, storage, study_name)
-    search.dir.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(search.dir)
+    storage = settings.tune.storage or f"sqlite:///{(search.dir / 'optuna.db').resolve()}"
+    try:
+        study = open_study(settings, storage, study_name)
+        search.check_folder(study)
+    except FmnistError:
+        if made:
+            with contextlib.suppress(OSError):
+                search.dir.rmdir()  # only when empty: a refused start leaves no folder behind
+        raise
     _setup_logging(search.dir / "tune.log")
     earlier = len(study.get_trials(deepcopy=False))
     log.info(
-        f"study {study_name} ({earlier} trials so far) in {storage.split('@')[-1]}: {settings.tune.n_trials} trials of "
+        f"study {study_name} ({earlier} trials so far) in {shown_url(storage)}: {settings.tune.n_trials} trials of "
         f"{search.model} over {', '.join(search.space)}; pruner {type(study.pruner).__name__}; folder {search.dir}"
     )
     start = time.perf_counter()
@@ -354,9 +437,10 @@ def tune(args: list[str]) -> dict[str, Any]:
         result["best"] = {"trial": best.number, "value": best.value, "params": best.params, "command": command}
         log.info(f"best: trial {best.number}, {search.metric} {best.value:.4f} ({search.dir / 'best.yaml'})")
         log.info(f"retrain it: {command}")
-        if settings.tune.test_best and not interrupted and best.user_attrs.get("run_dir"):
+        best_dir = search.run_dir(best.number)
+        if settings.tune.test_best and not interrupted and (best_dir / "metrics.json").is_file():
             base_cfg = _compose([*search.trial_overrides(best.params), "output_dir=."])
-            result["test"] = test_once(base_cfg.data, Path(best.user_attrs["run_dir"]), f"best trial {best.number}")
+            result["test"] = test_once(base_cfg.data, best_dir, f"best trial {best.number}")
     if interrupted:
         raise FmnistError(
             f"interrupted: the study keeps its {len(rows)} trials; run the same command again to continue it"

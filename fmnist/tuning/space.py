@@ -67,7 +67,13 @@ def search_space(space: DictConfig | dict, trial_cfg: DictConfig, where: str) ->
 
 
 def contained(distribution: BaseDistribution, value: Any) -> bool:
-    """Whether `value` is one the distribution can give (a stored or enqueued trial's value is checked)."""
+    """Whether `value` is one the distribution can give, of its type (a stored or enqueued trial's value is checked)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return any(type(value) is type(c) and value == c for c in distribution.choices)
+    if isinstance(distribution, IntDistribution) and (type(value) is not int):
+        return False
+    if isinstance(distribution, FloatDistribution) and (type(value) is not float):
+        return False
     try:
         return bool(distribution._contains(distribution.to_internal_repr(value)))
     except (TypeError, ValueError):
