@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -93,6 +94,13 @@ def train_cfg(tmp_path, tiny_root):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now (for a test's own server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from fmnist.utils.config import compose_config
-from tests.conftest import ROOT, shop_photo
+from tests.conftest import ROOT, free_port, shop_photo
 
 gradio = pytest.importorskip("gradio", reason="the web page needs pip install -e '.[web]'")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -184,12 +184,6 @@ def test_bad_settings_stop_with_one_line(tiny_cfg):
         cfg = serve_cfg(Path(tiny_cfg.ckpt_path), override)
         with pytest.raises(FmnistError, match=message):
             serve(cfg, block=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

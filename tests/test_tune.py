@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_train, run_cli
+from tests.conftest import CONF, compose_train, free_port, run_cli
 
 optuna = pytest.importorskip("optuna", reason="the search needs pip install -e '.[sweeps]'")
 
@@ -203,12 +202,6 @@ def test_an_interrupted_search_marks_its_trial_fail_and_the_same_command_continu
     assert again.returncode == 0 and "(1 trials so far)" in again.stdout, again.stderr[-2000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def postgresql_server():
     """A throw-away PostgreSQL in a temporary folder on a free loopback port (as `nobody` when run as root,
@@ -218,7 +211,7 @@ def postgresql_server():
         pytest.skip("needs PostgreSQL's server: apt-get install postgresql (.ci/run installs it)")
     bin_dir = Path(found[-1]).parent
     folder = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(folder, "nobody")

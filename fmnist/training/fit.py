@@ -35,6 +35,7 @@ from fmnist.training.resume import (
     hydra_value,
     metrics_describe,
     never_poorer,
+    override_key,
     resume_config,
     run_files,
     saved_epoch_share,
@@ -205,7 +206,7 @@ def run_label(cfg: DictConfig) -> str:
     named = sorted(
         o.lstrip("+~")
         for o in overrides
-        if o.split("=", 1)[0].lstrip("+~") not in UNNAMED_KEYS and not o.lstrip("+~").startswith(UNNAMED_PREFIXES)
+        if override_key(o) not in UNNAMED_KEYS and not override_key(o).startswith(UNNAMED_PREFIXES)
     )
     label = ",".join([f"{cfg.get('name') or 'run'}", f"seed={cfg.seed}", *named]).replace("/", "_")
     return label[:200]  # a folder name stays well under the file system's 255 bytes

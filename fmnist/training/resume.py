@@ -41,7 +41,8 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_time", "trainer.enable_progress_bar", "torch_threads", "test")
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key of a command-line override: `+a.b=1`, `~a.b` and `a.b=1` are all `a.b`."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -115,8 +116,8 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     """
     run = Path(cfg.resume)
     config_file, checkpoint_path = run_files(run)
-    overrides = [o for o in HydraConfig.get().overrides.task if _key(o) != "resume"]
-    refused = [o for o in overrides if _key(o) not in RESUMABLE_KEYS]
+    overrides = [o for o in HydraConfig.get().overrides.task if override_key(o) != "resume"]
+    refused = [o for o in overrides if override_key(o) not in RESUMABLE_KEYS]
     if refused:
         raise FmnistError(
             f"resume={run} continues that run with its own config: {' '.join(refused)} "
@@ -125,7 +126,7 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     saved = _load_run_config(config_file)
     check_run_config(saved, config_file)  # before anything is resolved or built from it
     for override in overrides:
-        OmegaConf.update(saved, _key(override), OmegaConf.select(cfg, _key(override)), force_add=True)
+        OmegaConf.update(saved, override_key(override), OmegaConf.select(cfg, override_key(override)), force_add=True)
     resolved = saved.copy()
     resolved.output_dir = str(run)  # wherever the folder is now
     resolved.resume = None
@@ -135,7 +136,7 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     check(resolved)
     checkpoint = read_checkpoint(checkpoint_path, run)
     previous = read_metrics(run / "metrics.json")
-    plan, done = resume_plan(resolved, checkpoint, previous, {_key(o) for o in overrides})
+    plan, done = resume_plan(resolved, checkpoint, previous, {override_key(o) for o in overrides})
     if plan == "finished":
         rank_zero_info(
             f"resume={run}: the run is finished ({done}) and its metrics.json is complete; nothing "

@@ -163,8 +163,8 @@ def test_best(config: DictConfig, sweep_dir: Path) -> dict | None:
         if not isinstance(metrics, dict) or metrics.get("status") != "completed":
             continue
         value, checkpoint = metrics.get("val/acc_best"), metrics.get("best_checkpoint")
-        tested = isinstance(checkpoint, str) and checkpoint
-        if isinstance(value, float) and tested and (best is None or value > best[0]):
+        has_checkpoint = isinstance(checkpoint, str) and checkpoint
+        if isinstance(value, float) and has_checkpoint and (best is None or value > best[0]):
             best = (value, metrics_file.parent)
     if best is None:
         print("no job of the sweep has a best checkpoint to test")

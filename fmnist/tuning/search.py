@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from fmnist.training.checks import check_config
 from fmnist.training.console import TqdmHandler, route_lightning_logs
 from fmnist.training.fit import train
-from fmnist.training.resume import hydra_value
+from fmnist.training.resume import hydra_value, override_key
 from fmnist.training.sweeps import test_once
 from fmnist.tuning.space import contained, search_space
 from fmnist.utils.checks import boolean, check_values, integer, seed_in_range, text
@@ -62,10 +62,6 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     """(the search's overrides: tune.* and pruner, the trials' overrides)."""
     ours = [a for a in args if a.lstrip("+~").startswith(("tune.", "pruner=", "pruner."))]
     return ours, [a for a in args if a not in ours]
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _compose(overrides: list[str], config_name: str = "train") -> DictConfig:
@@ -182,7 +178,7 @@ class Search:
 
     def __init__(self, settings: DictConfig, base: list[str]):
         self.settings, self.base = settings, base
-        given = sorted({_key(o) for o in base} & set(SET_BY_TUNE))
+        given = sorted({override_key(o) for o in base} & set(SET_BY_TUNE))
         if given:
             raise FmnistError(f"{', '.join(given)}: set by fmnist.tune for each trial (tune.dir= chooses the folder)")
         probe = _compose([*base, "output_dir=."])  # the trials' base config: Hydra checks every override
@@ -201,7 +197,7 @@ class Search:
                 ) from None
             raise FmnistError(f"{where} cannot be read: {str(error).splitlines()[0][:300]}") from None
         self.space = search_space(space.get("search_space", space), probe, where)  # composed under its group's key
-        fixed = sorted({_key(o) for o in base} & set(self.space))
+        fixed = sorted({override_key(o) for o in base} & set(self.space))
         if fixed:
             raise FmnistError(
                 f"{', '.join(fixed)}: searched by {where}, so a value on the command line would be overridden by "
@@ -377,8 +373,7 @@ def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[s
 
 def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """best.yaml (the best trial's overrides, a YAML list) and the command that retrains it; None without one."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    if not complete:
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None
     best = study.best_trial
     params = _checked_params(best.params, search.space, f"the best trial ({best.number}) in the storage")

@@ -33,7 +33,7 @@ from omegaconf import DictConfig  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fmnist.analysis.cluster import map_figure  # noqa: E402
-from fmnist.deploy.predict import MAX_PIXELS, load_image  # noqa: E402
+from fmnist.deploy.predict import MAX_PIXELS, NOT_A_NUMBER, UNSURE, load_image  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
 from fmnist.utils.checks import (  # noqa: E402
     DATA_RULES,
@@ -153,7 +153,7 @@ class Classifier:
             for slot, image, embedding, p in zip(slots, x, embeddings, probs, strict=True):
                 if not bool(p.isfinite().all()):
                     seen[slot] = labels[slot] = galleries[slot] = gr.skip()
-                    lines[slot] = "error: the model's output is not a number: the checkpoint's weights are broken"
+                    lines[slot] = f"error: {NOT_A_NUMBER}"
                     continue
                 top = p.topk(3)
                 seen[slot] = self.thumbnails.path((image[0] * 255).round().cpu(), 196)
@@ -163,11 +163,7 @@ class Classifier:
                     for i, sim in catalog.nearest(embedding.cpu(), self.neighbours)
                 ]
                 best, share = class_name(int(top.indices[0])), float(top.values[0])
-                lines[slot] = f"**{best}** ({share:.1%})" + (
-                    f": unsure, below {self.min_confidence:.0%}: probably not a garment, or not Fashion-MNIST-like"
-                    if share < self.min_confidence
-                    else ""
-                )
+                lines[slot] = f"**{best}** ({share:.1%})" + (f" ({UNSURE})" if share < self.min_confidence else "")
         return seen, labels, galleries, lines
 
 
