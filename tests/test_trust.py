@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fmnist.models import CNN, MODEL_NAMES, MODELS, BiLSTM, SimpleRNN
+from fmnist.models import CNN, MODEL_NAMES, MODELS, BiLSTM, SimpleRNN, SpeedNet
 from fmnist.models.base import optimizer_factory
 from fmnist.models.checkpoint import load_model
 from fmnist.models.trust import OPTIMIZERS, checked_hparams
@@ -58,7 +58,7 @@ def _genuine(trained_run: Path) -> dict:
 
 
 def test_the_registry_holds_the_three_models_under_every_name_their_files_carry():
-    assert MODELS == {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM}
+    assert MODELS == {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM, "SpeedNet": SpeedNet}
     for cls in MODELS.values():
         for name in (cls.__name__, f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"):
             assert MODEL_NAMES[name] is cls
@@ -116,7 +116,7 @@ def test_a_gadget_class_path_in_a_checkpoint_is_refused(tmp_path, marker, gadget
     with pytest.raises(
         FmnistError,
         match=rf"^{re.escape(str(path))} is refused: its fmnist_model .* is not an "
-        r"fmnist model \(CNN, SimpleRNN, BiLSTM\)",
+        r"fmnist model \(CNN, SimpleRNN, BiLSTM, SpeedNet\)",
     ):
         load_model(path)
     assert not marker.exists()
@@ -135,7 +135,7 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         (
             lambda h, m: h.update(evil=1),
             r"does not match CNN: hyper_parameters.evil is not a CNN setting \(expected: "
-            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step\)",
+            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step, label_smoothing, lr_schedule, lr_triangle, tta\)",
         ),
         (
             lambda h, m: h.update(_target_="os.system"),

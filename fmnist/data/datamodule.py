@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fmnist.data.augment import build_augmentation
 from fmnist.data.idx import CLASS_NAMES, DEBIAN_DIR, ensure_raw_files, load_split
 
 
@@ -134,10 +135,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         device_resident: bool = False,
         batches_per_step: int = 1,
         seed: int | None = None,
+        augment: Mapping[str, float] | None = None,
     ):
         """`device_resident` keeps the splits on the training device (still uint8); `batches_per_step` > 1
         hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast).
-        `seed` fixes the training order of each epoch (None: drawn from torch's generator)."""
+        `seed` fixes the training order of each epoch (None: drawn from torch's generator).
+        `augment`: the training batches' augmentation (fmnist.data.augment, conf/augment/); None: none."""
         super().__init__()
         self.root = root
         self.batch_size = batch_size
@@ -150,6 +153,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.batches_per_step = batches_per_step
         self.seed = seed
         self.class_names = CLASS_NAMES
+        self.augment = build_augmentation(**dict(augment or {}))
         self.train_set = self.val_set = self.test_set = None
 
     def prepare_data(self) -> None:
@@ -204,7 +208,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        augment = self.augment if self.augment is not None and self.trainer is not None and self.trainer.training else None
         if isinstance(batch, list):
-            return [(to_unit_float(images), labels) for images, labels in batch]
-        images, labels = batch
-        return to_unit_float(images), labels
+            return [self._prepared(images, labels, augment) for images, labels in batch]
+        return self._prepared(*batch, augment)
+
+    @staticmethod
+    def _prepared(images: torch.Tensor, labels: torch.Tensor, augment: torch.nn.Module | None):
+        images = to_unit_float(images)
+        return (images if augment is None else augment(images)), labels

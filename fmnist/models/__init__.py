@@ -1,4 +1,4 @@
-"""The study's three networks as LightningModules sharing one base class, and their registry."""
+"""The study's three networks and the speedrun's, as LightningModules sharing one base class, and their registry."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from fmnist.models.base import FashionClassifier
 from fmnist.models.bilstm import BiLSTM
 from fmnist.models.cnn import CNN
 from fmnist.models.rnn import SimpleRNN
+from fmnist.models.speednet import SpeedNet
 
 # The only model classes fmnist builds from a file (fmnist/models/trust.py): checkpoints store these names.
-MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM}
+MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM, "SpeedNet": SpeedNet}
 # The same classes by the import paths that run configs (`model._target_`) and earlier checkpoints
 # carry; a lookup is string equality against this table, never an import.
 MODEL_NAMES: dict[str, type[FashionClassifier]] = {
@@ -20,4 +21,4 @@ MODEL_NAMES: dict[str, type[FashionClassifier]] = {
     },
 }
 
-__all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM", "MODELS", "MODEL_NAMES"]
+__all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM", "SpeedNet", "MODELS", "MODEL_NAMES"]

@@ -8,7 +8,8 @@ A subclass only builds `self.features` (image -> penultimate activations) and `s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -54,9 +55,22 @@ class FashionClassifier(L.LightningModule):
     features: nn.Module
     classifier: nn.Module
 
-    def __init__(self, optimizer: OptimizerFactory | dict | None = None, fast_step: bool = False):
+    def __init__(
+        self,
+        optimizer: OptimizerFactory | dict | None = None,
+        fast_step: bool = False,
+        label_smoothing: float = 0.0,
+        lr_schedule: bool = False,
+        lr_triangle: Sequence[float] = (0.2, 0.25, 0.05),
+        tta: bool = False,
+    ):
         """`fast_step`: the fast path (trainer=gpu_fast) — batches come in chunks (data.batches_per_step)
-        and each step's forward and backward replay a CUDA graph (eagerly off CUDA)."""
+        and each step's forward and backward replay a CUDA graph (eagerly off CUDA).
+        `label_smoothing`: of the training loss only (validation and test losses stay plain cross-entropy).
+        `lr_schedule`: a triangular learning rate per optimizer step, `lr_triangle` = (start factor, peak
+        position as a fraction of the steps, end factor): from lr x start up to lr, then down to lr x end.
+        `tta`: the test also reports `test/acc_tta`, the accuracy of the logits averaged with those of the
+        horizontally flipped images, next to the plain `test/acc`."""
         super().__init__()
         # Checkpoints keep plain values only: the optimizer is stored as its spec, not a partial.
         self.save_hyperparameters(ignore=["optimizer"])
@@ -75,6 +89,7 @@ class FashionClassifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro") if tta else None
         self.test_f1 = MulticlassF1Score(num_classes, average=None)
         self.val_acc_best = MaxMetric()
         self.epochs_trained: int | None = None  # the test's x value when the trainer did not fit (a resume's test)
@@ -94,7 +109,8 @@ class FashionClassifier(L.LightningModule):
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The batch's cross-entropy, with its loss and correct answers added to the epoch's sums."""
-        loss, logits, labels = self._step((images, labels))
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.get("label_smoothing", 0.0))
         self.train_loss_sum.add_(loss.detach() * labels.shape[0])
         self.train_correct.add_((logits.argmax(dim=1) == labels).sum())
         self.train_seen.add_(labels.shape[0])
@@ -112,9 +128,12 @@ class FashionClassifier(L.LightningModule):
         batches = batches if isinstance(batches, list) else [batches]
         optimizer = self.optimizers()
         losses = torch.empty(len(batches), device=self.device)
+        scheduler = self.lr_schedulers()
         for index, (images, labels) in enumerate(batches):
             losses[index] = self._graphed_step(images, labels)
             optimizer.step()
+            if scheduler is not None:  # manual optimization: Lightning leaves the schedule to the step
+                scheduler.step()
         return losses
 
     def running_train_figures(self) -> dict[str, torch.Tensor]:
@@ -159,6 +178,7 @@ class FashionClassifier(L.LightningModule):
         self._log_epoch_as_step()
 
     def test_step(self, batch, batch_idx: int) -> None:
+        images = batch[0]
         loss, logits, labels = self._step(batch)
         self.test_loss.update(loss, weight=len(labels))
         self.test_acc.update(logits, labels)
@@ -166,6 +186,9 @@ class FashionClassifier(L.LightningModule):
         n = labels.shape[0]
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True, batch_size=n)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
+        if self.test_acc_tta is not None:
+            self.test_acc_tta.update(logits + self(images.flip(3)), labels)
+            self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True, batch_size=n)
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_f1.compute()
@@ -208,7 +231,41 @@ class FashionClassifier(L.LightningModule):
         for name, value in sums.items():
             getattr(self, name).copy_(value)  # in place: a captured graph keeps these addresses
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         # Frozen parameters (the recurrent layers' zero bias_hh) are left out of the optimizer.
         trainable = [p for p in self.parameters() if p.requires_grad]
-        return optimizer_factory(self.hparams["optimizer"])(trainable)
+        optimizer = optimizer_factory(self.hparams["optimizer"])(trainable)
+        if not self.hparams.get("lr_schedule"):
+            return optimizer
+        schedule = triangular_schedule(optimizer, optimizer_steps(self.trainer), *self.hparams["lr_triangle"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def optimizer_steps(trainer: L.Trainer) -> int:
+    """How many optimizer steps the fit makes: batches per epoch x epochs (or max_steps), on the fast path
+    too, where a Lightning step holds data.batches_per_step batches and the epoch's last chunk fewer."""
+    chunks = trainer.estimated_stepping_batches  # sets up the training data; counts Lightning steps
+    datamodule = trainer.datamodule
+    per_chunk = getattr(datamodule, "batches_per_step", 1) or 1
+    train_set = getattr(datamodule, "train_set", None)
+    if per_chunk == 1 or train_set is None:
+        return max(1, int(chunks))
+    per_epoch = math.ceil(len(train_set) / datamodule.batch_size / trainer.world_size)
+    per_epoch = min(per_epoch, int(trainer.num_training_batches) * per_chunk)  # trainer.limit_train_batches
+    steps = per_epoch * max(1, trainer.max_epochs or 1)
+    return max(1, min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps)
+
+
+def triangular_schedule(
+    optimizer: torch.optim.Optimizer, steps: int, start: float, peak: float, end: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr x `start` rising linearly to lr at `peak` x `steps`, then falling linearly to lr x `end` at the
+    last step (and staying there): torch's LinearLR twice, one after the other."""
+    up = max(1, round(peak * steps))
+    down = max(1, steps - up)
+    linear = torch.optim.lr_scheduler.LinearLR
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [linear(optimizer, start, 1.0, total_iters=up), linear(optimizer, 1.0, end, total_iters=down)],
+        milestones=[up],
+    )

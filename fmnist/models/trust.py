@@ -70,6 +70,10 @@ def _number(value: Any) -> bool:
     return type(value) is int or (type(value) is float and math.isfinite(value))  # bool is no number here
 
 
+def _integer(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
 def _plain(value: Any) -> bool:
     """A value an optimizer setting may take: null, a bool, a finite number or a list of numbers."""
     if isinstance(value, (list, tuple)):
@@ -124,11 +128,12 @@ def _expected(parameter: inspect.Parameter) -> tuple[Callable[[Any], bool], str]
         return _number, "a number"
     if annotation is int:
         return (lambda v: type(v) is int), "an integer"
-    if typing.get_origin(annotation) is Sequence and typing.get_args(annotation) == (float,):
+    if typing.get_origin(annotation) is Sequence and typing.get_args(annotation) in ((float,), (int,)):
         length = len(parameter.default)
+        item, kind = (_number, "numbers") if typing.get_args(annotation) == (float,) else (_integer, "integers")
         return (
-            (lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(_number(i) for i in v)),
-            f"a list of {length} numbers",
+            (lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(item(i) for i in v)),
+            f"a list of {length} {kind}",
         )
     raise TypeError(f"fmnist.trust cannot check a hyperparameter annotated {annotation!r}: add it to _expected")
 

@@ -89,12 +89,21 @@ def train(
         if cfg.get("torch_threads"):
             torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(bool(cfg.get("flush_denormal")))  # a run's config without the key: as before
+        set_tf32(cfg.get("tf32"))
         L.seed_everything(cfg.seed, workers=True)
         output_dir = Path(cfg.output_dir)
         check_output_dir(output_dir)
         if resume is None:
             stack.enter_context(run_folder_lock(output_dir))
         return _fit_and_test(cfg, output_dir, resume, callbacks or [], stops, next_steps_line)
+
+
+def set_tf32(tf32: bool | None) -> None:
+    """CUDA float32 arithmetic: true runs convolutions and matmuls in TF32 (TensorFlow's default on Ampere
+    and newer GPUs), false both in full float32, null leaves torch's defaults (TF32 convolutions, float32
+    matmuls). The flags do nothing on the CPU."""
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
 
 
 def _fit_and_test(

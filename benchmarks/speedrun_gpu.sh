@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The speedrun's GPU measurements of docs/SPEEDRUN.md in one script (sized for under 10 minutes on one H100/H200):
+#   1. each tier for many seeds through benchmarks/speedrun.py on trainer=gpu_fast (the first seed's time,
+#      which pays cuDNN's autotuning and the CUDA graph's capture, is reported apart), and the 93% tier's
+#      recipe in a plain eager PyTorch loop (the framework's share);
+#   2. the study's CNN recipe (150 epochs) on the fast path with tf32=true, and with tf32=false.
+# Setup as benchmarks/gpu.sh: hydra-core, omegaconf and antlr4 from WHEELS, the .gz files from DATA; JSON under OUT.
+#   WHEELS=.whl DATA=.whl/fashion-mnist OUT=/tmp/gpu bash benchmarks/speedrun_gpu.sh
+# A dry run of the plumbing on a CPU (tiny, not a measurement):
+#   TRAINER=cpu_fast SEEDS_93=2 SEEDS_94=1 SEEDS_95=1 RUN_ARGS="-o trainer.max_epochs=1 -o trainer.limit_train_batches=1
+#   -o trainer.limit_val_batches=1" CNN_ARGS="trainer.accelerator=cpu trainer.max_epochs=1 trainer.limit_train_batches=1
+#   trainer.limit_val_batches=1 trainer.limit_test_batches=1" bash benchmarks/speedrun_gpu.sh
+set -u
+WHEELS=${WHEELS:-.whl}
+DATA=${DATA:-/usr/share/datasets/fashion-mnist}
+OUT=${OUT:-outputs/speedrun_gpu}
+TRAINER=${TRAINER:-gpu_fast}
+mkdir -p "$OUT"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)" >> "$OUT/gpu.txt"
+DATA_ARGS=(-o "data.search_dirs=[$DATA]" -o data.root=/tmp/fmnist-data)
+
+tier() {  # tier EXPERIMENT SEEDS TIMEOUT [extra speedrun.py arguments]
+  local experiment=$1 seeds=$2 limit=$3
+  shift 3
+  timeout "$limit" python3 benchmarks/speedrun.py --experiment "$experiment" --trainer "$TRAINER" --seeds "$seeds" \
+    "${DATA_ARGS[@]}" ${RUN_ARGS:-} "$@" --json "$OUT/$experiment.json" > "$OUT/$experiment.log" 2>&1
+  echo "$experiment exit $?: $(tail -n 3 "$OUT/$experiment.log" | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
+}
+tier speedrun "${SEEDS_93:-20}" 150 --plain
+tier speedrun_94 "${SEEDS_94:-10}" 150
+tier speedrun_95 "${SEEDS_95:-3}" 150
+
+# The study's CNN recipe with TF32 convolutions and matmuls, then in full float32 (torch's default is TF32 convolutions).
+for tf32 in true false; do
+  timeout 150 python3 -m fmnist.train model=cnn trainer=gpu_fast tf32=$tf32 "data.search_dirs=[$DATA]" \
+    data.root=/tmp/fmnist-data trainer.enable_progress_bar=false hydra.run.dir=outputs/speedrun_gpu/cnn_tf32_$tf32 \
+    ${CNN_ARGS:-} > "$OUT/cnn_tf32_$tf32.log" 2>&1
+  echo "cnn tf32=$tf32 exit $?" | tee -a "$OUT/gpu.txt"
+  cp outputs/speedrun_gpu/cnn_tf32_$tf32/metrics.json "$OUT/cnn_tf32_$tf32.json" 2>/dev/null
+done

@@ -1,0 +1,220 @@
+"""The speedrun (issue 15): its network, whitening, schedule, augmentation, TTA, tf32 switch and timing harness."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from fmnist.data.augment import build_augmentation
+from fmnist.data.datamodule import FashionMNISTDataModule
+from fmnist.models import MODELS, SpeedNet
+from fmnist.models.base import triangular_schedule
+from fmnist.models.checkpoint import load_model
+from fmnist.models.speednet import whitening_filters
+from fmnist.models.summary import keras_param_counts
+from fmnist.training.fit import set_tf32, train
+from fmnist.utils.errors import FmnistError
+from tests.conftest import compose_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["experiment=speedrun", f"data.root={root}", "data.search_dirs=[]", f"output_dir={out}", "debug=tiny", *extra]
+
+
+# ---------------------------------------------------------------- the network
+
+
+def test_speednet_shapes_and_parameter_count():
+    model = SpeedNet().eval()
+    x = torch.rand(5, 1, 28, 28)
+    assert model(x).shape == (5, 10)
+    assert model.embed(x).shape == (5, 128)
+    counts = keras_param_counts(model)
+    # convs 8*32*9 + 32*32*9 + 32*64*9 + 64*64*9 + 64*128*9 + 128*128*9 = 288,000; whitening bias 8;
+    # BN shifts 2*(32+64+128) = 448; linear 128*10 = 1,280
+    assert counts["trainable"] == 288_000 + 8 + 448 + 1_280
+    assert "SpeedNet" in MODELS and MODELS["SpeedNet"] is SpeedNet
+    assert not model.whiten.weight.requires_grad  # the whitening is computed, never trained
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not bn.weight.requires_grad and bn.bias.requires_grad for bn in bns)
+
+
+def test_wider_speednet_from_widths():
+    assert SpeedNet(widths=[16, 32, 48]).embed(torch.rand(2, 1, 28, 28)).shape == (2, 48)
+
+
+def test_whitening_filters_whiten_the_patches_they_were_computed_from():
+    generator = torch.Generator().manual_seed(0)
+    # correlated patches: a smooth image plus a little noise
+    images = torch.nn.functional.avg_pool2d(torch.rand(200, 1, 30, 30, generator=generator), 3, 1)
+    weight, bias = whitening_filters(images, eps=0.0)
+    assert weight.shape == (8, 1, 2, 2) and bias.shape == (8,)
+    torch.testing.assert_close(weight[4:], -weight[:4])
+    out = torch.nn.functional.conv2d(images.double(), weight[:4].double(), bias[:4].double())
+    patches = out.permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(patches.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    covariance = patches.T @ patches / len(patches)
+    torch.testing.assert_close(covariance, torch.eye(4, dtype=torch.float64), atol=1e-3, rtol=1e-3)
+
+
+def test_init_whitening_takes_uint8_images_and_sets_the_stem():
+    model = SpeedNet()
+    images = (torch.rand(50, 1, 28, 28) * 255).to(torch.uint8)
+    model.init_whitening(images)
+    weight, bias = whitening_filters(images.float() / 255, model.whiten_eps)
+    torch.testing.assert_close(model.whiten.weight.data, weight.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(model.whiten.bias.data, bias)
+
+
+# ---------------------------------------------------------------- the recipe's parts
+
+
+def test_triangular_schedule_rises_to_the_peak_and_falls_to_the_end():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = triangular_schedule(optimizer, 10, 0.2, 0.3, 0.05)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.2) and rates[3] == pytest.approx(1.0)
+    assert rates[10] == pytest.approx(0.05) and rates[11] == pytest.approx(0.05)  # the end, held
+    assert all(a < b for a, b in zip(rates[:3], rates[1:4], strict=True))
+    assert all(a > b for a, b in zip(rates[3:10], rates[4:11], strict=True))
+
+
+def test_augmentation_keeps_shapes_and_dtype_and_is_per_sample():
+    augment = build_augmentation(flip=0.5, crop_padding=2)
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 28, 28)
+    batch = image.repeat(64, 1, 1, 1)
+    out = augment(batch)
+    assert out.shape == batch.shape and out.dtype == torch.float32
+    distinct = {tuple(row.flatten().tolist()) for row in out.round(decimals=5)}
+    assert len(distinct) > 10  # each image its own flip and crop, not one draw for the batch
+    flips = build_augmentation(flip=0.5)(batch)
+    flipped = torch.isclose(flips, image.flip(3)).flatten(1).all(1)
+    kept = torch.isclose(flips, image).flatten(1).all(1)
+    assert (flipped | kept).all() and 10 < int(flipped.sum()) < 54
+
+
+def test_augmentation_is_deterministic_under_a_seed():
+    augment = build_augmentation(flip=0.5, crop_padding=2, erasing=0.5)
+    batch = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(3)
+    first = augment(batch)
+    torch.manual_seed(3)
+    torch.testing.assert_close(augment(batch), first)
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [({"flip": 2}, "flip must be a number from 0 to 1"), ({"crop_padding": 1.5}, "whole number"),
+     ({"erasing": "yes"}, "erasing must be a number")],
+)
+def test_bad_augmentation_settings_are_one_error(settings, words):
+    with pytest.raises(FmnistError, match=words):
+        build_augmentation(**settings)
+
+
+def test_augmentation_touches_training_batches_only():
+    class Trainer:
+        training = False
+
+    datamodule = FashionMNISTDataModule(augment={"flip": 1.0, "crop_padding": 0, "erasing": 0.0})
+    datamodule.trainer = Trainer()
+    images = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28).div(28 * 28).mul(255).to(torch.uint8)
+    batch = (images, torch.zeros(1, dtype=torch.long))
+    plain = images.float() / 255
+    torch.testing.assert_close(datamodule.on_after_batch_transfer(batch, 0)[0], plain)  # validation, test
+    Trainer.training = True
+    torch.testing.assert_close(datamodule.on_after_batch_transfer(batch, 0)[0], plain.flip(3))
+    chunk = datamodule.on_after_batch_transfer([batch, batch], 0)  # the fast path's list of batches
+    assert all(torch.equal(x, plain.flip(3)) for x, _ in chunk)
+    assert FashionMNISTDataModule().augment is None  # augment=none: nothing runs
+
+
+def test_augment_group_composes_for_any_model():
+    cfg = compose_train(["model=cnn", "augment=strong", "output_dir=."])
+    assert dict(cfg.data.augment) == {"flip": 0.5, "crop_padding": 2, "erasing": 0.5}
+    assert dict(compose_train(["model=rnn", "output_dir=."]).data.augment) == {
+        "flip": 0.0, "crop_padding": 0, "erasing": 0.0}  # off for the study's recipes
+    GlobalHydra.instance().clear()
+
+
+def test_tf32_switch_sets_both_cuda_flags_and_null_leaves_them():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(None)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert compose_train(["output_dir=."]).tf32 is None
+    GlobalHydra.instance().clear()
+
+
+# ---------------------------------------------------------------- through fmnist.train
+
+
+@pytest.mark.slow
+def test_speedrun_config_trains_two_steps_and_tests_with_tta(tiny_root, tmp_path):
+    cfg = compose_train(tiny(tiny_root, tmp_path, "trainer.limit_train_batches=2"))
+    assert cfg.model._target_ == "fmnist.models.SpeedNet" and cfg.data.augment.flip == 0.5 and cfg.tier == 0.93
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert metrics["steps"] == 2 and metrics["model"] == "speedrun"
+    assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_tta"] <= 1  # TTA next to the plain figure
+    model = load_model(tmp_path / metrics["best_checkpoint"])
+    assert isinstance(model, SpeedNet) and model.hparams["tta"] and model.hparams["label_smoothing"] == 0.2
+    # the whitening was set from the training images (not left at its random initialisation)
+    datamodule = FashionMNISTDataModule(root=str(tiny_root), search_dirs=())
+    datamodule.setup("fit")
+    weight, _ = whitening_filters(datamodule.train_set.images[:5000].float() / 255, model.whiten_eps)
+    torch.testing.assert_close(model.whiten.weight.data, weight.contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.slow
+def test_fast_path_follows_the_default_path_with_schedule_and_augmentation(tiny_root, tmp_path):
+    # 360 training images in batches of 50: 8 batches an epoch (the last of 10), in chunks of 3 (3 + 3 + 2).
+    runs = {}
+    for name, extra in (("default", []), ("fast", ["trainer=cpu_fast", "data.batches_per_step=3"])):
+        cfg = compose_train(tiny(tiny_root, tmp_path / name, "trainer.max_epochs=2", "data.eval_batch_size=50", *extra))
+        runs[name] = train(cfg)
+        GlobalHydra.instance().clear()
+    assert runs["fast"]["steps"] == runs["default"]["steps"] == 16
+    weights = {}
+    for name in runs:
+        checkpoint = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        weights[name] = checkpoint["state_dict"]
+        # the schedule ran to its end exactly: lr x the end factor after the last of 16 optimizer steps
+        last_lr = checkpoint["lr_schedulers"][0]["_last_lr"][0]
+        assert last_lr == pytest.approx(0.2 * 0.01), name
+    for key, tensor in weights["default"].items():
+        torch.testing.assert_close(weights["fast"][key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_timing_harness_returns_figures_for_each_seed(tiny_root, tmp_path):
+    out = tmp_path / "speedrun.json"
+    data = [f"data.root={tiny_root}", "data.search_dirs=[]", "trainer.max_epochs=1", "trainer.limit_val_batches=1"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "speedrun.py"), "--seeds", "2", "--cnn-epoch", "--plain",
+               "--json", str(out), *(f"-o{o}" for o in data), "-rtrainer.limit_train_batches=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["seed"] for row in result["seeds"]] == [0, 1]
+    for row in result["seeds"]:
+        assert row["train_seconds"] > 0 and row["steps"] == 2
+        assert 0 <= row["acc_plain"] <= 1 and 0 <= row["acc_tta"] <= 1 and row["seconds_tta"] > 0
+    assert result["cnn_epoch_seconds"] > 0 and result["cnn_epochs"] > 0 and result["plain_seconds"] > 0
+    assert 0 <= result["at_target"] <= 1 and "test accuracy with flip TTA" in done.stdout
