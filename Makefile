@@ -12,7 +12,7 @@ APT_WAIT := -o DPkg::Lock::Timeout=600
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras tensorboard lint test test-fast clean
+.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras speedrun tensorboard lint test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ reproduce: install ## the three study recipes x 3 seeds, then docs/RESULTS.md (h
 
 bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop vs trainer=cpu_fast per model -> docs/BENCHMARKS.md
 	$(PY) benchmarks/bench.py $(ARGS)
+
+speedrun: install ## the speedrun's CPU tier: 5 seeds, one CNN epoch and a plain loop for the ratios (docs/SPEEDRUN.md; ARGS: --seeds N ...)
+	$(PY) benchmarks/speedrun.py --trainer cpu_fast --seeds 5 --cnn-epoch --plain $(ARGS)
 
 bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras models (tensorflow-cpu)
 	$(PY) benchmarks/bench.py --paths lightning plain fast keras $(ARGS)

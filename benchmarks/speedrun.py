@@ -6,7 +6,8 @@
 
 The clock (airbench's convention): the data already on the device, from the first training step to the
 final weights with the device synchronised, validation excluded: the sum of the run's `epoch_seconds`
-(fmnist.training.callbacks.EpochTimer). The first seed also pays the process's warm-up (cuDNN's autotuning,
+(fmnist.training.callbacks.EpochTimer), plus the whitening's computation (timed here once: SpeedNet's setup
+does it before the first epoch). The first seed also pays the process's warm-up (cuDNN's autotuning,
 the CUDA graph's capture), so its time is reported apart and left out of the mean. The test: the checkpoint
 chosen on validation, on the official 10,000 images, plain and with flip TTA, timed on its own.
 `--cnn-epoch` times one training epoch of the study's CNN (model=cnn, 54,000 images) on the same trainer,
@@ -36,8 +37,10 @@ sys.path.insert(0, str(ROOT))
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
+from fmnist.models.speednet import WHITEN_IMAGES, whitening_filters  # noqa: E402
 from fmnist.training.fit import train  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
+from fmnist.utils.errors import FmnistError  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
 
@@ -75,16 +78,31 @@ def run_seed(experiment: str, trainer: str, seed: int, overrides: list[str], fol
         + overrides
     )
     metrics = train(cfg, next_steps_line=False)
-    return {"seed": seed, "train_seconds": sum(metrics["epoch_seconds"]), "fit_seconds": metrics["train_seconds"],
-            "epochs": metrics["epochs"], "steps": metrics["steps"], "val/acc_best": metrics.get("val/acc_best"),
-            "device": metrics["device"], "best_checkpoint": str(folder / metrics["best_checkpoint"])}
+    return {
+        "seed": seed,
+        "train_seconds": sum(metrics["epoch_seconds"]),
+        "fit_seconds": metrics["train_seconds"],
+        "epochs": metrics["epochs"],
+        "steps": metrics["steps"],
+        "val/acc_best": metrics.get("val/acc_best"),
+        "device": metrics["device"],
+        "best_checkpoint": str(folder / metrics["best_checkpoint"]),
+    }
 
 
 def cnn_epoch_seconds(trainer: str, folder: Path, overrides: list[str]) -> float:
     """One training epoch of the study's CNN recipe (batch 100, 54,000 images) on `trainer`."""
     cfg = compose_config(
-        ["model=cnn", f"trainer={trainer}", "trainer.max_epochs=1", "test=false", f"output_dir={folder}",
-         "trainer.limit_val_batches=1"] + QUIET + overrides
+        [
+            "model=cnn",
+            f"trainer={trainer}",
+            "trainer.max_epochs=1",
+            "test=false",
+            f"output_dir={folder}",
+            "trainer.limit_val_batches=1",
+        ]
+        + QUIET
+        + overrides
     )
     return train(cfg, next_steps_line=False)["epoch_seconds"][0]
 
@@ -100,15 +118,18 @@ def plain_seconds(experiment: str, trainer: str, seed: int, overrides: list[str]
     datamodule.setup("fit")
     images, labels = datamodule.train_set.images.to(device), datamodule.train_set.labels.to(device)
     model = hydra.utils.instantiate(cfg.model, fast_step=False).to(device)
-    if hasattr(model, "init_whitening"):
+    if getattr(model, "whitened", False):
         model.init_whitening(images)
     model.train()
     batch, epochs = cfg.data.batch_size, cfg.trainer.max_epochs
     per_epoch = math.ceil(len(labels) / batch)
     optimizer = optimizer_factory(model.hparams["optimizer"])([p for p in model.parameters() if p.requires_grad])
-    schedule = triangular_schedule(optimizer, per_epoch * epochs, *model.hparams["lr_triangle"]) \
-        if model.hparams.get("lr_schedule") else None
-    augment = datamodule.augment.to(device) if datamodule.augment is not None else None
+    schedule = (
+        triangular_schedule(optimizer, per_epoch * epochs, *model.hparams["lr_triangle"])
+        if model.hparams.get("lr_schedule")
+        else None
+    )
+    augment = datamodule.augment  # as the data module applies it: kornia draws its parameters on the CPU
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -127,6 +148,15 @@ def plain_seconds(experiment: str, trainer: str, seed: int, overrides: list[str]
     return time.perf_counter() - start
 
 
+def whitening_seconds(images: torch.Tensor, eps: float, device: torch.device) -> float:
+    """The time SpeedNet's setup spends on its whitening filters (outside the epochs' clock, so added to it)."""
+    images = images.to(device)
+    _sync(device)
+    start = time.perf_counter()
+    whitening_filters(images[:WHITEN_IMAGES].cpu().float() / 255, eps)
+    return time.perf_counter() - start
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -139,37 +169,77 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cnn-epoch", action="store_true", help="also time one epoch of the study's CNN")
     parser.add_argument("--plain", action="store_true", help="also time the recipe in a plain PyTorch loop")
-    parser.add_argument("-o", "--override", action="append", default=[],
-                        help="a Hydra override for every run, the CNN's too (data paths, trainer settings)")
-    parser.add_argument("-r", "--recipe", action="append", default=[],
-                        help="a Hydra override for the tier's runs only (an ablation: -r model.label_smoothing=0)")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override for every run, the CNN's too (data paths, trainer settings)",
+    )
+    parser.add_argument(
+        "-r",
+        "--recipe",
+        action="append",
+        default=[],
+        help="a Hydra override for the tier's runs only (an ablation: -r model.label_smoothing=0)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = args.override + args.recipe
         cfg = compose_config([f"experiment={args.experiment}", f"trainer={args.trainer}", f"output_dir={tmp}"] + recipe)
         target = float(cfg.tier)
         datamodule = hydra.utils.instantiate(cfg.data, device_resident=False)
-        datamodule.setup("test")
+        datamodule.setup("fit")
         test_images, test_labels = datamodule.test_set.images, datamodule.test_set.labels
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+        model = hydra.utils.instantiate(cfg.model)  # its whitening settings, with the constructor's defaults
+        whitened = getattr(model, "whitened", False)
+        whiten = whitening_seconds(datamodule.train_set.images, model.whiten_eps, device) if whitened else 0.0
         rows = []
         for seed in tqdm(range(args.first_seed, args.first_seed + args.seeds), desc=args.experiment, unit="seed"):
-            row = run_seed(args.experiment, args.trainer, seed, recipe, Path(tmp) / f"seed_{seed}")
+            try:
+                row = run_seed(args.experiment, args.trainer, seed, recipe, Path(tmp) / f"seed_{seed}")
+            except FmnistError as error:  # a diverged seed counts as a miss; the other seeds go on
+                rows.append(
+                    {
+                        "seed": seed,
+                        "error": str(error)[:300],
+                        "acc_plain": 0.0,
+                        "acc_tta": 0.0,
+                        "train_seconds": float("nan"),
+                        "seconds_tta": float("nan"),
+                        "device": "?",
+                    }
+                )
+                tqdm.write(f"seed {seed}: {error}")
+                continue
+            row["train_seconds"] += whiten
+            row["whiten_seconds"] = whiten
             row.update(test_figures(row.pop("best_checkpoint"), test_images, test_labels, device))
             rows.append(row)
             tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        result = {"experiment": args.experiment, "trainer": args.trainer, "overrides": recipe, "tier": target,
-                  "device": rows[0]["device"], "torch": torch.__version__, "lightning": lightning.__version__,
-                  "python": platform.python_version(), "seeds": rows}
-        timed = rows[1:] if len(rows) > 1 else rows  # the first seed pays the process's warm-up
+        result = {
+            "experiment": args.experiment,
+            "trainer": args.trainer,
+            "overrides": recipe,
+            "tier": target,
+            "device": rows[0]["device"],
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "python": platform.python_version(),
+            "seeds": rows,
+        }
+        timed = [r for r in (rows[1:] if len(rows) > 1 else rows) if "error" not in r]  # seed 1: the warm-up
         for name in ("acc_tta", "acc_plain"):
             result[name], result[f"{name}_std"] = mean_std([r[name] for r in rows])
         result["at_target"] = sum(r["acc_tta"] >= target for r in rows) / len(rows)
         result["train_seconds"], result["train_seconds_std"] = mean_std([r["train_seconds"] for r in timed])
         result["first_seed_train_seconds"] = rows[0]["train_seconds"]
-        result["test_seconds_tta"] = statistics.median(r["seconds_tta"] for r in rows)
+        result["test_seconds_tta"] = statistics.median(r["seconds_tta"] for r in rows if "error" not in r)
         if args.cnn_epoch:
             result["cnn_epoch_seconds"] = cnn_epoch_seconds(args.trainer, Path(tmp) / "cnn", args.override)
             result["cnn_epochs"] = result["train_seconds"] / result["cnn_epoch_seconds"]
@@ -177,16 +247,23 @@ def main() -> None:
             result["plain_seconds"] = plain_seconds(args.experiment, args.trainer, args.first_seed, recipe)
             result["lightning_over_plain"] = result["train_seconds"] / result["plain_seconds"]
     n = len(rows)
-    print(f"{args.experiment} on {result['device']} ({args.trainer}), {n} seeds: test accuracy with flip TTA "
-          f"{result['acc_tta']:.4f} ± {result['acc_tta_std']:.4f} (plain {result['acc_plain']:.4f} ± "
-          f"{result['acc_plain_std']:.4f}), {result['at_target']:.0%} of seeds ≥ {target}; training "
-          f"{result['train_seconds']:.2f} ± {result['train_seconds_std']:.2f} s (first seed "
-          f"{result['first_seed_train_seconds']:.2f} s); test with TTA {result['test_seconds_tta']:.2f} s")
+    print(
+        f"{args.experiment} on {result['device']} ({args.trainer}), {n} seeds: test accuracy with flip TTA "
+        f"{result['acc_tta']:.4f} ± {result['acc_tta_std']:.4f} (plain {result['acc_plain']:.4f} ± "
+        f"{result['acc_plain_std']:.4f}), {result['at_target']:.0%} of seeds ≥ {target}; training "
+        f"{result['train_seconds']:.2f} ± {result['train_seconds_std']:.2f} s (first seed "
+        f"{result['first_seed_train_seconds']:.2f} s); test with TTA {result['test_seconds_tta']:.2f} s"
+    )
     if args.cnn_epoch:
-        print(f"one epoch of the study's CNN: {result['cnn_epoch_seconds']:.1f} s; the speedrun = "
-              f"{result['cnn_epochs']:.2f} such epochs")
+        print(
+            f"one epoch of the study's CNN: {result['cnn_epoch_seconds']:.1f} s; the speedrun = "
+            f"{result['cnn_epochs']:.2f} such epochs"
+        )
     if args.plain:
-        print(f"plain PyTorch loop: {result['plain_seconds']:.2f} s; Lightning / plain = {result['lightning_over_plain']:.3f}")
+        print(
+            f"plain PyTorch loop: {result['plain_seconds']:.2f} s; "
+            f"Lightning / plain = {result['lightning_over_plain']:.3f}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

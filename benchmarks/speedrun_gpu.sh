@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The speedrun's GPU measurements of docs/SPEEDRUN.md in one script (sized for under 10 minutes on one H100/H200):
 #   1. each tier for many seeds through benchmarks/speedrun.py on trainer=gpu_fast (the first seed's time,
-#      which pays cuDNN's autotuning and the CUDA graph's capture, is reported apart), and the 93% tier's
-#      recipe in a plain eager PyTorch loop (the framework's share);
-#   2. the study's CNN recipe (150 epochs) on the fast path with tf32=true, and with tf32=false.
-# Setup as benchmarks/gpu.sh: hydra-core, omegaconf and antlr4 from WHEELS, the .gz files from DATA; JSON under OUT.
+#      which pays cuDNN's autotuning, is reported apart; each seed pays its own graph capture), and the
+#      93% tier's recipe in a plain eager PyTorch loop (the framework's share);
+#   2. the study's CNN recipe (150 epochs) on the fast path with tf32=true.
+# Setup as benchmarks/gpu.sh: hydra-core, omegaconf, antlr4, kornia and kornia-rs from WHEELS (cp312 wheels:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#     hydra-core omegaconf kornia kornia-rs; pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3),
+# the .gz files from DATA; JSON and logs under OUT.
 #   WHEELS=.whl DATA=.whl/fashion-mnist OUT=/tmp/gpu bash benchmarks/speedrun_gpu.sh
 # A dry run of the plumbing on a CPU (tiny, not a measurement):
 #   TRAINER=cpu_fast SEEDS_93=2 SEEDS_94=1 SEEDS_95=1 RUN_ARGS="-o trainer.max_epochs=1 -o trainer.limit_train_batches=1
@@ -26,20 +29,21 @@ python3 -c "import torch, lightning; print(torch.__version__, lightning.__versio
 DATA_ARGS=(-o "data.search_dirs=[$DATA]" -o data.root=/tmp/fmnist-data)
 
 tier() {  # tier EXPERIMENT SEEDS TIMEOUT [extra speedrun.py arguments]
-  local experiment=$1 seeds=$2 limit=$3
+  local experiment=$1 seeds=$2 limit=$3 name=$1
   shift 3
   timeout "$limit" python3 benchmarks/speedrun.py --experiment "$experiment" --trainer "$TRAINER" --seeds "$seeds" \
-    "${DATA_ARGS[@]}" ${RUN_ARGS:-} "$@" --json "$OUT/$experiment.json" > "$OUT/$experiment.log" 2>&1
-  echo "$experiment exit $?: $(tail -n 3 "$OUT/$experiment.log" | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
+    "${DATA_ARGS[@]}" ${RUN_ARGS:-} "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  echo "$name exit $?: $(tail -n 3 "$OUT/$name.log" | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
 }
 tier speedrun "${SEEDS_93:-20}" 150 --plain
-tier speedrun_94 "${SEEDS_94:-10}" 150
-tier speedrun_95 "${SEEDS_95:-3}" 150
+tier speedrun_94 "${SEEDS_94:-10}" 120
+tier speedrun_95 "${SEEDS_95:-3}" 120
 
-# The study's CNN recipe with TF32 convolutions and matmuls, then in full float32 (torch's default is TF32 convolutions).
-for tf32 in true false; do
-  timeout 150 python3 -m fmnist.train model=cnn trainer=gpu_fast tf32=$tf32 "data.search_dirs=[$DATA]" \
-    data.root=/tmp/fmnist-data trainer.enable_progress_bar=false hydra.run.dir=outputs/speedrun_gpu/cnn_tf32_$tf32 \
+# The study's CNN recipe with TF32 convolutions and matmuls (TF32_RUNS="true false": also in full float32;
+# torch's default, which docs/BENCHMARKS.md's 105.6 s ran with, is TF32 convolutions and float32 matmuls).
+for tf32 in ${TF32_RUNS:-true}; do
+  timeout 140 python3 -m fmnist.train model=cnn trainer=gpu_fast tf32=$tf32 "data.search_dirs=[$DATA]" \
+    data.root=/tmp/fmnist-data trainer.enable_progress_bar=false hydra.run.dir=outputs/speedrun_gpu/cnn_tf32_$tf32 overwrite=true \
     ${CNN_ARGS:-} > "$OUT/cnn_tf32_$tf32.log" 2>&1
   echo "cnn tf32=$tf32 exit $?" | tee -a "$OUT/gpu.txt"
   cp outputs/speedrun_gpu/cnn_tf32_$tf32/metrics.json "$OUT/cnn_tf32_$tf32.json" 2>/dev/null

@@ -1,6 +1,7 @@
 """The speedrun (issue 15): its network, whitening, schedule, augmentation, TTA, tf32 switch and timing harness."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["experiment=speedrun", f"data.root={root}", "data.search_dirs=[]", f"output_dir={out}", "debug=tiny", *extra]
+    return [
+        "experiment=speedrun",
+        f"data.root={root}",
+        "data.search_dirs=[]",
+        f"output_dir={out}",
+        "debug=tiny",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------- the network
@@ -84,9 +92,10 @@ def test_triangular_schedule_rises_to_the_peak_and_falls_to_the_end():
         optimizer.step()
         schedule.step()
     assert rates[0] == pytest.approx(0.2) and rates[3] == pytest.approx(1.0)
-    assert rates[10] == pytest.approx(0.05) and rates[11] == pytest.approx(0.05)  # the end, held
+    assert rates[9] == pytest.approx(0.05)  # the last of the 10 steps is taken at lr x end
+    assert rates[10] == pytest.approx(0.05) and rates[11] == pytest.approx(0.05)  # and held after
     assert all(a < b for a, b in zip(rates[:3], rates[1:4], strict=True))
-    assert all(a > b for a, b in zip(rates[3:10], rates[4:11], strict=True))
+    assert all(a > b for a, b in zip(rates[3:9], rates[4:10], strict=True))
 
 
 def test_augmentation_keeps_shapes_and_dtype_and_is_per_sample():
@@ -115,8 +124,11 @@ def test_augmentation_is_deterministic_under_a_seed():
 
 @pytest.mark.parametrize(
     "settings, words",
-    [({"flip": 2}, "flip must be a number from 0 to 1"), ({"crop_padding": 1.5}, "whole number"),
-     ({"erasing": "yes"}, "erasing must be a number")],
+    [
+        ({"flip": 2}, "flip must be a number from 0 to 1"),
+        ({"crop_padding": 1.5}, "whole number"),
+        ({"erasing": "yes"}, "erasing must be a number"),
+    ],
 )
 def test_bad_augmentation_settings_are_one_error(settings, words):
     with pytest.raises(FmnistError, match=words):
@@ -144,23 +156,54 @@ def test_augment_group_composes_for_any_model():
     cfg = compose_train(["model=cnn", "augment=strong", "output_dir=."])
     assert dict(cfg.data.augment) == {"flip": 0.5, "crop_padding": 2, "erasing": 0.5}
     assert dict(compose_train(["model=rnn", "output_dir=."]).data.augment) == {
-        "flip": 0.0, "crop_padding": 0, "erasing": 0.0}  # off for the study's recipes
+        "flip": 0.0,
+        "crop_padding": 0,
+        "erasing": 0.0,
+    }  # off for the study's recipes
     GlobalHydra.instance().clear()
 
 
-def test_tf32_switch_sets_both_cuda_flags_and_null_leaves_them():
+def test_tf32_switch_sets_both_cuda_flags_and_null_restores_torchs_defaults():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         set_tf32(True)
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        set_tf32(None)
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_tf32(None)  # a later run of the same process gets torch's defaults again
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         set_tf32(False)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert compose_train(["output_dir=."]).tf32 is None
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.label_smoothing=1.5", "model.label_smoothing=1.5 is out of range: must be a number in [0, 1)"),
+        ("model.lr_triangle=[0,0.2,0.01]", "model.lr_triangle=[0, 0.2, 0.01] is out of range: must be [start, peak"),
+        ("model.lr_triangle=[0.1]", "model.lr_triangle=[0.1] is not a list of 3 numbers"),
+        ("model.widths=[32,64]", "model.widths=[32, 64] is not a list of 3 integers"),
+        ("data.augment.flip=2", "data.augment.flip=2 is out of range: must be a probability in [0, 1]"),
+        ("data.augment.crop_padding=1.5", "data.augment.crop_padding=1.5 is not an integer"),
+        ("tf32=yes", "tf32=yes is not true or false: must be true, false or null"),
+        ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed does not apply to the fast path"),
+        ("trainer.max_epochs=-1", "model.lr_schedule=true needs a last step"),
+    ],
+)
+def test_bad_speedrun_settings_are_one_line_before_any_data_is_read(tmp_path, no_data_access, override, words):
+    cfg = compose_train(["experiment=speedrun", "trainer=cpu_fast", f"output_dir={tmp_path}", override])
+    with pytest.raises(FmnistError, match=re.escape(words)):
+        train(cfg)
+    GlobalHydra.instance().clear()
+
+
+def test_constructor_refuses_settings_a_checkpoint_could_carry():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SpeedNet(label_smoothing=2.0)
+    with pytest.raises(ValueError, match="lr_triangle"):
+        SpeedNet(lr_triangle=(0.0, 0.2, 0.1))
 
 
 # ---------------------------------------------------------------- through fmnist.train
@@ -181,6 +224,16 @@ def test_speedrun_config_trains_two_steps_and_tests_with_tta(tiny_root, tmp_path
     datamodule.setup("fit")
     weight, _ = whitening_filters(datamodule.train_set.images[:5000].float() / 255, model.whiten_eps)
     torch.testing.assert_close(model.whiten.weight.data, weight.contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_refuses_more_epochs_on_resume(tiny_root, tmp_path):
+    train(compose_train(tiny(tiny_root, tmp_path, "trainer.limit_train_batches=2")))
+    GlobalHydra.instance().clear()
+    cfg = compose_train([f"resume={tmp_path}", "trainer.max_epochs=3", "output_dir=."])
+    with pytest.raises(FmnistError, match="trainer.max_epochs cannot change on resume for it"):
+        train(cfg)
+    GlobalHydra.instance().clear()
 
 
 @pytest.mark.slow
@@ -207,8 +260,18 @@ def test_fast_path_follows_the_default_path_with_schedule_and_augmentation(tiny_
 def test_timing_harness_returns_figures_for_each_seed(tiny_root, tmp_path):
     out = tmp_path / "speedrun.json"
     data = [f"data.root={tiny_root}", "data.search_dirs=[]", "trainer.max_epochs=1", "trainer.limit_val_batches=1"]
-    command = [sys.executable, str(ROOT / "benchmarks" / "speedrun.py"), "--seeds", "2", "--cnn-epoch", "--plain",
-               "--json", str(out), *(f"-o{o}" for o in data), "-rtrainer.limit_train_batches=2"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "speedrun.py"),
+        "--seeds",
+        "2",
+        "--cnn-epoch",
+        "--plain",
+        "--json",
+        str(out),
+        *(f"-o{o}" for o in data),
+        "-rtrainer.limit_train_batches=2",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -135,7 +135,8 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         (
             lambda h, m: h.update(evil=1),
             r"does not match CNN: hyper_parameters.evil is not a CNN setting \(expected: "
-            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step, label_smoothing, lr_schedule, lr_triangle, tta\)",
+            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step, label_smoothing, lr_schedule, "
+            r"lr_triangle, tta\)",
         ),
         (
             lambda h, m: h.update(_target_="os.system"),

@@ -20,7 +20,11 @@ def build_augmentation(flip: float = 0.0, crop_padding: int = 0, erasing: float 
     `flip`: probability of a horizontal flip; `crop_padding`: pixels of zero padding on each side before a
     random 28x28 crop; `erasing`: probability of erasing one random rectangle (2-33 % of the image).
     """
-    for name, value, low, high in (("flip", flip, 0, 1), ("erasing", erasing, 0, 1), ("crop_padding", crop_padding, 0, 14)):
+    for name, value, low, high in (
+        ("flip", flip, 0, 1),
+        ("erasing", erasing, 0, 1),
+        ("crop_padding", crop_padding, 0, 14),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise FmnistError(f"data.augment.{name} must be a number from {low} to {high}, not {value!r}")
     if isinstance(crop_padding, float) and not crop_padding.is_integer():

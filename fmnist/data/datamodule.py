@@ -208,7 +208,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        augment = self.augment if self.augment is not None and self.trainer is not None and self.trainer.training else None
+        augment = (
+            self.augment if self.augment is not None and self.trainer is not None and self.trainer.training else None
+        )
         if isinstance(batch, list):
             return [self._prepared(images, labels, augment) for images, labels in batch]
         return self._prepared(*batch, augment)

@@ -9,7 +9,12 @@ from fmnist.models.rnn import SimpleRNN
 from fmnist.models.speednet import SpeedNet
 
 # The only model classes fmnist builds from a file (fmnist/models/trust.py): checkpoints store these names.
-MODELS: dict[str, type[FashionClassifier]] = {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM, "SpeedNet": SpeedNet}
+MODELS: dict[str, type[FashionClassifier]] = {
+    "CNN": CNN,
+    "SimpleRNN": SimpleRNN,
+    "BiLSTM": BiLSTM,
+    "SpeedNet": SpeedNet,
+}
 # The same classes by the import paths that run configs (`model._target_`) and earlier checkpoints
 # carry; a lookup is string equality against this table, never an import.
 MODEL_NAMES: dict[str, type[FashionClassifier]] = {

@@ -72,6 +72,11 @@ class FashionClassifier(L.LightningModule):
         `tta`: the test also reports `test/acc_tta`, the accuracy of the logits averaged with those of the
         horizontally flipped images, next to the plain `test/acc`."""
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing}")
+        start, peak, end = lr_triangle
+        if not (0 < start <= 1 and 0 < peak < 1 and 0 <= end <= 1):
+            raise ValueError(f"lr_triangle must be [start in (0, 1], peak in (0, 1), end in [0, 1]], not {lr_triangle}")
         # Checkpoints keep plain values only: the optimizer is stored as its spec, not a partial.
         self.save_hyperparameters(ignore=["optimizer"])
         self.fast_step = fast_step
@@ -252,17 +257,20 @@ def optimizer_steps(trainer: L.Trainer) -> int:
         return max(1, int(chunks))
     per_epoch = math.ceil(len(train_set) / datamodule.batch_size / trainer.world_size)
     per_epoch = min(per_epoch, int(trainer.num_training_batches) * per_chunk)  # trainer.limit_train_batches
-    steps = per_epoch * max(1, trainer.max_epochs or 1)
-    return max(1, min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps)
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    limits = [n for n in (epochs and per_epoch * epochs, trainer.max_steps if trainer.max_steps > 0 else None) if n]
+    if not limits:
+        raise FmnistError("model.lr_schedule=true needs a last step: set trainer.max_epochs or trainer.max_steps")
+    return max(1, min(limits))
 
 
 def triangular_schedule(
     optimizer: torch.optim.Optimizer, steps: int, start: float, peak: float, end: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """lr x `start` rising linearly to lr at `peak` x `steps`, then falling linearly to lr x `end` at the
-    last step (and staying there): torch's LinearLR twice, one after the other."""
-    up = max(1, round(peak * steps))
-    down = max(1, steps - up)
+    """lr x `start` at the first of `steps` optimizer steps, rising linearly to lr at step `peak` x `steps`,
+    then falling linearly to lr x `end` at the last step (and staying there): torch's LinearLR twice."""
+    up = max(1, round(peak * (steps - 1)))
+    down = max(1, steps - 1 - up)
     linear = torch.optim.lr_scheduler.LinearLR
     return torch.optim.lr_scheduler.SequentialLR(
         optimizer,

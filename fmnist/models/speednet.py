@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fmnist.models.base import FashionClassifier
+from fmnist.utils.errors import FmnistError
 
 PATCH = 2  # the whitening filters' size: 2x2 patches, 4 dimensions, 8 filters (each PCA direction and its negative)
 WHITEN_IMAGES = 5000  # the first training images whose patches define the whitening
@@ -71,7 +72,8 @@ def whitening_filters(images: torch.Tensor, eps: float) -> tuple[torch.Tensor, t
 
 
 class SpeedNet(FashionClassifier):
-    """Whitened 2x2 stem, three conv groups (`widths`), global max-pool, linear, logits x `logit_scale`."""
+    """Whitened 2x2 stem, three conv groups (`widths`), global max-pool, linear, logits x `logit_scale`.
+    `whiten=false` (an ablation) learns the stem from its default initialisation instead."""
 
     default_optimizer = {"_target_": "torch.optim.SGD", "lr": 0.2, "momentum": 0.85, "nesterov": True}
 
@@ -79,15 +81,17 @@ class SpeedNet(FashionClassifier):
         self,
         optimizer=None,
         widths: Sequence[int] = (32, 64, 128),
-        whiten_eps: float = 5e-4,
+        whiten: bool = True,
+        whiten_eps: float = 1e-4,
         logit_scale: float = 1 / 9,
         channels_last: bool = True,
         **base_options,
     ):
         super().__init__(optimizer, **base_options)
-        self.whiten_eps, self.channels_last = whiten_eps, channels_last
+        self.whiten_eps, self.channels_last, self.whitened = whiten_eps, channels_last, whiten
         self.whiten = nn.Conv2d(1, 2 * PATCH * PATCH, PATCH, bias=True)
-        self.whiten.weight.requires_grad_(False)  # set from the data in setup(); its bias keeps learning
+        # set from the data in setup() and frozen (its bias keeps learning); whiten=false: an ordinary learnt conv
+        self.whiten.weight.requires_grad_(not whiten)
         self.features = nn.Sequential(
             self.whiten,
             nn.GELU(),
@@ -103,18 +107,24 @@ class SpeedNet(FashionClassifier):
 
     def init_whitening(self, images: torch.Tensor) -> None:
         """Set the stem's filters from uint8 (or [0, 1] float) training images (N, 1, 28, 28)."""
+        images = images[:WHITEN_IMAGES].cpu()
         if images.dtype == torch.uint8:
             images = images.float() / 255
-        weight, bias = whitening_filters(images[:WHITEN_IMAGES].cpu(), self.whiten_eps)
+        weight, bias = whitening_filters(images, self.whiten_eps)
         with torch.no_grad():
             self.whiten.weight.copy_(weight)
             self.whiten.bias.copy_(bias)
 
     def setup(self, stage: str) -> None:
         # Before a checkpoint is restored: a resumed run gets its saved filters (the same ones) back.
-        train_set = getattr(self.trainer.datamodule, "train_set", None) if self._trainer is not None else None
-        if stage == "fit" and train_set is not None:
-            self.init_whitening(train_set.images)
+        if stage != "fit" or not self.whitened:
+            return
+        train_set = getattr(self.trainer.datamodule, "train_set", None)
+        if train_set is None:
+            raise FmnistError(
+                "SpeedNet computes its whitening from the training split: fit it with fmnist's data module"
+            )
+        self.init_whitening(train_set.images)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -42,6 +42,15 @@ def _dropouts(count: int) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, (list, ListConfig)) and len(value) == count and all(map(number, value))
 
 
+def _integers(count: int) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, ListConfig)) and len(value) == count and all(map(integer, value))
+
+
+def _triangle(value: Any) -> bool:
+    start, peak, end = value
+    return 0 < start <= 1 and 0 < peak < 1 and 0 <= end <= 1
+
+
 def _batches(value: Any) -> bool:
     return value >= 1 if integer(value) else 0 < value <= 1  # Lightning: an int counts batches, a float is a share
 
@@ -107,6 +116,22 @@ CONFIG_RULES: dict[str, Rule] = {
     ),
     "model.dense_dropout": (number, "a number", _probability, "a number in [0, 1)", False),
     "model.dropout": (number, "a number", _probability, "a number in [0, 1)", False),
+    "model.label_smoothing": (number, "a number", _probability, "a number in [0, 1)", False),
+    "model.lr_schedule": (boolean, "true or false", None, "true or false", False),
+    "model.lr_triangle": (
+        _dropouts(3),
+        "a list of 3 numbers",
+        _triangle,
+        "[start, peak, end]: start factor in (0, 1], peak in (0, 1) (a share of the steps), end factor in [0, 1]",
+        False,
+    ),
+    "model.tta": (boolean, "true or false", None, "true or false", False),
+    "model.widths": (_integers(3), "a list of 3 integers", lambda v: min(v) >= 1, "3 channel counts >= 1", False),
+    "model.whiten": (boolean, "true or false", None, "true or false", False),
+    "data.augment.flip": (number, "a number", lambda v: 0 <= v <= 1, "a probability in [0, 1]", False),
+    "data.augment.crop_padding": (integer, "an integer", lambda v: 0 <= v <= 14, "pixels from 0 to 14", False),
+    "data.augment.erasing": (number, "a number", lambda v: 0 <= v <= 1, "a probability in [0, 1]", False),
+    "tf32": (boolean, "true or false", None, "true, false or null", True),
     "seed": (integer, "an integer", seed_in_range, f"{SEED_RANGE} (or null)", True),
     "test": (boolean, "true or false", None, "true or false", False),
     "test_best": (boolean, "true or false", None, "true or false", True),
@@ -125,6 +150,19 @@ def check_config(cfg: DictConfig) -> None:
                 "trainer.gradient_clip_val does not apply to the fast path (trainer=gpu_fast steps the "
                 "optimizer itself): drop it, or train with trainer=gpu"
             )
+        precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+        if precision not in ("32-true", "32"):
+            # Lightning's autocast spans the whole chunk of batches: its cached low-precision weights would
+            # outlive the optimizer steps inside it (and the CUDA graph would read them).
+            raise FmnistError(
+                f"trainer.precision={precision} does not apply to the fast path, whose step holds many "
+                "optimizer steps: drop it, or train with trainer=gpu"
+            )
+    no_end = all(
+        OmegaConf.select(cfg, f"trainer.{key}", default=-1) in (-1, None) for key in ("max_epochs", "max_steps")
+    )
+    if OmegaConf.select(cfg, "model.lr_schedule", default=False) and no_end:
+        raise FmnistError("model.lr_schedule=true needs a last step: set trainer.max_epochs or trainer.max_steps")
     if OmegaConf.select(cfg, "data.device_resident", default=False) and OmegaConf.select(cfg, "data.num_workers"):
         raise FmnistError("data.num_workers must be 0 with data.device_resident=true (the splits are on the device)")
     every, epochs = (OmegaConf.select(cfg, f"trainer.{key}") for key in ("check_val_every_n_epoch", "max_epochs"))

@@ -100,10 +100,10 @@ def train(
 
 def set_tf32(tf32: bool | None) -> None:
     """CUDA float32 arithmetic: true runs convolutions and matmuls in TF32 (TensorFlow's default on Ampere
-    and newer GPUs), false both in full float32, null leaves torch's defaults (TF32 convolutions, float32
-    matmuls). The flags do nothing on the CPU."""
-    if tf32 is not None:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    and newer GPUs), false both in full float32, null torch's defaults (TF32 convolutions, float32 matmuls;
+    set again, for the runs after another in one process). The flags do nothing on the CPU."""
+    torch.backends.cudnn.allow_tf32 = tf32 is not False
+    torch.backends.cuda.matmul.allow_tf32 = tf32 is True
 
 
 def _fit_and_test(

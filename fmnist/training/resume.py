@@ -125,6 +125,13 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
         )
     saved = _load_run_config(config_file)
     check_run_config(saved, config_file)  # before anything is resolved or built from it
+    if OmegaConf.select(saved, "model.lr_schedule", default=False) is True and any(
+        override_key(o) == "trainer.max_epochs" for o in overrides
+    ):
+        raise FmnistError(
+            f"resume={run} has a learning-rate schedule laid out for its own trainer.max_epochs: "
+            "trainer.max_epochs cannot change on resume for it (train a new run instead)"
+        )
     for override in overrides:
         OmegaConf.update(saved, override_key(override), OmegaConf.select(cfg, override_key(override)), force_add=True)
     resolved = saved.copy()
