@@ -19,7 +19,7 @@ from fmnist.models.speednet import whitening_filters
 from fmnist.models.summary import keras_param_counts
 from fmnist.training.fit import set_tf32, train
 from fmnist.utils.errors import FmnistError
-from tests.conftest import compose_train
+from tests.conftest import compose_train, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,12 +228,13 @@ def test_speedrun_config_trains_two_steps_and_tests_with_tta(tiny_root, tmp_path
 
 @pytest.mark.slow
 def test_a_scheduled_run_refuses_more_epochs_on_resume(tiny_root, tmp_path):
-    train(compose_train(tiny(tiny_root, tmp_path, "trainer.limit_train_batches=2")))
-    GlobalHydra.instance().clear()
-    cfg = compose_train([f"resume={tmp_path}", "trainer.max_epochs=3", "output_dir=."])
-    with pytest.raises(FmnistError, match="trainer.max_epochs cannot change on resume for it"):
-        train(cfg)
-    GlobalHydra.instance().clear()
+    run = tmp_path / "run"
+    data = [f"data.root={tiny_root}", "data.search_dirs=[]", "debug=tiny", "trainer.limit_train_batches=2"]
+    first = run_cli("fmnist.train", "experiment=speedrun", *data, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-1500:]
+    again = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    assert "trainer.max_epochs cannot change on resume for it" in again.stderr
 
 
 @pytest.mark.slow
