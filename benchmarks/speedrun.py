@@ -11,7 +11,8 @@ does it before the first epoch). On a GPU the first seed also pays the process's
 autotuning), so there its time is reported apart and left out of the mean and median. The test: the checkpoint
 chosen on validation, on the official 10,000 images, plain and with flip TTA, timed on its own.
 `--cnn-epoch` times one training epoch of the study's CNN (model=cnn, 54,000 images) on the same trainer,
-the unit of the CPU tier's target; `--plain` times the same recipe in a plain PyTorch loop.
+the unit of the CPU tier's target; `--plain` times the same recipe in a plain PyTorch loop (whole epochs:
+it ignores trainer.limit_train_batches).
 """
 
 from __future__ import annotations

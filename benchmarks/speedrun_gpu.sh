@@ -11,8 +11,9 @@
 #   WHEELS=.whl DATA=.whl/fashion-mnist OUT=/tmp/gpu bash benchmarks/speedrun_gpu.sh
 # A dry run of the plumbing on a CPU (tiny, not a measurement):
 #   TRAINER=cpu_fast SEEDS_93=2 SEEDS_94=1 SEEDS_95=1 RUN_ARGS="-o trainer.max_epochs=1 -o trainer.limit_train_batches=1
-#   -o trainer.limit_val_batches=1" CNN_ARGS="trainer.accelerator=cpu trainer.max_epochs=1 trainer.limit_train_batches=1
-#   trainer.limit_val_batches=1 trainer.limit_test_batches=1" bash benchmarks/speedrun_gpu.sh
+#   -o data.batches_per_step=2 -o trainer.limit_val_batches=1" CNN_ARGS="trainer.accelerator=cpu trainer.max_epochs=1
+#   data.batches_per_step=2 trainer.limit_train_batches=1 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
+#   bash benchmarks/speedrun_gpu.sh
 set -u
 WHEELS=${WHEELS:-.whl}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
@@ -31,18 +32,18 @@ DATA_ARGS=(-o "data.search_dirs=[$DATA]" -o data.root=/tmp/fmnist-data)
 tier() {  # tier EXPERIMENT SEEDS TIMEOUT [extra speedrun.py arguments]
   local experiment=$1 seeds=$2 limit=$3 name=$1
   shift 3
-  timeout "$limit" python3 benchmarks/speedrun.py --experiment "$experiment" --trainer "$TRAINER" --seeds "$seeds" \
+  timeout -k 20 "$limit" python3 benchmarks/speedrun.py --experiment "$experiment" --trainer "$TRAINER" --seeds "$seeds" \
     "${DATA_ARGS[@]}" ${RUN_ARGS:-} "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   echo "$name exit $?: $(tail -n 3 "$OUT/$name.log" | tr '\n' ' ')" | tee -a "$OUT/gpu.txt"
 }
 tier speedrun "${SEEDS_93:-20}" 150 --plain
 tier speedrun_94 "${SEEDS_94:-10}" 120
-tier speedrun_95 "${SEEDS_95:-3}" 120
+tier speedrun_95 "${SEEDS_95:-3}" 100
 
 # The study's CNN recipe with TF32 convolutions and matmuls (TF32_RUNS="true false": also in full float32;
 # torch's default, which docs/BENCHMARKS.md's 105.6 s ran with, is TF32 convolutions and float32 matmuls).
 for tf32 in ${TF32_RUNS:-true}; do
-  timeout 140 python3 -m fmnist.train model=cnn trainer=gpu_fast tf32=$tf32 "data.search_dirs=[$DATA]" \
+  timeout -k 20 130 python3 -m fmnist.train model=cnn trainer=gpu_fast tf32=$tf32 "data.search_dirs=[$DATA]" \
     data.root=/tmp/fmnist-data trainer.enable_progress_bar=false hydra.run.dir=outputs/speedrun_gpu/cnn_tf32_$tf32 overwrite=true \
     ${CNN_ARGS:-} > "$OUT/cnn_tf32_$tf32.log" 2>&1
   echo "cnn tf32=$tf32 exit $?" | tee -a "$OUT/gpu.txt"
