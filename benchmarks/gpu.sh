@@ -11,17 +11,8 @@
 #   TRAIN_ARGS="trainer.accelerator=cpu trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2
 #   trainer.limit_test_batches=2" BENCH_ARGS="--accelerator cpu --images 650 --epochs 2" bash benchmarks/gpu.sh
 set -u
-WHEELS=${WHEELS:-.whl}
-DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-outputs/gpu}
-mkdir -p "$OUT"
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)" >> "$OUT/gpu.txt"
+. "$(dirname "$0")/gpu_env.sh"
 
 # Full recipes: one run folder each under outputs/gpu_fast/<model>.
 for model in cnn rnn bilstm; do

@@ -15,18 +15,9 @@
 #   data.batches_per_step=2 trainer.limit_train_batches=1 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
 #   bash benchmarks/speedrun_gpu.sh
 set -u
-WHEELS=${WHEELS:-.whl}
-DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-outputs/speedrun_gpu}
 TRAINER=${TRAINER:-gpu_fast}
-mkdir -p "$OUT"
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)" >> "$OUT/gpu.txt"
+. "$(dirname "$0")/gpu_env.sh"
 DATA_ARGS=(-o "data.search_dirs=[$DATA]" -o data.root=/tmp/fmnist-data)
 
 tier() {  # tier EXPERIMENT SEEDS TIMEOUT [extra speedrun.py arguments]
