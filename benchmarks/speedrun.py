@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
-from fmnist.models.speednet import WHITEN_IMAGES, whitening_filters  # noqa: E402
 from fmnist.training.fit import train  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
@@ -63,7 +62,7 @@ def test_figures(ckpt_path: str, images: torch.Tensor, labels: torch.Tensor, dev
         correct = torch.zeros((), dtype=torch.long, device=device)
         for x, y in zip(images.split(1000), labels.split(1000), strict=True):
             x = to_unit_float(x)
-            logits = model(x) + model(x.flip(3)) if flips else model(x)
+            logits = model.tta_logits(x) if flips else model(x)
             correct += (logits.argmax(1) == y).sum()
         _sync(device)
         figures[f"acc_{name}"] = correct.item() / len(labels)
@@ -149,12 +148,13 @@ def plain_seconds(experiment: str, trainer: str, seed: int, overrides: list[str]
     return time.perf_counter() - start
 
 
-def whitening_seconds(images: torch.Tensor, eps: float, device: torch.device) -> float:
-    """The time SpeedNet's setup spends on its whitening filters (outside the epochs' clock, so added to it)."""
+def whitening_seconds(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> float:
+    """The time SpeedNet's setup spends on its whitening filters (outside the epochs' clock, so added to it),
+    from training images already on the device."""
     images = images.to(device)
     _sync(device)
     start = time.perf_counter()
-    whitening_filters(images[:WHITEN_IMAGES].cpu().float() / 255, eps)
+    model.init_whitening(images)
     return time.perf_counter() - start
 
 
@@ -199,7 +199,7 @@ def main() -> None:
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         model = hydra.utils.instantiate(cfg.model)  # its whitening settings, with the constructor's defaults
         whitened = getattr(model, "whitened", False)
-        whiten = whitening_seconds(datamodule.train_set.images, model.whiten_eps, device) if whitened else 0.0
+        whiten = whitening_seconds(model, datamodule.train_set.images, device) if whitened else 0.0
         rows = []
         for seed in tqdm(range(args.first_seed, args.first_seed + args.seeds), desc=args.experiment, unit="seed"):
             try:

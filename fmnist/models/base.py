@@ -48,6 +48,12 @@ def optimizer_factory(spec: dict[str, Any], where: str = "model.optimizer") -> O
     return functools.partial(cls, **kwargs)
 
 
+def valid_triangle(triangle: Sequence[float]) -> bool:
+    """The ranges of `lr_triangle`: start factor in (0, 1], peak in (0, 1) (a share of the steps), end in [0, 1]."""
+    start, peak, end = triangle
+    return 0 < start <= 1 and 0 < peak < 1 and 0 <= end <= 1
+
+
 class FashionClassifier(L.LightningModule):
     """Base class: cross-entropy on logits, torchmetrics accuracy, optimizer from a partial."""
 
@@ -74,8 +80,7 @@ class FashionClassifier(L.LightningModule):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing}")
-        start, peak, end = lr_triangle
-        if not (0 < start <= 1 and 0 < peak < 1 and 0 <= end <= 1):
+        if not valid_triangle(lr_triangle):
             raise ValueError(f"lr_triangle must be [start in (0, 1], peak in (0, 1), end in [0, 1]], not {lr_triangle}")
         # Checkpoints keep plain values only: the optimizer is stored as its spec, not a partial.
         self.save_hyperparameters(ignore=["optimizer"])
@@ -106,6 +111,10 @@ class FashionClassifier(L.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer activations: what the network groups garments by."""
         return self.features(x)
+
+    def tta_logits(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Flip test-time augmentation: the logits of `x` (given, or computed) plus those of its mirror image."""
+        return (self(x) if logits is None else logits) + self(x.flip(3))
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
@@ -192,7 +201,7 @@ class FashionClassifier(L.LightningModule):
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True, batch_size=n)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
         if self.test_acc_tta is not None:
-            self.test_acc_tta.update(logits + self(images.flip(3)), labels)
+            self.test_acc_tta.update(self.tta_logits(images, logits), labels)
             self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True, batch_size=n)
 
     def on_test_epoch_end(self) -> None:

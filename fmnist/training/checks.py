@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist.data.datamodule import validation_size
 from fmnist.data.idx import check_root, count_images
+from fmnist.models.base import valid_triangle
 from fmnist.utils.checks import (
     DATA_RULES,
     SEED_RANGE,
@@ -38,17 +39,8 @@ def _probability(value: Any) -> bool:
     return 0 <= value < 1  # Keras's Dropout rate; 1 would zero every activation
 
 
-def _dropouts(count: int) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, (list, ListConfig)) and len(value) == count and all(map(number, value))
-
-
-def _integers(count: int) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, (list, ListConfig)) and len(value) == count and all(map(integer, value))
-
-
-def _triangle(value: Any) -> bool:
-    start, peak, end = value
-    return 0 < start <= 1 and 0 < peak < 1 and 0 <= end <= 1
+def _list_of(count: int, item: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, ListConfig)) and len(value) == count and all(map(item, value))
 
 
 def _batches(value: Any) -> bool:
@@ -108,7 +100,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "trainer.gradient_clip_val": (number, "a number", lambda v: v >= 0, "a number >= 0 (or null)", True),
     "model.optimizer.lr": (number, "a number", lambda v: v > 0, "a number > 0", False),
     "model.conv_dropout": (
-        _dropouts(3),
+        _list_of(3, number),
         "a list of 3 numbers",
         lambda v: all(map(_probability, v)),
         "a list of 3 numbers in [0, 1), one per convolution stage",
@@ -119,14 +111,20 @@ CONFIG_RULES: dict[str, Rule] = {
     "model.label_smoothing": (number, "a number", _probability, "a number in [0, 1)", False),
     "model.lr_schedule": (boolean, "true or false", None, "true or false", False),
     "model.lr_triangle": (
-        _dropouts(3),
+        _list_of(3, number),
         "a list of 3 numbers",
-        _triangle,
+        valid_triangle,
         "[start, peak, end]: start factor in (0, 1], peak in (0, 1) (a share of the steps), end factor in [0, 1]",
         False,
     ),
     "model.tta": (boolean, "true or false", None, "true or false", False),
-    "model.widths": (_integers(3), "a list of 3 integers", lambda v: min(v) >= 1, "3 channel counts >= 1", False),
+    "model.widths": (
+        _list_of(3, integer),
+        "a list of 3 integers",
+        lambda v: min(v) >= 1,
+        "3 channel counts >= 1",
+        False,
+    ),
     "model.whiten": (boolean, "true or false", None, "true or false", False),
     "data.augment.flip": (number, "a number", lambda v: 0 <= v <= 1, "a probability in [0, 1]", False),
     "data.augment.crop_padding": (integer, "an integer", lambda v: 0 <= v <= 14, "pixels from 0 to 14", False),
