@@ -29,8 +29,12 @@ STUDY_COLORS = {"cnn": "black", "rnn": "saddlebrown", "bilstm": "purple"}
 
 
 def study_references(rows: list[dict]):
-    """(model name, the study's figures) for each model among the rows that the study reported."""
-    for name in dict.fromkeys(r["model"] for r in rows):
+    """(model name, the study's figures) for each model among the rows that the study reported, and for all
+    three of its networks when a row is a network beyond the study (lstm, resnet, ...): its yardstick."""
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    if any(name not in STUDY for name in names):
+        names += list(STUDY)
+    for name in dict.fromkeys(names):
         if name in STUDY and name != "bilstm_stated":  # the stated-lr variant has the same reference
             yield name, STUDY[name]
 

@@ -1,10 +1,14 @@
-"""The study's three networks and the speedrun's, as LightningModules sharing one base class, and their registry."""
+"""The study's three networks, the speedrun's and those beyond the study, as LightningModules sharing one base
+class, and their registry."""
 
 from __future__ import annotations
 
 from fmnist.models.base import FashionClassifier
+from fmnist.models.attention import PatchTransformer
 from fmnist.models.bilstm import BiLSTM
 from fmnist.models.cnn import CNN
+from fmnist.models.recurrent import StackedGRU, StackedLSTM
+from fmnist.models.resnet import PreActWideResNet
 from fmnist.models.rnn import SimpleRNN
 from fmnist.models.speednet import SpeedNet
 
@@ -14,6 +18,10 @@ MODELS: dict[str, type[FashionClassifier]] = {
     "SimpleRNN": SimpleRNN,
     "BiLSTM": BiLSTM,
     "SpeedNet": SpeedNet,
+    "StackedLSTM": StackedLSTM,
+    "StackedGRU": StackedGRU,
+    "PatchTransformer": PatchTransformer,
+    "PreActWideResNet": PreActWideResNet,
 }
 # The same classes by the import paths that run configs (`model._target_`) and earlier checkpoints
 # carry; a lookup is string equality against this table, never an import.
@@ -26,4 +34,16 @@ MODEL_NAMES: dict[str, type[FashionClassifier]] = {
     },
 }
 
-__all__ = ["FashionClassifier", "CNN", "SimpleRNN", "BiLSTM", "SpeedNet", "MODELS", "MODEL_NAMES"]
+__all__ = [
+    "FashionClassifier",
+    "CNN",
+    "SimpleRNN",
+    "BiLSTM",
+    "SpeedNet",
+    "StackedLSTM",
+    "StackedGRU",
+    "PatchTransformer",
+    "PreActWideResNet",
+    "MODELS",
+    "MODEL_NAMES",
+]

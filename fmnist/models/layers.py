@@ -2,7 +2,8 @@
 
 Keras defaults reproduced here (docs/RESULTS.md has the study): glorot-uniform kernels and zero biases, orthogonal
 recurrent kernels, LSTM forget-gate bias 1, ONE bias per recurrent layer, BatchNormalization with
-momentum 0.99 / epsilon 1e-3.
+momentum 0.99 / epsilon 1e-3. (Keras's GRU, reset_after=True like torch's, has a second, recurrent
+bias; here it is kept at zero as for the other cells, so every recurrent layer has one bias.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def glorot_(module: nn.Module) -> nn.Module:
 
 
 class KerasRecurrent(nn.Module):
-    """A Keras SimpleRNN or LSTM layer (optionally Bidirectional) on batch-first sequences.
+    """A Keras SimpleRNN, LSTM or GRU layer (optionally Bidirectional) on batch-first sequences.
 
     Returns the whole output sequence when `return_sequences`, else the final state; for a
     bidirectional layer that is [forward final state, backward final state] taken from `h_n`
@@ -50,10 +51,12 @@ class KerasRecurrent(nn.Module):
         super().__init__()
         if cell == "lstm":
             self.rnn = nn.LSTM(input_size, units, batch_first=True, bidirectional=bidirectional)
+        elif cell == "gru":
+            self.rnn = nn.GRU(input_size, units, batch_first=True, bidirectional=bidirectional)
         elif cell == "rnn":
             self.rnn = nn.RNN(input_size, units, nonlinearity=activation, batch_first=True, bidirectional=bidirectional)
         else:
-            raise ValueError(f"cell must be 'rnn' or 'lstm', not {cell!r}")
+            raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', not {cell!r}")
         self.cell, self.units, self.return_sequences = cell, units, return_sequences
         self.bidirectional = bidirectional
         self.reset_parameters()

@@ -23,7 +23,7 @@ from fmnist.utils.errors import FmnistError
 # The optimizers of conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
 # checkpoints store (torch.optim.adam.Adam, from the partial's module).
 _OPTIMIZER_CLASSES = {
-    "torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop),
+    "torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop),
     "fmnist.models.optim": (KerasRMSprop, KerasAdam),
 }
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {

@@ -126,6 +126,19 @@ CONFIG_RULES: dict[str, Rule] = {
         False,
     ),
     "model.whiten": (boolean, "true or false", None, "true or false", False),
+    "model.units": (_list_of(3, integer), "a list of 3 integers", lambda v: min(v) >= 1, "3 unit counts >= 1", False),
+    "model.patch": (
+        _list_of(2, integer),
+        "a list of 2 integers",
+        lambda v: all(p >= 1 and 28 % p == 0 for p in v),
+        "[height, width], each dividing 28 (1, 2, 4, 7, 14 or 28)",
+        False,
+    ),
+    "model.dim": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "model.heads": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "model.mlp_ratio": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "model.depth": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "model.widen": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "data.augment.flip": (number, "a number", lambda v: 0 <= v <= 1, "a probability in [0, 1]", False),
     "data.augment.crop_padding": (integer, "an integer", lambda v: 0 <= v <= 14, "pixels from 0 to 14", False),
     "data.augment.erasing": (number, "a number", lambda v: 0 <= v <= 1, "a probability in [0, 1]", False),
@@ -155,6 +168,12 @@ def check_config(cfg: DictConfig) -> None:
             raise FmnistError(
                 f"trainer.precision={precision} does not apply to the fast path, whose step holds many "
                 "optimizer steps: drop it, or train with trainer=gpu"
+            )
+        if OmegaConf.select(cfg, "callbacks.ema", default=None):
+            # Lightning's weight averaging updates after each Lightning step: once per chunk of batches here.
+            raise FmnistError(
+                "callbacks.ema does not apply to the fast path, whose step holds many optimizer steps: drop "
+                "it (~callbacks.ema), or train with trainer=gpu_bf16 / trainer=gpu / trainer=cpu"
             )
     no_end = all(
         OmegaConf.select(cfg, f"trainer.{key}", default=-1) in (-1, None) for key in ("max_epochs", "max_steps")

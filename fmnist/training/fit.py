@@ -18,6 +18,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -106,12 +107,23 @@ def set_tf32(tf32: bool | None) -> None:
     torch.backends.cuda.matmul.allow_tf32 = tf32 is True
 
 
+def build_model(model_cfg: DictConfig) -> L.LightningModule:
+    """The network of `model_cfg`; a setting its constructor rejects (a WRN depth that is not 6n + 4) is one
+    FmnistError naming the model's message."""
+    try:
+        return hydra.utils.instantiate(model_cfg)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError):
+            raise FmnistError(f"model: {error.__cause__}") from None
+        raise
+
+
 def _fit_and_test(
     cfg: DictConfig, output_dir: Path, resume: Resume | None, extra: list, stops: tuple, next_steps_line: bool
 ) -> dict[str, Any]:
+    model = build_model(cfg.model)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()  # fail on missing data now, with one clear message
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
     check_splits(cfg, model)
     if resume is not None:
         check_weights(resume, model)

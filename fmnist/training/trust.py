@@ -28,6 +28,7 @@ CONFIG_TARGETS = frozenset(
         "lightning.pytorch.Trainer",
         "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
         "lightning.pytorch.callbacks.EarlyStopping",
+        "lightning.pytorch.callbacks.EMAWeightAveraging",
         "lightning.pytorch.loggers.TensorBoardLogger",
     }
 )

@@ -1,0 +1,80 @@
+"""The study's "attention" next step: image patches as tokens through a small Transformer encoder.
+
+A strided convolution cuts the image into non-overlapping patches (4x4 gives 49 tokens; 1x28 gives the
+28 rows the recurrent networks read), adds learned positions and a class token, and runs torch's
+`TransformerEncoder` (pre-norm, GELU); the class token's final state, layer-normed, is the embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fmnist.models.base import FashionClassifier
+
+
+class PatchTokens(nn.Module):
+    """(B, 1, 28, 28) -> (B, 1 + patches, dim): the patch embeddings after a class token, plus learned positions."""
+
+    def __init__(self, patch: Sequence[int], dim: int):
+        super().__init__()
+        height, width = patch
+        self.embed = nn.Conv2d(1, dim, kernel_size=(height, width), stride=(height, width))
+        tokens = (28 // height) * (28 // width)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positions = nn.Parameter(torch.empty(1, 1 + tokens, dim))
+        nn.init.trunc_normal_(self.positions, std=0.02)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, patches, dim)
+        return torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.positions
+
+
+class ClassToken(nn.Module):
+    """The class token's state: (B, tokens, dim) -> (B, dim)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+class PatchTransformer(FashionClassifier):
+    """Patch tokens -> `depth` pre-norm Transformer encoder layers (`heads` heads, MLP of `mlp_ratio` x `dim`)
+    -> LayerNorm of the class token -> Dense(10). Recipe (conf/model/attention.yaml): AdamW with a warm-up
+    and decay, flip and crop augmentation."""
+
+    default_optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
+
+    def __init__(
+        self,
+        optimizer=None,
+        patch: Sequence[int] = (4, 4),
+        dim: int = 96,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+        dropout: float = 0.1,
+        **base_options,
+    ):
+        super().__init__(optimizer, **base_options)
+        if len(patch) != 2 or any(type(p) is not int or p < 1 or 28 % p for p in patch):
+            raise ValueError(f"patch must be [height, width], each dividing 28 (1, 2, 4, 7, 14, 28), not {patch}")
+        if min(dim, depth, heads, mlp_ratio) < 1:
+            raise ValueError(f"dim, depth, heads and mlp_ratio must be >= 1, not {dim}, {depth}, {heads}, {mlp_ratio}")
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be a multiple of heads={heads} (each head gets dim / heads)")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim * mlp_ratio, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.features = nn.Sequential(
+            PatchTokens(patch, dim),
+            # no nested tensor: every sequence has the same length, and norm_first layers would warn
+            nn.TransformerEncoder(layer, depth, enable_nested_tensor=False),
+            ClassToken(),
+            nn.LayerNorm(dim),
+        )
+        self.classifier = nn.Linear(dim, 10)

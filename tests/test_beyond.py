@@ -1,0 +1,198 @@
+"""The networks beyond the study (lstm, gru, attention, resnet): shapes, counts, learning, config, EMA, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from fmnist.models import MODELS, PatchTransformer, PreActWideResNet, StackedGRU, StackedLSTM
+from fmnist.models.checkpoint import load_model
+from fmnist.models.summary import keras_param_counts, keras_summary_markdown
+from fmnist.training.fit import train
+from fmnist.utils.errors import FmnistError
+from tests.conftest import compose_train, run_cli, tiny_split
+
+# (class, config name, Keras total, trainable, embedding width), counted by hand in the comments
+BEYOND = [
+    # LSTM: 4 gates x (in x units + units^2 + units): 291,840 + 197,120 + 49,408; BN 64: 256; Dense 650
+    (StackedLSTM, "lstm", 539_274, 539_146, 64),
+    # GRU: 3 gates, one bias: 218,880 + 147,840 + 37,056; BN 256; Dense 650
+    (StackedGRU, "gru", 404_682, 404_554, 64),
+    # 4x4 patches: conv 16x96 + 96, cls 96, positions 50x96; 4 layers of 74,784; LayerNorm 192; Dense 970
+    (PatchTransformer, "attention", 306_826, 306_826, 96),
+    # WRN-16-4: the convolutions, 3,616 BatchNorm statistics (non-trainable in Keras's count) and Dense 2,570
+    (PreActWideResNet, "resnet", 2_752_218, 2_748_602, 256),
+]
+
+
+@pytest.mark.parametrize("cls, _name, total, trainable, width", BEYOND)
+def test_shapes_and_parameter_counts(cls, _name, total, trainable, width):
+    model = cls().eval()
+    counts = keras_param_counts(model)
+    assert (counts["total"], counts["trainable"]) == (total, trainable)
+    x = torch.rand(5, 1, 28, 28)
+    assert model(x).shape == (5, 10) and model.embed(x).shape == (5, width)
+    assert f"Total params: {total:,}" in keras_summary_markdown(model)
+    assert MODELS[cls.__name__] is cls  # in the registry: checkpoints name it
+
+
+def test_summary_names_the_gated_cells():
+    assert "(GRU) | (None, 28, 256) | 218,880 |" in keras_summary_markdown(StackedGRU())
+    assert "(LSTM) | (None, 64) | 49,408 |" in keras_summary_markdown(StackedLSTM())
+
+
+def test_resnet_depth_and_width_follow_the_wrn_formula():
+    # WRN-10-1: one block per group; WRN-28-2: four blocks per group, widths 32/64/128
+    small, deep = PreActWideResNet(depth=10, widen=1), PreActWideResNet(depth=28, widen=2)
+    assert sum(1 for m in small.modules() if type(m).__name__ == "PreActBlock") == 3
+    assert sum(1 for m in deep.modules() if type(m).__name__ == "PreActBlock") == 12
+    assert deep.embed(torch.rand(2, 1, 28, 28)).shape == (2, 128)
+
+
+def test_rows_as_tokens():
+    model = PatchTransformer(patch=(1, 28), dim=32, depth=1, heads=2).eval()
+    assert model.features[0].positions.shape == (1, 29, 32)  # 28 rows and the class token
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "cls, options, words",
+    [
+        (PreActWideResNet, {"depth": 15}, "depth must be 6n + 4"),
+        (PreActWideResNet, {"widen": 0}, "widen must be >= 1"),
+        (PatchTransformer, {"patch": (3, 3)}, "patch must be [height, width], each dividing 28"),
+        (PatchTransformer, {"dim": 90, "heads": 4}, "dim=90 must be a multiple of heads=4"),
+        (StackedLSTM, {"units": (256, 128)}, "units must be a list of 3 positive integers"),
+    ],
+)
+def test_constructors_refuse_settings_a_checkpoint_could_carry(cls, options, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        cls(**options)
+
+
+@pytest.mark.parametrize("cls, name, _total, _trainable, _width", BEYOND)
+def test_two_batches_of_training_lower_the_loss(cls, name, _total, _trainable, _width):
+    torch.manual_seed(0)
+    images, labels = tiny_split(64, seed=3)
+    batches = [
+        (torch.from_numpy(images[i : i + 32]).float().div(255).unsqueeze(1), torch.from_numpy(labels[i : i + 32]).long())
+        for i in (0, 32)
+    ]
+    options = {"dropout": 0.0} if cls in (PatchTransformer, PreActWideResNet) else {}
+    model = cls(**options).train()
+    optimizer = model.configure_optimizers()  # the class's default optimizer (the recipe's lives in its config)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(float(model.training_loss(x, y)) for x, y in batches)
+
+    before = loss()
+    for _ in range(10 if cls is PatchTransformer else 3):  # a Transformer from scratch starts slowly
+        for x, y in batches:
+            optimizer.zero_grad()
+            model.training_loss(x, y).backward()
+            optimizer.step()
+    assert loss() < 0.9 * before, name
+
+
+@pytest.mark.parametrize("name, _cls", [(n, c) for c, n, *_ in BEYOND])
+def test_each_recipe_composes_with_its_own_model_and_optimizer(name, _cls):
+    cfg = compose_train([f"model={name}"])
+    GlobalHydra.instance().clear()
+    assert cfg.model._target_ == f"fmnist.models.{_cls.__name__}"
+    assert cfg.name == name
+    if name == "resnet":
+        assert cfg.model.optimizer._target_ == "torch.optim.SGD" and cfg.model.optimizer.nesterov
+        assert cfg.model.lr_schedule and cfg.model.label_smoothing == 0.1 and cfg.model.tta
+        assert cfg.callbacks.ema._target_ == "lightning.pytorch.callbacks.EMAWeightAveraging"
+        assert cfg.data.augment.erasing == 0.5 and cfg.data.augment.crop_padding == 2  # augment=strong
+    if name == "attention":
+        assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.data.augment.flip == 0.5
+    if name in ("lstm", "gru"):
+        assert cfg.data.augment.flip == 0 and "ema" not in cfg.callbacks  # the study's kind of recipe
+    # a recipe's augmentation gives way to the command line's
+    cfg = compose_train([f"model={name}", "augment=none"])
+    GlobalHydra.instance().clear()
+    assert cfg.data.augment.flip == 0 and cfg.data.augment.erasing == 0
+
+
+def test_gpu_bf16_trainer_is_the_default_loop_in_bf16():
+    cfg = compose_train(["model=resnet", "trainer=gpu_bf16"])
+    GlobalHydra.instance().clear()
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.data.device_resident and not cfg.model.fast_step and cfg.data.batches_per_step == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model=resnet", "model.depth=15"], "model: depth must be 6n + 4 with n >= 1"),
+        (["model=resnet", "model.widen=0"], "model.widen=0 is out of range: must be an integer >= 1"),
+        (["model=resnet", "trainer=cpu_fast"], "callbacks.ema does not apply to the fast path"),
+        (["model=attention", "model.patch=[3,3]"], "model.patch=[3, 3] is out of range: must be [height, width]"),
+        (["model=attention", "model.dim=90"], "model: dim=90 must be a multiple of heads=4"),
+        (["model=attention", "model.heads=two"], "model.heads=two is not an integer"),
+        (["model=lstm", "model.units=[64]"], "model.units=[64] is not a list of 3 integers"),
+    ],
+)
+def test_bad_settings_are_one_error_before_any_data_is_read(tmp_path, no_data_access, overrides, words):
+    cfg = compose_train([*overrides, f"output_dir={tmp_path}"])
+    with pytest.raises(FmnistError, match=re.escape(words)):
+        train(cfg)
+    GlobalHydra.instance().clear()
+
+
+# ---------------------------------------------------------------- through fmnist.train
+
+
+def _tiny(tiny_root, folder, *extra):
+    return [
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "debug=tiny",
+        f"output_dir={folder}",
+        "data.batch_size=50",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_resnet_recipe_checkpoints_and_tests_the_averaged_weights(tiny_root, tmp_path):
+    small = ["model.depth=10", "model.widen=1", "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
+    cfg = compose_train(["model=resnet", *_tiny(tiny_root, tmp_path, *small, "callbacks.ema.decay=0.5")])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert metrics["steps"] == 6 and 0 <= metrics["test/acc_tta"] <= 1
+    checkpoint = torch.load(tmp_path / metrics["best_checkpoint"], weights_only=True)
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.equal(averaged["classifier.weight"], current["classifier.weight"])
+    # evaluate/predict/export read the averaged weights: the ones validated and tested
+    model = load_model(tmp_path / metrics["best_checkpoint"])
+    torch.testing.assert_close(model.state_dict()["classifier.weight"], averaged["classifier.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lstm", "gru", "attention"])
+def test_each_new_recipe_trains_and_tests_through_fmnist_train(tiny_root, tmp_path, name):
+    cfg = compose_train([f"model={name}", *_tiny(tiny_root, tmp_path, "trainer.limit_train_batches=2")])
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert metrics["model"] == name and metrics["steps"] == 2 and 0 <= metrics["test/acc"] <= 1
+    assert metrics["params_total_keras"] == next(total for _, n, total, *_ in BEYOND if n == name)
+    assert type(load_model(tmp_path / metrics["best_checkpoint"])).__name__ == cfg.model._target_.rsplit(".", 1)[1]
+
+
+@pytest.mark.slow
+def test_compare_experiment_includes_the_new_models_named_on_the_command_line(tiny_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    data = [f"data.root={tiny_root}", "data.search_dirs=[]", "debug=tiny", "trainer.limit_train_batches=2"]
+    result = run_cli(
+        "fmnist.train", "experiment=compare", "model=rnn,gru", "seed=1", *data, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    report = (sweep / "compare" / "comparison.md").read_text()
+    assert "| gru |" in report and "| rnn |" in report
+    assert "| study: cnn |" in report and "| study: bilstm |" in report  # the study's networks as the yardstick
