@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -78,7 +79,10 @@ def test_two_batches_of_training_lower_the_loss(cls, name, _total, _trainable, _
     torch.manual_seed(0)
     images, labels = tiny_split(64, seed=3)
     batches = [
-        (torch.from_numpy(images[i : i + 32]).float().div(255).unsqueeze(1), torch.from_numpy(labels[i : i + 32]).long())
+        (
+            torch.from_numpy(images[i : i + 32]).float().div(255).unsqueeze(1),
+            torch.from_numpy(labels[i : i + 32]).long(),
+        )
         for i in (0, 32)
     ]
     options = {"dropout": 0.0} if cls in (PatchTransformer, PreActWideResNet) else {}
@@ -196,3 +200,37 @@ def test_compare_experiment_includes_the_new_models_named_on_the_command_line(ti
     report = (sweep / "compare" / "comparison.md").read_text()
     assert "| gru |" in report and "| rnn |" in report
     assert "| study: cnn |" in report and "| study: bilstm |" in report  # the study's networks as the yardstick
+
+
+def test_results_rows_accumulate_and_label_a_new_models_reduced_run(tmp_path):
+    from fmnist.analysis.results import write_results
+
+    def row(model, epochs, acc, recipe="KerasAdam lr=0.001, batch 64"):
+        return {
+            "model": model,
+            "recipe": recipe,
+            "test_acc_mean": acc,
+            "test_acc_std": 0.001,
+            "macro_f1_mean": acc,
+            "seeds": [1, 2, 3],
+            "epochs": epochs,
+            "train_seconds_mean": 60.0,
+            "device": "cpu",
+            "batch_size": 64,
+            "optimizer": {},
+            "params_total_keras": 539_274,
+        }
+
+    write_results([row("rnn", 25, 0.88, "SGD lr=0.01, batch 65")], tmp_path)
+    write_results([row("lstm", 2, 0.85)], tmp_path)
+    write_results([row("lstm", 2, 0.86), row("lstm", 20, 0.91)], tmp_path)  # a re-measurement replaces its row
+    write_results([row("lstm", 2, 0.87, "SGD lr=0.1, batch 64")], tmp_path)  # another recipe is another row
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert list(rows) == ["lstm@2ep", "lstm@2ep (SGD lr=0.1, batch 64)", "lstm", "rnn"]  # by model, then epochs
+    assert rows["lstm@2ep"]["test_acc_mean"] == 0.86 and rows["lstm"]["full_recipe"]  # conf/model/lstm.yaml: 20
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| lstm | KerasAdam lr=0.001, batch 64 | 2 of 20 (reduced) | 3 | 0.8600 ± 0.0010 |" in table
+    assert "| rnn | SGD lr=0.01, batch 65 | 25 | 3 | 0.8800" in table and "(beyond the study)" in table
+    (tmp_path / "results.json").write_text("{")
+    with pytest.raises(FmnistError, match="results.json cannot be read"):
+        write_results([row("lstm", 2, 0.86)], tmp_path)

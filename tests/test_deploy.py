@@ -148,7 +148,7 @@ def test_predict_fails_only_when_nothing_can_be_read(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm", "speednet"])
+@pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm", "speednet", "lstm", "gru", "attention", "resnet"])
 def test_export_round_trip(train_cfg, tmp_path, model):
     pytest.importorskip("onnxruntime")
     from fmnist.deploy.export import export

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist.models import CNN, BiLSTM, SimpleRNN
+from fmnist.models import CNN, BiLSTM, SimpleRNN, StackedGRU, StackedLSTM
 from fmnist.models.layers import KerasRecurrent
 from fmnist.models.optim import KerasAdam
 from fmnist.models.summary import keras_param_counts, keras_summary_markdown
@@ -47,7 +47,7 @@ def recurrent_layers(model):
     return [m for m in model.modules() if isinstance(m, KerasRecurrent)]
 
 
-@pytest.mark.parametrize("cls", [SimpleRNN, BiLSTM])
+@pytest.mark.parametrize("cls", [SimpleRNN, BiLSTM, StackedLSTM, StackedGRU])
 def test_bias_hh_is_zero_and_stays_zero_after_training_steps(cls):
     torch.manual_seed(0)
     model = cls()
@@ -110,7 +110,7 @@ def test_torch_default_init_is_not_taken_for_glorot():
     assert not any(is_glorot_uniform(w) for w in defaults)
 
 
-@pytest.mark.parametrize("cls, kernels", [(CNN, 8), (SimpleRNN, 4), (BiLSTM, 7)])
+@pytest.mark.parametrize("cls, kernels", [(CNN, 8), (SimpleRNN, 4), (BiLSTM, 7), (StackedLSTM, 4), (StackedGRU, 4)])
 def test_dense_conv_and_recurrent_input_kernels_are_glorot_uniform(cls, kernels):
     torch.manual_seed(0)
     found = glorot_kernels(cls())
@@ -130,6 +130,18 @@ def test_recurrent_kernels_are_orthogonal():
     # (gates x units, units): orthonormal columns, as Keras's orthogonal (units, gates x units) has orthonormal rows
     for units, w_hh in kernels:
         assert torch.allclose(w_hh.T @ w_hh, torch.eye(units), atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [StackedLSTM, StackedGRU])
+def test_gated_stacks_have_keras_orthogonal_recurrent_kernels_and_lstm_forget_bias(cls):
+    layers = recurrent_layers(cls())
+    assert [layer.units for layer in layers] == [256, 128, 64]
+    for layer in layers:
+        u = layer.units
+        torch.testing.assert_close(layer.rnn.weight_hh_l0.T @ layer.rnn.weight_hh_l0, torch.eye(u), atol=1e-4, rtol=0)
+        bias = layer.rnn.bias_ih_l0
+        forget = torch.ones(u) if cls is StackedLSTM else torch.zeros(u)  # GRU: all zero, as Keras's
+        assert torch.equal(bias[u : 2 * u], forget) and bias[:u].abs().max() == 0 and bias[2 * u :].abs().max() == 0
 
 
 def test_batchnorm_uses_keras_momentum_and_epsilon():

@@ -1,13 +1,48 @@
-"""The reproduction table: measured rows next to the study's, in docs/RESULTS.md and docs/results.json."""
+"""The reproduction table: measured rows next to the study's, in docs/RESULTS.md and docs/results.json.
+
+A new measurement replaces the row of the same key (model and epochs, and recipe where two share those);
+the rows of other models and epochs already in results.json are kept, so the table grows run by run.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+import yaml
+
 from fmnist.analysis.runs import format_count, format_seconds
 from fmnist.analysis.study import STUDY
+from fmnist.utils.config import CONF_DIR
+from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_section
+
+ROW_KEYS = (
+    "model",
+    "recipe",
+    "test_acc_mean",
+    "test_acc_std",
+    "macro_f1_mean",
+    "seeds",
+    "epochs",
+    "train_seconds_mean",
+    "device",
+    "batch_size",
+    "optimizer",
+    "params_total_keras",
+)
+
+
+@functools.cache
+def recipe_epochs(model: str) -> int | None:
+    """The epochs of a model's full recipe: the study's, or for a network beyond it its conf/model/<model>.yaml's."""
+    if model in STUDY:
+        return STUDY[model]["epochs"]
+    path = Path(CONF_DIR) / "model" / f"{model}.yaml"
+    config = yaml.safe_load(path.read_text()) if model.isidentifier() and path.is_file() else None
+    epochs = (config.get("trainer") or {}).get("max_epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) else None
 
 
 def results_table(rows: list[dict]) -> str:
@@ -19,9 +54,11 @@ def results_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         study = STUDY.get(row["model"], {})
-        recipe = study.get("epochs")
+        recipe = recipe_epochs(row["model"])
         epochs = f"{row['epochs']}" + (f" of {recipe} (reduced)" if recipe and row["epochs"] < recipe else "")
-        reference = f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else ""
+        reference = (
+            f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "(beyond the study)"
+        )
         lines.append(
             f"| {row['model']} | {row['recipe']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
             f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {format_count(row['params_total_keras'])} | "
@@ -34,31 +71,35 @@ def results_json(rows: list[dict]) -> dict:
     """Per row: test_acc_mean, test_acc_std, seeds, epochs, train_seconds_mean, device (and more)."""
     out = {}
     for row in rows:
-        recipe = STUDY.get(row["model"], {}).get("epochs")
+        recipe = recipe_epochs(row["model"])
         key = row["model"] if row["epochs"] == recipe else f"{row['model']}@{row['epochs']}ep"
         key += "" if key not in out else f" ({row['recipe']})"
-        out[key] = {
-            k: row[k]
-            for k in (
-                "model",
-                "recipe",
-                "test_acc_mean",
-                "test_acc_std",
-                "macro_f1_mean",
-                "seeds",
-                "epochs",
-                "train_seconds_mean",
-                "device",
-                "batch_size",
-                "optimizer",
-                "params_total_keras",
-            )
-        }
+        out[key] = {k: row[k] for k in ROW_KEYS}
         out[key]["full_recipe"] = row["epochs"] == recipe
     return out
 
 
+def _earlier_rows(path: Path) -> dict:
+    """The rows of an earlier results.json, or {} when there is none; a damaged one is one FmnistError."""
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FmnistError(f"{path} cannot be read ({error}): fix or remove it, its rows are kept otherwise") from None
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) and set(ROW_KEYS) <= r.keys() for r in rows.values()):
+        raise FmnistError(f"{path} is not a results file of fmnist.reproduce: fix or remove it")
+    return rows
+
+
 def write_results(rows: list[dict], docs: Path) -> None:
-    """Update docs/RESULTS.md between its markers, and rewrite docs/results.json."""
-    write_section(docs / "RESULTS.md", "results", results_table(rows), "Reproduction results")
-    (docs / "results.json").write_text(json.dumps(results_json(rows), indent=2) + "\n")
+    """Add the rows to docs/results.json (replacing those of the same key) and write the whole table into
+    docs/RESULTS.md between its markers."""
+    merged = _earlier_rows(docs / "results.json")
+    for key, row in results_json(rows).items():
+        earlier = merged.get(key)
+        # the same model and epochs under another recipe is another row, not a newer measurement of this one
+        merged[key if earlier is None or earlier["recipe"] == row["recipe"] else f"{key} ({row['recipe']})"] = row
+    merged = dict(sorted(merged.items(), key=lambda item: (item[1]["model"], item[1]["epochs"], item[0])))
+    write_section(docs / "RESULTS.md", "results", results_table(list(merged.values())), "Reproduction results")
+    (docs / "results.json").write_text(json.dumps(merged, indent=2) + "\n")

@@ -3,8 +3,8 @@ class, and their registry."""
 
 from __future__ import annotations
 
-from fmnist.models.base import FashionClassifier
 from fmnist.models.attention import PatchTransformer
+from fmnist.models.base import FashionClassifier
 from fmnist.models.bilstm import BiLSTM
 from fmnist.models.cnn import CNN
 from fmnist.models.recurrent import StackedGRU, StackedLSTM

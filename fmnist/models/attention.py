@@ -30,7 +30,8 @@ class PatchTokens(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, patches, dim)
-        return torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.positions
+        cls = self.cls.expand(tokens.shape[0], -1, -1)  # shape[0], not len(x): an ONNX export keeps the batch dynamic
+        return torch.cat([cls, tokens], dim=1) + self.positions
 
 
 class ClassToken(nn.Module):

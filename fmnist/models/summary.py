@@ -58,7 +58,11 @@ def keras_summary_rows(model: nn.Module, input_shape=(1, 1, 28, 28)) -> list[dic
     for name, layer in layers:
         kind = type(layer).__name__
         if hasattr(layer, "cell"):  # KerasRecurrent
-            kind = ("Bidirectional " if layer.bidirectional else "") + {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}[layer.cell]
+            kind = ("Bidirectional " if layer.bidirectional else "") + {
+                "rnn": "SimpleRNN",
+                "lstm": "LSTM",
+                "gru": "GRU",
+            }[layer.cell]
         counts = keras_param_counts(layer)
         rows.append(
             {"name": name, "type": kind, "output_shape": (None, *shapes[id(layer)][1:]), "params": counts["total"]}
