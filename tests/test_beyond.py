@@ -140,6 +140,8 @@ def test_gpu_bf16_trainer_is_the_default_loop_in_bf16():
         (["model=attention", "model.dim=90"], "model: dim=90 must be a multiple of heads=4"),
         (["model=attention", "model.heads=two"], "model.heads=two is not an integer"),
         (["model=lstm", "model.units=[64]"], "model.units=[64] is not a list of 3 integers"),
+        (["model=resnet", "data.batches_per_step=2"], "data.batches_per_step=2 needs the fast path's training step"),
+        (["model=rnn", "data.batches_per_step=x"], "data.batches_per_step=x is not an integer"),
     ],
 )
 def test_bad_settings_are_one_error_before_any_data_is_read(tmp_path, no_data_access, overrides, words):

@@ -65,6 +65,8 @@ LIMIT = "an integer >= 1 (batches) or a fraction in (0, 1] (or null)"
 CONFIG_RULES: dict[str, Rule] = {
     **DATA_RULES,
     "data.batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "data.batches_per_step": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "data.device_resident": (boolean, "true or false", None, "true or false", False),
     "trainer.max_epochs": (
         integer,
         "an integer",
@@ -175,6 +177,11 @@ def check_config(cfg: DictConfig) -> None:
                 "callbacks.ema does not apply to the fast path, whose step holds many optimizer steps: drop "
                 "it (~callbacks.ema), or train with trainer=gpu_bf16 / trainer=gpu / trainer=cpu"
             )
+    elif (OmegaConf.select(cfg, "data.batches_per_step", default=1) or 1) > 1:
+        raise FmnistError(
+            f"data.batches_per_step={cfg.data.batches_per_step} needs the fast path's training step: train with "
+            "trainer=gpu_fast or trainer=cpu_fast, or drop it"
+        )
     no_end = all(
         OmegaConf.select(cfg, f"trainer.{key}", default=-1) in (-1, None) for key in ("max_epochs", "max_steps")
     )
