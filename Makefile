@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=cnn|rnn|bilstm  ARGS='hydra overrides'  TORCH='torch pip spec'  STORAGE=URL (dashboard)"
+	@echo "  variables: MODEL=cnn|rnn|bilstm|lstm|gru|attention|resnet  ARGS='hydra overrides'  TORCH='torch pip spec'  STORAGE=URL (dashboard)"
 
 install: $(VENV)/.installed ## set up: Fashion-MNIST (apt), .venv with torch, fmnist and its dev tools
 

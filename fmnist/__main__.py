@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # command: what it does (each is `python -m fmnist.<command>` and the console script `fmnist-<command>`)
 COMMANDS = {
-    "train": "train a network with its recipe: model=cnn|rnn|bilstm [key=value ...]",
+    "train": "train a network with its recipe: model=cnn|rnn|bilstm|lstm|gru|attention|resnet [key=value ...]",
     "evaluate": "reports of a checkpoint on the test (or validation) split: ckpt_path=PATH",
     "compare": "runs side by side, mean ± std over seeds: RUN_OR_SWEEP_DIR... [--out DIR]",
     "cluster": "k-means of the learned embedding vs raw pixels: ckpt_path=PATH [k=10]",

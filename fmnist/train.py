@@ -1,4 +1,5 @@
-"""Train a network: `python -m fmnist.train model=cnn|rnn|bilstm [key=value ...]` (or `fmnist-train ...`).
+"""Train a network: `python -m fmnist.train model=NAME [key=value ...]` (or `fmnist-train ...`), NAME one of
+cnn, rnn, bilstm (the study's), lstm, gru, attention, resnet (beyond it).
 
 Fits with Lightning, tests the best checkpoint, and leaves in the run folder `.hydra/`,
 `checkpoints/`, TensorBoard event files, `model_summary.md` and `metrics.json`. The command only;

@@ -57,8 +57,19 @@ def _genuine(trained_run: Path) -> dict:
 # ---------------------------------------------------------------- the registry and its tables
 
 
-def test_the_registry_holds_the_three_models_under_every_name_their_files_carry():
-    assert MODELS == {"CNN": CNN, "SimpleRNN": SimpleRNN, "BiLSTM": BiLSTM, "SpeedNet": SpeedNet}
+def test_the_registry_holds_every_model_under_every_name_their_files_carry():
+    from fmnist.models import PatchTransformer, PreActWideResNet, StackedGRU, StackedLSTM
+
+    assert MODELS == {
+        "CNN": CNN,
+        "SimpleRNN": SimpleRNN,
+        "BiLSTM": BiLSTM,
+        "SpeedNet": SpeedNet,
+        "StackedLSTM": StackedLSTM,
+        "StackedGRU": StackedGRU,
+        "PatchTransformer": PatchTransformer,
+        "PreActWideResNet": PreActWideResNet,
+    }
     for cls in MODELS.values():
         for name in (cls.__name__, f"fmnist.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"):
             assert MODEL_NAMES[name] is cls
@@ -116,7 +127,8 @@ def test_a_gadget_class_path_in_a_checkpoint_is_refused(tmp_path, marker, gadget
     with pytest.raises(
         FmnistError,
         match=rf"^{re.escape(str(path))} is refused: its fmnist_model .* is not an "
-        r"fmnist model \(CNN, SimpleRNN, BiLSTM, SpeedNet\)",
+        r"fmnist model \(CNN, SimpleRNN, BiLSTM, SpeedNet, StackedLSTM, StackedGRU, PatchTransformer, "
+        r"PreActWideResNet\)",
     ):
         load_model(path)
     assert not marker.exists()
@@ -163,7 +175,8 @@ def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
         (
             lambda h, m: h.update(optimizer={"_target_": "subprocess.Popen", **_popen(m)}),
             r"is refused: hyper_parameters.optimizer._target_ 'subprocess.Popen' is not an optimizer fmnist builds: "
-            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, fmnist.models.optim.KerasRMSprop",
+            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, "
+            r"fmnist.models.optim.KerasRMSprop",
         ),
         (
             lambda h, m: h.update(optimizer={"_target_": "fmnist.optim.torch.optim.adam.os.system", "command": "id"}),
@@ -248,10 +261,10 @@ def test_the_optimizer_comes_from_the_table_only():
     assert sgd.func is torch.optim.SGD and sgd.keywords == {"lr": 0.1, "momentum": 0.0}
     with pytest.raises(
         FmnistError,
-        match=r"^model.optimizer._target_ 'torch.optim.AdamW' is not an optimizer fmnist "
+        match=r"^model.optimizer._target_ 'torch.optim.NAdam' is not an optimizer fmnist "
         r"builds: use one of .* \(conf/optimizer/\)$",
     ):
-        optimizer_factory({"_target_": "torch.optim.AdamW"})
+        optimizer_factory({"_target_": "torch.optim.NAdam"})
 
 
 @pytest.mark.parametrize(
