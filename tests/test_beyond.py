@@ -199,7 +199,7 @@ def test_compare_experiment_includes_the_new_models_named_on_the_command_line(ti
         "fmnist.train", "experiment=compare", "model=rnn,gru", "seed=1", *data, f"hydra.sweep.dir={sweep}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-1500:]
-    report = (sweep / "compare" / "comparison.md").read_text()
+    report = (sweep / "comparison.md").read_text()
     assert "| gru |" in report and "| rnn |" in report
     assert "| study: cnn |" in report and "| study: bilstm |" in report  # the study's networks as the yardstick
 
