@@ -236,3 +236,12 @@ def test_results_rows_accumulate_and_label_a_new_models_reduced_run(tmp_path):
     (tmp_path / "results.json").write_text("{")
     with pytest.raises(FmnistError, match="results.json cannot be read"):
         write_results([row("lstm", 2, 0.86)], tmp_path)
+
+
+def test_the_last_lines_give_the_tta_figure_next_to_the_plain_one(tmp_path):
+    from fmnist.training.fit import next_steps
+
+    metrics = {"test/acc": 0.9, "best_checkpoint": "checkpoints/epoch_001.ckpt"}
+    assert "test accuracy: 0.9000 (best checkpoint" in next_steps(tmp_path, metrics)
+    text = next_steps(tmp_path, {**metrics, "test/acc_tta": 0.91})
+    assert "test accuracy: 0.9000, 0.9100 with flip TTA (best checkpoint on validation" in text

@@ -252,9 +252,9 @@ def next_steps(run_dir: Path, metrics: dict) -> str:
     """Where the run is, what it reached, and the commands that look at it, with its folder filled in."""
     lines = [f"run folder: {shlex.quote(str(run_dir))}"]
     if isinstance(metrics.get("test/acc"), float):
-        lines.append(
-            f"test accuracy: {metrics['test/acc']:.4f} (best checkpoint on validation: {metrics['best_checkpoint']})"
-        )
+        tta = f", {metrics['test/acc_tta']:.4f} with flip TTA" if isinstance(metrics.get("test/acc_tta"), float) else ""
+        best = metrics["best_checkpoint"]
+        lines.append(f"test accuracy: {metrics['test/acc']:.4f}{tta} (best checkpoint on validation: {best})")
     checkpoint = hydra_value(str(run_dir / (metrics.get("best_checkpoint") or "checkpoints/last.ckpt")))
     lines += [
         "next:",
