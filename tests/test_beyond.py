@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
@@ -111,7 +112,7 @@ def test_each_recipe_composes_with_its_own_model_and_optimizer(name, _cls):
     if name == "resnet":
         assert cfg.model.optimizer._target_ == "torch.optim.SGD" and cfg.model.optimizer.nesterov
         assert cfg.model.lr_schedule and cfg.model.label_smoothing == 0.1 and cfg.model.tta
-        assert cfg.callbacks.ema._target_ == "lightning.pytorch.callbacks.EMAWeightAveraging"
+        assert cfg.callbacks.ema._target_ == "fmnist.training.callbacks.TestedEMA"
         assert cfg.data.augment.erasing == 0.5 and cfg.data.augment.crop_padding == 2  # augment=strong
     if name == "attention":
         assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.data.augment.flip == 0.5
@@ -169,7 +170,13 @@ def _tiny(tiny_root, folder, *extra):
 def test_resnet_recipe_checkpoints_and_tests_the_averaged_weights(tiny_root, tmp_path):
     small = ["model.depth=10", "model.widen=1", "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
     cfg = compose_train(["model=resnet", *_tiny(tiny_root, tmp_path, *small, "callbacks.ema.decay=0.5")])
-    metrics = train(cfg)
+    tested = {}
+
+    class WeightsAtTest(L.Callback):
+        def on_test_start(self, trainer, pl_module):
+            tested.update({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    metrics = train(cfg, callbacks=[WeightsAtTest()])
     GlobalHydra.instance().clear()
     assert metrics["steps"] == 6 and 0 <= metrics["test/acc_tta"] <= 1
     checkpoint = torch.load(tmp_path / metrics["best_checkpoint"], weights_only=True)
@@ -178,6 +185,8 @@ def test_resnet_recipe_checkpoints_and_tests_the_averaged_weights(tiny_root, tmp
     # evaluate/predict/export read the averaged weights: the ones validated and tested
     model = load_model(tmp_path / metrics["best_checkpoint"])
     torch.testing.assert_close(model.state_dict()["classifier.weight"], averaged["classifier.weight"])
+    # the run's own test evaluated them too (Lightning's callback would have put the raw weights back)
+    torch.testing.assert_close(tested["classifier.weight"], averaged["classifier.weight"], rtol=0, atol=0)
 
 
 @pytest.mark.slow

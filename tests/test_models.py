@@ -164,3 +164,19 @@ def test_hyperparameters_are_plain_values():
     model = BiLSTM(optimizer={"_target_": "fmnist.models.optim.KerasAdam", "lr": 0.01})
     assert model.hparams["optimizer"] == {"_target_": "fmnist.models.optim.KerasAdam", "lr": 0.01}
     assert isinstance(model.configure_optimizers(), KerasAdam)
+
+
+def test_the_epoch_loss_is_the_mean_over_images_when_the_last_batch_is_smaller(monkeypatch):
+    # torchmetrics' MeanMetric(nan_strategy="disable") drops update()'s weight: a batch mean would count the
+    # last 20 images as much as each batch of 50
+    torch.manual_seed(0)
+    model = CNN().eval()
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    images, labels = torch.rand(120, 1, 28, 28), torch.randint(0, 10, (120,))
+    with torch.no_grad():
+        for start, stop in ((0, 50), (50, 100), (100, 120)):
+            model.validation_step((images[start:stop], labels[start:stop]), 0)
+            model.test_step((images[start:stop], labels[start:stop]), 0)
+        expected = nn.functional.cross_entropy(model(images), labels)
+    torch.testing.assert_close(model.val_loss.compute(), expected)
+    torch.testing.assert_close(model.test_loss.compute(), expected)

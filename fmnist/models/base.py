@@ -95,7 +95,8 @@ class FashionClassifier(L.LightningModule):
         # CUDA graph can update (a torchmetrics reset() allocates new state tensors).
         for name, dtype in zip(TRAIN_SUMS, (torch.float64, torch.int64, torch.int64), strict=False):
             self.register_buffer(name, torch.zeros((), dtype=dtype), persistent=False)
-        # nan_strategy="disable": a NaN loss must reach the epoch mean (and the check would sync per step)
+        # nan_strategy="disable": a NaN loss must reach the epoch mean (and the check would sync per step). It
+        # also drops update()'s weight (torchmetrics 1.9), so the steps pass each image's loss, not a batch mean.
         self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -117,9 +118,10 @@ class FashionClassifier(L.LightningModule):
         return (self(x) if logits is None else logits) + self(x.flip(3))
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image's cross-entropy (their mean over an epoch is its loss), the logits and the labels."""
         images, labels = batch
         logits = self(images)
-        return F.cross_entropy(logits, labels), logits, labels
+        return F.cross_entropy(logits, labels, reduction="none"), logits, labels
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The batch's cross-entropy, with its loss and correct answers added to the epoch's sums."""
@@ -178,7 +180,7 @@ class FashionClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, logits, labels = self._step(batch)
-        self.val_loss.update(loss, weight=len(labels))
+        self.val_loss.update(loss)  # per image: a smaller last batch weighs what its images weigh
         self.val_acc.update(logits, labels)
         n = labels.shape[0]
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
@@ -194,7 +196,7 @@ class FashionClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         images = batch[0]
         loss, logits, labels = self._step(batch)
-        self.test_loss.update(loss, weight=len(labels))
+        self.test_loss.update(loss)
         self.test_acc.update(logits, labels)
         self.test_f1.update(logits, labels)
         n = labels.shape[0]

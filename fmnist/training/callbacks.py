@@ -1,6 +1,7 @@
 """Lightning callbacks and plugins of fmnist: per-epoch training wall time, the stop on a diverged loss,
-the Keras-style model summary, and what keeps a run folder's results safe: its lock, its checkpoints
-(last.ckpt always the newest, paths stored relative to the folder) and their atomic writes."""
+the Keras-style model summary, the EMA of the weights that the test evaluates too, and what keeps a run
+folder's results safe: its lock, its checkpoints (last.ckpt always the newest, paths stored relative to the
+folder) and their atomic writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -21,6 +24,19 @@ from fmnist.utils.files import write_atomically
 # The fit-time figures of metrics.json, also kept in every checkpoint (`fmnist_fit`): a run stopped
 # while testing is finished from its checkpoint without losing them.
 FIT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+
+
+class TestedEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights (`EMAWeightAveraging`), whose averaged weights are also the ones tested.
+
+    Lightning's callback puts the training weights of every checkpoint it is handed (`current_model_state`)
+    back into the module, a test's checkpoint too: `trainer.test(ckpt_path=best)` after the fit would test the
+    raw weights of the best epoch, not the averaged ones that were validated and chose it. Here only a fit
+    (a resume) restores them; a test evaluates the checkpoint's `state_dict`, the averaged weights."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 def _synchronize(trainer: L.Trainer) -> None:

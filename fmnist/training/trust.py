@@ -25,10 +25,10 @@ CONFIG_TARGETS = frozenset(
         "fmnist.training.callbacks.StopOnNonFiniteLoss",
         "fmnist.training.callbacks.SaveOnInterrupt",
         "fmnist.training.callbacks.RandomState",
+        "fmnist.training.callbacks.TestedEMA",
         "lightning.pytorch.Trainer",
         "lightning.pytorch.callbacks.ModelCheckpoint",  # in the configs of runs from before RunCheckpoint
         "lightning.pytorch.callbacks.EarlyStopping",
-        "lightning.pytorch.callbacks.EMAWeightAveraging",
         "lightning.pytorch.loggers.TensorBoardLogger",
     }
 )
