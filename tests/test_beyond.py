@@ -236,9 +236,16 @@ def test_results_rows_accumulate_and_label_a_new_models_reduced_run(tmp_path):
     write_results([row("lstm", 2, 0.85)], tmp_path)
     write_results([row("lstm", 2, 0.86), row("lstm", 20, 0.91)], tmp_path)  # a re-measurement replaces its row
     write_results([row("lstm", 2, 0.87, "SGD lr=0.1, batch 64")], tmp_path)  # another recipe is another row
+    # recipe B measured alone, then again beside recipe A (keyed "lstm@2ep (B)" then): still one row of B
+    write_results([row("lstm", 2, 0.84, "SGD lr=0.1, batch 64"), row("lstm", 2, 0.86)], tmp_path)
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert list(rows) == ["lstm@2ep", "lstm@2ep (SGD lr=0.1, batch 64)", "lstm", "rnn"]  # by model, then epochs
-    assert rows["lstm@2ep"]["test_acc_mean"] == 0.86 and rows["lstm"]["full_recipe"]  # conf/model/lstm.yaml: 20
+    assert sorted(r["recipe"] for r in rows.values() if r["model"] == "lstm" and r["epochs"] == 2) == [
+        "KerasAdam lr=0.001, batch 64",
+        "SGD lr=0.1, batch 64",
+    ]
+    assert len(rows) == 4 and list(rows)[-2:] == ["lstm", "rnn"]  # by model, then epochs
+    adam = next(r for r in rows.values() if r["epochs"] == 2 and r["recipe"].startswith("KerasAdam"))
+    assert adam["test_acc_mean"] == 0.86 and rows["lstm"]["full_recipe"]  # conf/model/lstm.yaml: 20
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| lstm | KerasAdam lr=0.001, batch 64 | 2 of 20 (reduced) | 3 | 0.8600 ± 0.0010 |" in table
     assert "| rnn | SGD lr=0.01, batch 65 | 25 | 3 | 0.8800" in table and "(beyond the study)" in table

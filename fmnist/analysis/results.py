@@ -1,7 +1,7 @@
 """The reproduction table: measured rows next to the study's, in docs/RESULTS.md and docs/results.json.
 
-A new measurement replaces the row of the same key (model and epochs, and recipe where two share those);
-the rows of other models and epochs already in results.json are kept, so the table grows run by run.
+A new measurement replaces the row of the same model, epochs and recipe; the other rows already in
+results.json are kept, so the table grows run by run.
 """
 
 from __future__ import annotations
@@ -97,9 +97,12 @@ def write_results(rows: list[dict], docs: Path) -> None:
     docs/RESULTS.md between its markers."""
     merged = _earlier_rows(docs / "results.json")
     for key, row in results_json(rows).items():
-        earlier = merged.get(key)
-        # the same model and epochs under another recipe is another row, not a newer measurement of this one
-        merged[key if earlier is None or earlier["recipe"] == row["recipe"] else f"{key} ({row['recipe']})"] = row
+        same = (row["model"], row["epochs"], row["recipe"])
+        # a re-measurement replaces the earlier row of the same model, epochs and recipe, whatever its key
+        for old in [k for k, r in merged.items() if (r["model"], r["epochs"], r["recipe"]) == same]:
+            del merged[old]
+        taken = key in merged  # the same model and epochs under another recipe: another row
+        merged[f"{key} ({row['recipe']})" if taken else key] = row
     merged = dict(sorted(merged.items(), key=lambda item: (item[1]["model"], item[1]["epochs"], item[0])))
     write_section(docs / "RESULTS.md", "results", results_table(list(merged.values())), "Reproduction results")
     (docs / "results.json").write_text(json.dumps(merged, indent=2) + "\n")

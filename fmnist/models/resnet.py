@@ -36,7 +36,7 @@ class PreActBlock(nn.Module):
 class PreActWideResNet(FashionClassifier):
     """WRN-`depth`-`widen` (depth 6n + 4) with pre-activation blocks. Recipe (conf/model/resnet.yaml):
     SGD Nesterov with weight decay, a one-cycle schedule, label smoothing, EMA of the weights,
-    standard augmentation, bf16 on GPUs (trainer=gpu_bf16)."""
+    augment=strong, bf16 on GPUs (trainer=gpu_bf16)."""
 
     default_optimizer = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True}
 
