@@ -26,13 +26,13 @@ def summary(runs: Path, waves: Path) -> dict:
         ends = [float(p.read_text().split()[1]) for files in ended.values() for p in files]
         wall = max(ends) - float(start) if ends else None
         count = sum(len(files) for files in ended.values())
+        gpu_seconds = wall / count if wall and count else None  # the wave's, shared by its runs
         for model in models:
             metrics = [json.loads(p.read_text()) for p in sorted(runs.glob(f"{model}/*/metrics.json"))]
             tested = [m for m in metrics if "test/acc" in m]
             accs = [m["test/acc"] for m in tested]
             tta = [m["test/acc_tta"] for m in tested if "test/acc_tta" in m]
             mean = statistics.fmean(accs) if accs else None
-            gpu_seconds = wall / count if wall and count else None
             out[model] = {
                 "wave": name,
                 "runs_in_wave": count,

@@ -93,8 +93,8 @@ def _earlier_rows(path: Path) -> dict:
 
 
 def write_results(rows: list[dict], docs: Path) -> None:
-    """Add the rows to docs/results.json (replacing those of the same key) and write the whole table into
-    docs/RESULTS.md between its markers."""
+    """Add the rows to docs/results.json (each replacing the earlier row of its model, epochs and recipe) and
+    write the whole table into docs/RESULTS.md between its markers."""
     merged = _earlier_rows(docs / "results.json")
     for key, row in results_json(rows).items():
         same = (row["model"], row["epochs"], row["recipe"])

@@ -15,6 +15,11 @@ from torch import nn
 from fmnist.models.base import FashionClassifier
 
 
+def valid_patch(patch: Sequence[int]) -> bool:
+    """The range of `patch`: each side a divisor of the 28-pixel image (1, 2, 4, 7, 14 or 28)."""
+    return all(side >= 1 and 28 % side == 0 for side in patch)
+
+
 class PatchTokens(nn.Module):
     """(B, 1, 28, 28) -> (B, 1 + patches, dim): the patch embeddings after a class token, plus learned positions."""
 
@@ -60,7 +65,7 @@ class PatchTransformer(FashionClassifier):
         **base_options,
     ):
         super().__init__(optimizer, **base_options)
-        if len(patch) != 2 or any(type(p) is not int or p < 1 or 28 % p for p in patch):
+        if len(patch) != 2 or any(type(side) is not int for side in patch) or not valid_patch(patch):
             raise ValueError(f"patch must be [height, width], each dividing 28 (1, 2, 4, 7, 14, 28), not {patch}")
         if min(dim, depth, heads, mlp_ratio) < 1:
             raise ValueError(f"dim, depth, heads and mlp_ratio must be >= 1, not {dim}, {depth}, {heads}, {mlp_ratio}")

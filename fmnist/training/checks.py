@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist.data.datamodule import validation_size
 from fmnist.data.idx import check_root, count_images
+from fmnist.models.attention import valid_patch
 from fmnist.models.base import valid_triangle
 from fmnist.utils.checks import (
     DATA_RULES,
@@ -132,7 +133,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "model.patch": (
         _list_of(2, integer),
         "a list of 2 integers",
-        lambda v: all(p >= 1 and 28 % p == 0 for p in v),
+        valid_patch,
         "[height, width], each dividing 28 (1, 2, 4, 7, 14 or 28)",
         False,
     ),
