@@ -12,7 +12,7 @@ APT_WAIT := -o DPkg::Lock::Timeout=600
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras speedrun tensorboard lint test test-fast clean
+.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras speedrun gpu-pack tensorboard lint test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: install ## CPU epoch time: Lightning vs a plain PyTorch loop vs trainer=c
 
 speedrun: install ## the speedrun's CPU tier: 5 seeds, one CNN epoch and a plain loop for the ratios (docs/SPEEDRUN.md; ARGS: --seeds N ...)
 	$(PY) benchmarks/speedrun.py --trainer cpu_fast --seeds 5 --cnn-epoch --plain $(ARGS)
+
+gpu-pack: install ## .whl/: the wheels and data a GPU lease needs beside the tree, checked against the 64 MiB that travel (docs/GPU.md)
+	$(PY) benchmarks/lease_pack.py --out .whl --data $(DATA_DIR)
 
 bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras models (tensorflow-cpu)
 	$(PY) benchmarks/bench.py --paths lightning plain fast keras $(ARGS)

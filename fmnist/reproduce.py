@@ -3,6 +3,7 @@
     python -m fmnist.reproduce                         # cnn, rnn, bilstm; seeds 1 2 3; full epochs
     python -m fmnist.reproduce --models rnn -- trainer.max_epochs=50
     python -m fmnist.reproduce --collect outputs/reproduce/A outputs/reproduce/B   # tables only
+    python -m fmnist.reproduce --import-lease results.tar.gz   # the rows of a GPU lease (docs/GPU.md)
 
 Writes the table between the `results` markers of `docs/RESULTS.md` (the text around it is kept)
 and `docs/results.json`. A run with fewer epochs than the study's recipe is labelled as reduced.
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from fmnist.analysis.lease import import_lease
 from fmnist.analysis.results import results_table, write_results
 from fmnist.analysis.runs import aggregate, find_runs
 from fmnist.utils.errors import FmnistError
@@ -29,11 +31,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--collect", nargs="*", default=[], help="also (or, with no training, only) tabulate the runs in these folders"
     )
+    parser.add_argument(
+        "--import-lease",
+        metavar="FILE",
+        type=Path,
+        help="write the rows of benchmarks/lease.sh's summary.json or results.tar.gz into the docs, and stop",
+    )
     parser.add_argument("--docs", default="docs", help="where RESULTS.md and results.json go")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job, after --")
     args = parser.parse_args(argv)
     folders = list(args.collect)
     try:
+        if args.import_lease:
+            rows, speed = import_lease(args.import_lease, Path(args.docs))
+            if rows:
+                print(results_table(rows))
+            for row in speed:
+                acc = row.get("acc_tta", float("nan"))
+                print(f"speedrun {row['experiment']}: {acc:.4f} with flip TTA, {row['seeds']} seeds")
+            print(f"imported {len(rows)} training rows and {len(speed)} speedrun rows into {args.docs}/")
+            return 0
         if not args.collect or args.overrides or args.sweep_dir:
             sweep = args.sweep_dir or f"outputs/reproduce/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
             command = [

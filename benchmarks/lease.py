@@ -1,0 +1,493 @@
+"""Every GPU measurement in one command, sized to a lease: run by `bash benchmarks/lease.sh [TIER ...]`.
+
+Tiers run in the order given (default: beyond speedrun study tf32), each sized to its share of BUDGET
+seconds before it starts, by epochs (training tiers: every run keeps its recipe's schedule, scaled to the
+epochs it gets) and by seeds (speedrun tiers); its plan says so when that is less than the full recipe, and a
+tier that cannot run one epoch is skipped with a line. A run is never cut by a time guard; the kill that
+ends a hung run is a last resort, and the run's row then says `killed`.
+
+Results come back whole and early. $OUT holds only `summary.json` (one row per run, rewritten after each
+run), `results.tar.gz` (every metrics.json, log and JSON so far, rewritten after each tier) and `lease.log`.
+Run folders live in $WORK. With DRY=1 the same plumbing runs on the CPU with tiny settings (not a measurement:
+the summary says so). docs/GPU.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fmnist.analysis.results import recipe_epochs  # noqa: E402
+
+PY = sys.executable
+START_SECONDS = 25.0  # one training process's own cost on the GPU machine: imports, data, cuDNN, graph capture
+# Seconds per training epoch of one run alone on one H100/H200. Measured: cnn, rnn, bilstm on trainer=gpu_fast
+# (docs/BENCHMARKS.md, H200). The others are estimates until a lease measures them (docs/GPU.md).
+EPOCH_SECONDS = {"cnn": 0.70, "rnn": 0.42, "bilstm": 1.44, "lstm": 1.0, "gru": 1.0, "attention": 3.0, "resnet": 5.0}
+# Seconds per seed of a speedrun tier on gpu_fast (estimates), and the seeds the tier wants.
+SPEEDRUN = {"speedrun": (3.0, 20), "speedrun_94": (8.0, 10), "speedrun_95": (30.0, 3)}
+TIER_NAMES = ("concurrency", "beyond", "speedrun", "study", "tf32", "profile", "bench")
+DEFAULT_TIERS = ("beyond", "speedrun", "study", "tf32")
+DRY_TRAIN = [
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+DRY_FAST = ["trainer.limit_train_batches=1", "data.batches_per_step=2"]
+DRY_LOOP = ["trainer.limit_train_batches=2"]
+
+
+@dataclass
+class Lease:
+    """Where the lease writes, what it may spend, and what it found out on the way."""
+
+    out: Path
+    work: Path
+    data: str
+    budget: float
+    dry: bool
+    started: float = field(default_factory=time.monotonic)
+    parallel: int = 1  # runs at once on the GPU, from the concurrency tier (1 until it measured otherwise)
+    mps: bool = False
+    rows: list = field(default_factory=list)
+    speedrun: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    header: dict = field(default_factory=dict)
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.started)
+
+    def log(self, line: str) -> None:
+        stamp = f"[{time.monotonic() - self.started:6.1f} s] "
+        print(stamp + line, flush=True)
+        with open(self.out / "lease.log", "a") as log:
+            log.write(stamp + line + "\n")
+
+    def threads(self) -> int:
+        return max(1, (os.cpu_count() or 1) // self.parallel)
+
+    def write_summary(self) -> None:
+        summary = {**self.header, "parallel": self.parallel, "mps": self.mps, "notes": self.notes}
+        summary.update(runs=self.rows, speedrun=self.speedrun)
+        _replace(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    def write_tarball(self) -> None:
+        """results.tar.gz: the summary, every run's metrics.json and log, every JSON the tiers wrote."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(self.out / "summary.json", arcname="summary.json")
+            for path in sorted(self.work.rglob("*")):
+                if path.is_file() and (path.suffix in (".json", ".log") or path.name == "train.log"):
+                    tar.add(path, arcname=str(path.relative_to(self.work)))
+        _replace(self.out / "results.tar.gz", buffer.getvalue())
+
+
+def _replace(target: Path, data: bytes) -> None:
+    """Write by renaming a finished file over the target: a kill leaves the old file or the new one whole."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+
+
+def _shell(command: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in command)
+
+
+def run_process(lease: Lease, name: str, command: list[str], planned: float, env: dict | None = None) -> int:
+    """One process with its log in WORK/logs/<name>.log; killed only well past its plan (a hung run)."""
+    limit = max(60.0, 2 * planned + 30)
+    log_path = lease.work / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write(f"+ {_shell(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        try:
+            return process.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            log.write(f"lease: killed after {limit:.0f} s (planned {planned:.0f} s)\n")
+            return -9
+
+
+# --- training runs -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    model: str
+    trainer: str
+    seed: int
+    epochs: int
+    extra: tuple = ()
+    label: str = ""  # a recipe variant the row names, e.g. "tf32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}{'-' + self.label if self.label else ''}-{self.seed}"
+
+
+def train_command(lease: Lease, run: Run, folder: Path) -> list[str]:
+    """`python -m fmnist.train` for one run, its data from DATA, its folder in WORK."""
+    trainer = run.trainer
+    dry = []
+    if lease.dry:
+        trainer = "cpu_fast" if trainer.endswith("_fast") else "cpu"
+        dry = DRY_TRAIN + (DRY_FAST if trainer == "cpu_fast" else DRY_LOOP)
+    return [
+        PY,
+        "-m",
+        "fmnist.train",
+        f"model={run.model}",
+        f"trainer={trainer}",
+        f"seed={run.seed}",
+        f"trainer.max_epochs={run.epochs}",
+        f"torch_threads={lease.threads()}",
+        f"data.search_dirs=[{lease.data}]",
+        f"data.root={lease.work / 'data'}",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={folder}",
+        *run.extra,
+        *dry,
+    ]
+
+
+def row_of(run: Run, folder: Path, code: int, wall: float) -> dict:
+    """The summary's row of a finished run: its metrics.json's figures, or why there are none."""
+    keep = (
+        "model",
+        "seed",
+        "epochs",
+        "test/acc",
+        "test/acc_tta",
+        "test/macro_f1",
+        "val/acc_best",
+        "train_seconds",
+        "device",
+        "optimizer",
+        "batch_size",
+        "params_total_keras",
+        "status",
+    )
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    row = {k: metrics[k] for k in keep if k in metrics}
+    row.update(model=run.model, trainer=run.trainer, seed=run.seed, wall_seconds=round(wall, 1))
+    row["recipe"] = run.label or "recipe"
+    row["recipe_epochs"] = recipe_epochs(run.model)
+    row["epochs"] = metrics.get("epochs", run.epochs)
+    if code == -9:
+        row["status"] = "killed"
+    elif code != 0 or "test/acc" not in metrics:
+        row["status"] = metrics.get("status") if metrics.get("status") == "diverged" else f"failed (exit {code})"
+    return row
+
+
+def plan_epochs(lease: Lease, runs: list[Run], share: float) -> float:
+    """Scale the runs' epochs so the tier fits `share` seconds; the fraction of the recipe they keep."""
+    slots = lease.parallel
+    slowdown = lease.header.get("concurrency_slowdown", 1.0) if slots > 1 else 1.0
+
+    def seconds(fraction: float) -> float:
+        work = sum(START_SECONDS + max(1, math.floor(r.epochs * fraction)) * EPOCH_SECONDS[r.model] for r in runs)
+        return work * slowdown / slots
+
+    fraction = 1.0
+    while fraction > 0.01 and seconds(fraction) > share:
+        fraction *= 0.9
+    if seconds(fraction) > share:
+        return 0.0
+    for run in runs:
+        run.epochs = max(1, math.floor(run.epochs * fraction))
+    return seconds(fraction)
+
+
+def training_tier(lease: Lease, tier: str, runs: list[Run], share: float) -> None:
+    """Plan, announce and run a tier's training runs, `lease.parallel` at a time; a row per run."""
+    wanted = {r.name: r.epochs for r in runs}
+    planned = plan_epochs(lease, runs, share)
+    if planned == 0.0:
+        lease.log(f"{tier}: skipped: not one epoch of each run fits the {share:.0f} s left")
+        lease.notes.append(f"{tier}: skipped (budget)")
+        return
+    for model in dict.fromkeys(r.model for r in runs):
+        mine = [r for r in runs if r.model == model]
+        full = wanted[mine[0].name]
+        how = "full recipe" if mine[0].epochs >= full else f"REDUCED to {mine[0].epochs} of {full} epochs (budget)"
+        dry = " (DRY: on the CPU, 1 epoch of tiny batches)" if lease.dry else ""
+        lease.log(f"{tier}: {model} x {len(mine)} seeds on {mine[0].trainer}, {mine[0].epochs} epochs: {how}{dry}")
+    lease.log(f"{tier}: planned {planned:.0f} s of {share:.0f} s, {lease.parallel} at a time")
+
+    def one(run: Run) -> dict:
+        folder = lease.work / "runs" / tier / run.name
+        start = time.monotonic()
+        per_run = START_SECONDS + run.epochs * EPOCH_SECONDS[run.model]
+        code = run_process(lease, f"{tier}-{run.name}", train_command(lease, run, folder), per_run * 3)
+        row = row_of(run, folder, code, time.monotonic() - start)
+        row["tier"] = tier
+        return row
+
+    order = sorted(runs, key=lambda r: -r.epochs * EPOCH_SECONDS[r.model])  # the longest first
+    with ThreadPoolExecutor(lease.parallel) as pool:
+        for row in pool.map(one, order):
+            lease.rows.append(row)
+            acc = row.get("test/acc")
+            lease.log(
+                f"{tier}: {row['model']} seed {row['seed']}: {row.get('status', 'completed')}, "
+                f"test/acc {acc if acc is None else round(acc, 4)}, {row['epochs']} epochs, {row['wall_seconds']} s"
+            )
+            lease.write_summary()
+
+
+def seeds_runs(models: tuple, trainers: dict, seeds: list[int], extra: tuple = (), label: str = "") -> list[Run]:
+    return [Run(m, trainers.get(m, "gpu_fast"), s, recipe_epochs(m) or 1, extra, label) for m in models for s in seeds]
+
+
+# --- the tiers -----------------------------------------------------------------------------------------------
+
+
+def concurrency(lease: Lease, share: float, seeds: list[int]) -> None:
+    """1 run alone against 3 at once (and 3 under MPS where the GPU has it): sets lease.parallel and mps."""
+    probe = Run("rnn", "gpu_fast", 1, 3)
+    mps_control = shutil.which("nvidia-cuda-mps-control")
+    walls = {}
+
+    def batch(name: str, count: int) -> float:
+        start = time.monotonic()
+        lease.parallel = count  # the threads each gets
+        with ThreadPoolExecutor(count) as pool:
+            codes = list(
+                pool.map(
+                    lambda i: run_process(
+                        lease,
+                        f"concurrency-{name}-{i}",
+                        train_command(
+                            lease, Run("rnn", "gpu_fast", i + 1, probe.epochs), lease.work / "probe" / name / str(i)
+                        ),
+                        60,
+                        env=None,
+                    ),
+                    range(count),
+                )
+            )
+        wall = time.monotonic() - start
+        lease.log(f"concurrency: {name}: {count} run(s) of rnn x {probe.epochs} epochs in {wall:.1f} s, exits {codes}")
+        return wall if all(c == 0 for c in codes) else math.inf
+
+    walls["alone"] = batch("alone", 1)
+    walls["three"] = batch("three", 3)
+    if mps_control and not lease.dry:
+        started = subprocess.run([mps_control, "-d"], check=False).returncode == 0
+        walls["three_mps"] = batch("three_mps", 3) if started else math.inf
+        subprocess.run([mps_control], input="quit\n", text=True, check=False)
+    else:
+        lease.log(
+            "concurrency: MPS not measured (no nvidia-cuda-mps-control here)"
+            if not lease.dry
+            else "concurrency: MPS not measured (DRY)"
+        )
+    per_run = {"alone": walls["alone"], **{k: v / 3 for k, v in walls.items() if k != "alone"}}
+    best = min(per_run, key=per_run.get)
+    lease.parallel = 1 if best == "alone" else 3
+    lease.mps = best == "three_mps"
+    if lease.mps:
+        subprocess.run([mps_control, "-d"], check=False)
+    lease.header["concurrency_seconds"] = {k: (round(v, 1) if math.isfinite(v) else None) for k, v in walls.items()}
+    lease.header["concurrency_slowdown"] = round(walls[best] / walls["alone"], 2) if lease.parallel > 1 else 1.0
+    lease.log(f"concurrency: later tiers run {lease.parallel} at a time{' under MPS' if lease.mps else ''}")
+    lease.write_summary()
+
+
+def beyond(lease: Lease, share: float, seeds: list[int]) -> None:
+    """The networks beyond the study at their recipes: resnet in bf16 on Lightning's loop, the rest fast."""
+    runs = seeds_runs(("resnet", "attention", "lstm", "gru"), {"resnet": "gpu_bf16"}, seeds)
+    training_tier(lease, "beyond", runs, share)
+
+
+def study(lease: Lease, share: float, seeds: list[int]) -> None:
+    """The study's three recipes on the fast path."""
+    training_tier(lease, "study", seeds_runs(("cnn", "rnn", "bilstm"), {}, seeds), share)
+
+
+def tf32(lease: Lease, share: float, seeds: list[int]) -> None:
+    """The study's CNN recipe with TF32 convolutions and matmuls."""
+    training_tier(lease, "tf32", seeds_runs(("cnn",), {}, seeds[:1], ("tf32=true",), "tf32"), share)
+
+
+def speedrun(lease: Lease, share: float, seeds: list[int]) -> None:
+    """The speedrun tiers through benchmarks/speedrun.py, each with as many of its seeds as fit."""
+    for experiment, (per_seed, wanted) in SPEEDRUN.items():
+        want = len(seeds) if lease.dry else wanted
+        left = min(share, lease.left()) - START_SECONDS
+        count = min(want, int(left // (per_seed * 1.3))) if left > 0 else 0  # 1.3: the plain loop and the test
+        if count < 1:
+            lease.log(f"speedrun: {experiment} skipped: not one seed fits the {max(left, 0):.0f} s left")
+            lease.notes.append(f"speedrun {experiment}: skipped (budget)")
+            continue
+        how = "all its seeds" if count == want else f"REDUCED to {count} of {want} seeds (budget)"
+        lease.log(f"speedrun: {experiment} x {count} seeds on gpu_fast: {how}")
+        target = lease.work / "speedrun" / f"{experiment}.json"
+        command = [
+            PY,
+            "benchmarks/speedrun.py",
+            "--experiment",
+            experiment,
+            "--seeds",
+            str(count),
+            "--json",
+            str(target),
+        ]
+        command += ["--trainer", "cpu_fast" if lease.dry else "gpu_fast", "-o", f"data.search_dirs=[{lease.data}]"]
+        command += ["-o", f"data.root={lease.work / 'data'}", *(["--plain"] if experiment == "speedrun" else [])]
+        if lease.dry:
+            dry = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "data.batches_per_step=2"]
+            command += [a for o in [*dry, "trainer.limit_val_batches=1"] for a in ("-o", o)]
+        start = time.monotonic()
+        code = run_process(lease, f"speedrun-{experiment}", command, START_SECONDS + count * per_seed * 1.3)
+        try:
+            figures = json.loads(target.read_text())
+        except (OSError, ValueError):
+            figures = {}
+        keep = ("experiment", "trainer", "device", "torch", "tier", "acc_tta", "acc_tta_std", "acc_plain",
+                "acc_plain_std", "at_target", "train_seconds", "train_seconds_std", "train_seconds_median",
+                "first_seed_train_seconds", "plain_seconds", "lightning_over_plain", "test_seconds_tta")  # fmt: skip
+        row = {k: figures[k] for k in keep if k in figures}
+        row.update(experiment=experiment, seeds=len(figures.get("seeds", [])), wanted_seeds=want)
+        row.update(status="completed" if code == 0 and figures else f"failed (exit {code})")
+        row["wall_seconds"] = round(time.monotonic() - start, 1)
+        lease.speedrun.append(row)
+        lease.log(f"speedrun: {experiment}: {row['status']}, tta {row.get('acc_tta')}, {row['wall_seconds']} s")
+        lease.write_summary()
+
+
+def profile(lease: Lease, share: float, seeds: list[int]) -> None:
+    """benchmarks/gpu_profile.py: one step eager, graphed and in kernels (GPU only)."""
+    if lease.dry:
+        lease.log("profile: skipped in DRY (needs CUDA)")
+        return
+    target = lease.work / "profile.json"
+    code = run_process(lease, "profile", [PY, "benchmarks/gpu_profile.py", "--json", str(target)], 90)
+    lease.log(f"profile: exit {code}")
+
+
+def bench(lease: Lease, share: float, seeds: list[int]) -> None:
+    """benchmarks/bench.py: Lightning's default path, a plain loop and the fast path, 3 epochs each."""
+    accelerator, images = ("cpu", 650) if lease.dry else ("gpu", 54000)
+    command = [PY, "benchmarks/bench.py", "--accelerator", accelerator, "--paths", "lightning", "plain", "fast"]
+    command += ["--images", str(images), "--reps", "1", "--epochs", "2" if lease.dry else "3"]
+    command += ["--root", str(lease.work / "data"), "--out", str(lease.work / "BENCHMARKS.md")]
+    code = run_process(lease, "bench", [*command, "--json", str(lease.work / "bench.json")], 150)
+    lease.log(f"bench: exit {code}")
+
+
+TIERS = {f.__name__: f for f in (concurrency, beyond, speedrun, study, tf32, profile, bench)}
+# What each tier needs for its full plan, in seconds (its share is the least of this and what is left).
+WISH = {"concurrency": 60.0, "profile": 90.0, "bench": 150.0}
+
+
+def wish(tier: str, seeds: list[int]) -> float:
+    if tier in WISH:
+        return WISH[tier]
+    if tier == "speedrun":
+        return sum(START_SECONDS + s * w * 1.3 for s, w in SPEEDRUN.values())
+    models = {"beyond": ("resnet", "attention", "lstm", "gru"), "study": ("cnn", "rnn", "bilstm"), "tf32": ("cnn",)}
+    count = 1 if tier == "tf32" else len(seeds)
+    return sum(count * (START_SECONDS + (recipe_epochs(m) or 1) * EPOCH_SECONDS[m]) for m in models[tier])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tiers", nargs="*", help=f"of {', '.join(TIER_NAMES)} (default: {' '.join(DEFAULT_TIERS)})")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all the tiers (default 480)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--dry", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.tiers if t not in TIERS]
+    if unknown:
+        print(f"error: unknown tier {unknown[0]!r}: choose from {', '.join(TIER_NAMES)}", file=sys.stderr)
+        return 2
+    tiers = list(args.tiers or DEFAULT_TIERS)
+    concurrent = {"beyond", "study"} & set(tiers)
+    if concurrent and "concurrency" not in tiers:
+        tiers.insert(0, "concurrency")  # measured, not assumed, before the first tier that could run seeds at once
+    lease = Lease(args.out, args.work, args.data, args.budget, args.dry)
+    lease.header = lease_header(args.dry)
+    lease.log(
+        f"lease: tiers {' '.join(tiers)}, budget {args.budget:.0f} s, seeds {args.seeds}{', DRY' if args.dry else ''}"
+    )
+    lease.write_summary()
+    for tier in tiers:
+        share = min(wish(tier, args.seeds), lease.left())
+        if share <= 0:
+            lease.log(f"{tier}: skipped: the budget is spent")
+            lease.notes.append(f"{tier}: skipped (budget spent)")
+            continue
+        start = time.monotonic()
+        lease.log(f"{tier}: start, {share:.0f} s of {lease.left():.0f} s left")
+        TIERS[tier](lease, share, args.seeds)
+        lease.log(f"{tier}: done in {time.monotonic() - start:.0f} s")
+        lease.write_summary()
+        lease.write_tarball()
+    if lease.mps:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
+    lease.log(
+        f"lease: done in {time.monotonic() - lease.started:.0f} s; $OUT holds summary.json, results.tar.gz, lease.log"
+    )
+    return 0
+
+
+def lease_header(dry: bool) -> dict:
+    """The machine and versions every row was measured with."""
+    import lightning
+    import torch
+
+    gpu = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if shutil.which("nvidia-smi")
+        else None
+    )
+    return {
+        "lease": 1,
+        "dry": dry,
+        "date": datetime.date.today().isoformat(),
+        "gpu": gpu.stdout.strip() if gpu and gpu.returncode == 0 else None,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
