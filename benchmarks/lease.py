@@ -1,10 +1,12 @@
 """Every GPU measurement in one command, sized to a lease: run by `bash benchmarks/lease.sh [TIER ...]`.
 
 Tiers run in the order given (default: beyond speedrun study tf32), each sized to its share of BUDGET
-seconds before it starts, by epochs (training tiers: every run keeps its recipe's schedule, scaled to the
-epochs it gets) and by seeds (speedrun tiers); its plan says so when that is less than the full recipe, and a
-tier that cannot run one epoch is skipped with a line. A run is never cut by a time guard; the kill that
-ends a hung run is a last resort, and the run's row then says `killed`.
+seconds (counted from lease.sh's start, LEASE_START) before it starts: by epochs for training tiers (every
+run keeps its recipe's schedule, scaled to the epochs it gets), by seeds for speedrun tiers. Its plan says
+so when that is less than the full recipe; a tier that cannot run one epoch is skipped with a line. No run
+is cut by a time guard. Two kills are a last resort: a run still going at twice its plan plus 30 s (hung),
+and every run still going 20 s past the budget (so that the command ends, its files written, inside the
+device tool's limit); its row then says `killed (hung)` or `killed (deadline)`.
 
 Results come back whole and early. $OUT holds only `summary.json` (one row per run, rewritten after each
 run), `results.tar.gz` (every metrics.json, log and JSON so far, rewritten after each tier) and `lease.log`.
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from fmnist.analysis.results import recipe_epochs  # noqa: E402
 
 PY = sys.executable
+GRACE_SECONDS = 20.0  # past the budget, runs still going are killed and the files written
 START_SECONDS = 25.0  # one training process's own cost on the GPU machine: imports, data, cuDNN, graph capture
 # Seconds per training epoch of one run alone on one H100/H200. Measured: cnn, rnn, bilstm on trainer=gpu_fast
 # (docs/BENCHMARKS.md, H200). The others are estimates until a lease measures them (docs/GPU.md).
@@ -63,19 +66,23 @@ class Lease:
     data: str
     budget: float
     dry: bool
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)  # wall clock: lease.sh's start, passed as LEASE_START
     parallel: int = 1  # runs at once on the GPU, from the concurrency tier (1 until it measured otherwise)
     mps: bool = False
+    epoch_slowdown: float = 1.0  # an epoch's time with `parallel` runs at once over its time alone
     rows: list = field(default_factory=list)
     speedrun: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     header: dict = field(default_factory=dict)
 
     def left(self) -> float:
-        return self.budget - (time.monotonic() - self.started)
+        return self.budget - (time.time() - self.started)
+
+    def deadline_left(self) -> float:
+        return self.left() + GRACE_SECONDS
 
     def log(self, line: str) -> None:
-        stamp = f"[{time.monotonic() - self.started:6.1f} s] "
+        stamp = f"[{time.time() - self.started:6.1f} s] "
         print(stamp + line, flush=True)
         with open(self.out / "lease.log", "a") as log:
             log.write(stamp + line + "\n")
@@ -84,15 +91,21 @@ class Lease:
         return max(1, (os.cpu_count() or 1) // self.parallel)
 
     def write_summary(self) -> None:
-        summary = {**self.header, "parallel": self.parallel, "mps": self.mps, "notes": self.notes}
+        summary = {**self.header, "parallel": self.parallel, "mps": self.mps, "epoch_slowdown": self.epoch_slowdown}
+        summary["notes"] = self.notes
         summary.update(runs=self.rows, speedrun=self.speedrun)
         _replace(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     def write_tarball(self) -> None:
         """results.tar.gz: the summary, every run's metrics.json and log, every JSON the tiers wrote."""
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            tar.add(self.out / "summary.json", arcname="summary.json")
+        # GNU format: a short name has no extended header before it, so the summary is the first 512-byte header,
+        # where fmnist.reproduce --import-lease reads it
+        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+            data = (self.out / "summary.json").read_bytes()
+            info = tarfile.TarInfo("summary.json")
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(data))
             for path in sorted(self.work.rglob("*")):
                 if path.is_file() and (path.suffix in (".json", ".log") or path.name == "train.log"):
                     tar.add(path, arcname=str(path.relative_to(self.work)))
@@ -110,22 +123,28 @@ def _shell(command: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in command)
 
 
-def run_process(lease: Lease, name: str, command: list[str], planned: float, env: dict | None = None) -> int:
-    """One process with its log in WORK/logs/<name>.log; killed only well past its plan (a hung run)."""
-    limit = max(60.0, 2 * planned + 30)
+HUNG, DEADLINE = -9, -10  # run_process's codes for a run it killed
+
+
+def run_process(lease: Lease, name: str, command: list[str], planned: float) -> int:
+    """One process with its log in WORK/logs/<name>.log; killed only well past its plan (a hung run) or past
+    the budget's grace (the deadline)."""
+    hung = max(60.0, 2 * planned + 30)
+    limit = max(1.0, min(hung, lease.deadline_left()))
     log_path = lease.work / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         log.write(f"+ {_shell(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             return process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            log.write(f"lease: killed after {limit:.0f} s (planned {planned:.0f} s)\n")
-            return -9
+            why = "hung" if limit >= hung else "deadline"
+            log.write(f"lease: killed ({why}) after {limit:.0f} s (planned {planned:.0f} s)\n")
+            return HUNG if why == "hung" else DEADLINE
 
 
 # --- training runs -------------------------------------------------------------------------------------------
@@ -170,7 +189,7 @@ def train_command(lease: Lease, run: Run, folder: Path) -> list[str]:
     ]
 
 
-def row_of(run: Run, folder: Path, code: int, wall: float) -> dict:
+def row_of(lease: Lease, run: Run, folder: Path, code: int, wall: float) -> dict:
     """The summary's row of a finished run: its metrics.json's figures, or why there are none."""
     keep = (
         "model",
@@ -193,33 +212,47 @@ def row_of(run: Run, folder: Path, code: int, wall: float) -> dict:
         metrics = {}
     row = {k: metrics[k] for k in keep if k in metrics}
     row.update(model=run.model, trainer=run.trainer, seed=run.seed, wall_seconds=round(wall, 1))
+    row.update(parallel=lease.parallel, mps=lease.mps, epoch_seconds=metrics.get("epoch_seconds"))
     row["recipe"] = run.label or "recipe"
     row["recipe_epochs"] = recipe_epochs(run.model)
     row["epochs"] = metrics.get("epochs", run.epochs)
-    if code == -9:
-        row["status"] = "killed"
+    if code in (HUNG, DEADLINE):
+        row["status"] = "killed (hung)" if code == HUNG else "killed (deadline)"
     elif code != 0 or "test/acc" not in metrics:
         row["status"] = metrics.get("status") if metrics.get("status") == "diverged" else f"failed (exit {code})"
     return row
 
 
-def plan_epochs(lease: Lease, runs: list[Run], share: float) -> float:
-    """Scale the runs' epochs so the tier fits `share` seconds; the fraction of the recipe they keep."""
-    slots = lease.parallel
-    slowdown = lease.header.get("concurrency_slowdown", 1.0) if slots > 1 else 1.0
+def run_seconds(lease: Lease, run: Run, epochs: int | None = None) -> float:
+    """A run's planned seconds: its start plus its epochs, slowed as `parallel` runs at once measured."""
+    epochs = run.epochs if epochs is None else epochs
+    return START_SECONDS + epochs * EPOCH_SECONDS[run.model] * lease.epoch_slowdown
 
-    def seconds(fraction: float) -> float:
-        work = sum(START_SECONDS + max(1, math.floor(r.epochs * fraction)) * EPOCH_SECONDS[r.model] for r in runs)
-        return work * slowdown / slots
+
+def tier_seconds(lease: Lease, runs: list[Run], epochs: list[int]) -> float:
+    """The tier's planned wall time: the runs, longest first, each into the least loaded of its lanes."""
+    lanes = [0.0] * max(1, min(lease.parallel, len(runs)))
+    for seconds in sorted((run_seconds(lease, r, e) for r, e in zip(runs, epochs, strict=True)), reverse=True):
+        lanes[lanes.index(min(lanes))] += seconds
+    return max(lanes)
+
+
+def plan_epochs(lease: Lease, runs: list[Run], share: float) -> float:
+    """Scale the runs' epochs (the same fraction of each recipe) so the tier fits `share` seconds; the planned
+    seconds, or 0.0 when not one epoch of each fits (the runs are then left as they were)."""
+
+    def epochs(fraction: float) -> list[int]:
+        return [max(1, math.floor(r.epochs * fraction)) for r in runs]
 
     fraction = 1.0
-    while fraction > 0.01 and seconds(fraction) > share:
-        fraction *= 0.9
-    if seconds(fraction) > share:
+    while fraction > 0.01 and tier_seconds(lease, runs, epochs(fraction)) > share:
+        fraction *= 0.95
+    planned = epochs(fraction)
+    if tier_seconds(lease, runs, planned) > share:
         return 0.0
-    for run in runs:
-        run.epochs = max(1, math.floor(run.epochs * fraction))
-    return seconds(fraction)
+    for run, count in zip(runs, planned, strict=True):
+        run.epochs = count
+    return tier_seconds(lease, runs, planned)
 
 
 def training_tier(lease: Lease, tier: str, runs: list[Run], share: float) -> None:
@@ -241,14 +274,13 @@ def training_tier(lease: Lease, tier: str, runs: list[Run], share: float) -> Non
     def one(run: Run) -> dict:
         folder = lease.work / "runs" / tier / run.name
         start = time.monotonic()
-        per_run = START_SECONDS + run.epochs * EPOCH_SECONDS[run.model]
-        code = run_process(lease, f"{tier}-{run.name}", train_command(lease, run, folder), per_run * 3)
-        row = row_of(run, folder, code, time.monotonic() - start)
+        code = run_process(lease, f"{tier}-{run.name}", train_command(lease, run, folder), run_seconds(lease, run))
+        row = row_of(lease, run, folder, code, time.monotonic() - start)
         row["tier"] = tier
         return row
 
-    order = sorted(runs, key=lambda r: -r.epochs * EPOCH_SECONDS[r.model])  # the longest first
-    with ThreadPoolExecutor(lease.parallel) as pool:
+    order = sorted(runs, key=lambda r: -run_seconds(lease, r))  # the longest first
+    with ThreadPoolExecutor(max(1, min(lease.parallel, len(runs)))) as pool:
         for row in pool.map(one, order):
             lease.rows.append(row)
             acc = row.get("test/acc")
@@ -266,55 +298,89 @@ def seeds_runs(models: tuple, trainers: dict, seeds: list[int], extra: tuple = (
 # --- the tiers -----------------------------------------------------------------------------------------------
 
 
+PROBE = ("rnn", 10)  # the concurrency probe: 10 epochs of the SimpleRNN (about 4 s of epochs on an H200)
+
+
+def _mps(lease: Lease, command: str) -> bool:
+    """Start (`-d`) or stop (`quit`) the MPS control daemon, each bounded; True if it did."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        return False
+    try:
+        if command == "-d":
+            return subprocess.run([control, "-d"], timeout=20, check=False).returncode == 0
+        subprocess.run([control], input="quit\n", text=True, timeout=20, check=False)
+        for _ in range(20):  # the daemon exits after the command returns
+            if not _mps_running():
+                return True
+            time.sleep(0.5)
+    except subprocess.TimeoutExpired:
+        lease.log(f"concurrency: nvidia-cuda-mps-control {command} did not answer within 20 s")
+    return False
+
+
+def _mps_running() -> bool:
+    return subprocess.run(["pgrep", "-f", "nvidia-cuda-mps-control"], capture_output=True, check=False).returncode == 0
+
+
 def concurrency(lease: Lease, share: float, seeds: list[int]) -> None:
-    """1 run alone against 3 at once (and 3 under MPS where the GPU has it): sets lease.parallel and mps."""
-    probe = Run("rnn", "gpu_fast", 1, 3)
-    mps_control = shutil.which("nvidia-cuda-mps-control")
-    walls = {}
+    """1 probe run alone against 3 at once (and 3 under MPS where the machine has it): sets lease.parallel,
+    lease.mps and lease.epoch_slowdown (an epoch's time 3 at a time over alone, from the runs' epoch_seconds)."""
+    model, epochs = PROBE
 
-    def batch(name: str, count: int) -> float:
-        start = time.monotonic()
+    def batch(name: str, count: int, planned: float) -> tuple[float, float]:
+        """(wall seconds per run, mean epoch seconds) of `count` probe runs at once; inf where one failed."""
         lease.parallel = count  # the threads each gets
-        with ThreadPoolExecutor(count) as pool:
-            codes = list(
-                pool.map(
-                    lambda i: run_process(
-                        lease,
-                        f"concurrency-{name}-{i}",
-                        train_command(
-                            lease, Run("rnn", "gpu_fast", i + 1, probe.epochs), lease.work / "probe" / name / str(i)
-                        ),
-                        60,
-                        env=None,
-                    ),
-                    range(count),
-                )
-            )
-        wall = time.monotonic() - start
-        lease.log(f"concurrency: {name}: {count} run(s) of rnn x {probe.epochs} epochs in {wall:.1f} s, exits {codes}")
-        return wall if all(c == 0 for c in codes) else math.inf
+        start = time.monotonic()
 
-    walls["alone"] = batch("alone", 1)
-    walls["three"] = batch("three", 3)
-    if mps_control and not lease.dry:
-        started = subprocess.run([mps_control, "-d"], check=False).returncode == 0
-        walls["three_mps"] = batch("three_mps", 3) if started else math.inf
-        subprocess.run([mps_control], input="quit\n", text=True, check=False)
+        def one(i: int) -> tuple[int, Path]:
+            folder = lease.work / "probe" / name / str(i)
+            command = train_command(lease, Run(model, "gpu_fast", i + 1, epochs), folder)
+            return run_process(lease, f"concurrency-{name}-{i}", command, planned), folder
+
+        with ThreadPoolExecutor(count) as pool:
+            done = list(pool.map(one, range(count)))
+        wall = time.monotonic() - start
+        per_epoch = []
+        for _, folder in done:
+            try:
+                seconds = json.loads((folder / "metrics.json").read_text())["epoch_seconds"]
+                per_epoch += [float(x) for x in seconds[1:] or seconds]  # the first epoch is the warm-up
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        codes = [code for code, _ in done]
+        ok = all(c == 0 for c in codes) and per_epoch
+        lease.log(f"concurrency: {name}: {count} run(s) of {model} x {epochs} epochs in {wall:.1f} s, exits {codes}")
+        return (wall / count, sum(per_epoch) / len(per_epoch)) if ok else (math.inf, math.inf)
+
+    planned = START_SECONDS + epochs * EPOCH_SECONDS[model]
+    figures = {"alone": batch("alone", 1, planned), "three": batch("three", 3, planned * 1.5)}
+    if lease.dry:
+        lease.log("concurrency: MPS not measured (DRY)")
+    elif shutil.which("nvidia-cuda-mps-control") is None:
+        lease.log("concurrency: MPS not measured (no nvidia-cuda-mps-control on this machine)")
+    elif _mps_running():
+        lease.log("concurrency: an MPS daemon was already running: every probe ran under it; MPS not measured apart")
+    elif _mps(lease, "-d"):
+        figures["three_mps"] = batch("three_mps", 3, planned * 1.5)
+        _mps(lease, "quit")
     else:
-        lease.log(
-            "concurrency: MPS not measured (no nvidia-cuda-mps-control here)"
-            if not lease.dry
-            else "concurrency: MPS not measured (DRY)"
-        )
-    per_run = {"alone": walls["alone"], **{k: v / 3 for k, v in walls.items() if k != "alone"}}
-    best = min(per_run, key=per_run.get)
-    lease.parallel = 1 if best == "alone" else 3
-    lease.mps = best == "three_mps"
-    if lease.mps:
-        subprocess.run([mps_control, "-d"], check=False)
-    lease.header["concurrency_seconds"] = {k: (round(v, 1) if math.isfinite(v) else None) for k, v in walls.items()}
-    lease.header["concurrency_slowdown"] = round(walls[best] / walls["alone"], 2) if lease.parallel > 1 else 1.0
-    lease.log(f"concurrency: later tiers run {lease.parallel} at a time{' under MPS' if lease.mps else ''}")
+        lease.log("concurrency: MPS could not be started (nvidia-cuda-mps-control -d failed)")
+    if math.isfinite(figures["alone"][0]):
+        best = min(figures, key=lambda k: figures[k][0])
+    else:
+        best = "alone"  # without the yardstick nothing is known to be faster: one at a time
+    lease.mps = best == "three_mps" and _mps(lease, "-d")
+    lease.parallel = 1 if best == "alone" or (best == "three_mps" and not lease.mps) else 3
+    lease.epoch_slowdown = round(figures[best][1] / figures["alone"][1], 2) if lease.parallel > 1 else 1.0
+    lease.header["concurrency"] = {
+        k: {"wall_seconds_per_run": round(w, 2), "epoch_seconds": round(e, 3)} if math.isfinite(w) else None
+        for k, (w, e) in figures.items()
+    }
+    lease.log(
+        f"concurrency: later tiers run {lease.parallel} at a time{' under MPS' if lease.mps else ''}"
+        f" (an epoch {lease.epoch_slowdown}x its time alone)"
+    )
     lease.write_summary()
 
 
@@ -402,7 +468,11 @@ def bench(lease: Lease, share: float, seeds: list[int]) -> None:
 
 TIERS = {f.__name__: f for f in (concurrency, beyond, speedrun, study, tf32, profile, bench)}
 # What each tier needs for its full plan, in seconds (its share is the least of this and what is left).
-WISH = {"concurrency": 60.0, "profile": 90.0, "bench": 150.0}
+WISH = {
+    "concurrency": 3 * START_SECONDS + 3 * PROBE[1] * EPOCH_SECONDS[PROBE[0]] * 1.5,
+    "profile": 90.0,
+    "bench": 150.0,
+}
 
 
 def wish(tier: str, seeds: list[int]) -> float:
@@ -430,11 +500,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown tier {unknown[0]!r}: choose from {', '.join(TIER_NAMES)}", file=sys.stderr)
         return 2
     tiers = list(args.tiers or DEFAULT_TIERS)
-    concurrent = {"beyond", "study"} & set(tiers)
-    if concurrent and "concurrency" not in tiers:
-        tiers.insert(0, "concurrency")  # measured, not assumed, before the first tier that could run seeds at once
     lease = Lease(args.out, args.work, args.data, args.budget, args.dry)
+    lease.started = float(os.environ.get("LEASE_START", lease.started))
+    concurrent = {"beyond", "study"} & set(tiers)
+    # measured, not assumed, before the first tier that could run seeds at once, if that tier keeps a share
+    if concurrent and "concurrency" not in tiers and lease.left() > WISH["concurrency"] + 120:
+        tiers.insert(0, "concurrency")
     lease.header = lease_header(args.dry)
+    from fmnist.data.idx import ensure_raw_files
+
+    ensure_raw_files(lease.work / "data", [args.data])  # once, before runs that would each decompress it
     lease.log(
         f"lease: tiers {' '.join(tiers)}, budget {args.budget:.0f} s, seeds {args.seeds}{', DRY' if args.dry else ''}"
     )
@@ -447,15 +522,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.monotonic()
         lease.log(f"{tier}: start, {share:.0f} s of {lease.left():.0f} s left")
+        if tier in WISH and tier != "concurrency" and share < WISH[tier]:
+            lease.log(f"{tier}: skipped: it needs about {WISH[tier]:.0f} s")
+            lease.notes.append(f"{tier}: skipped (budget)")
+            continue
         TIERS[tier](lease, share, args.seeds)
         lease.log(f"{tier}: done in {time.monotonic() - start:.0f} s")
         lease.write_summary()
         lease.write_tarball()
     if lease.mps:
-        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
-    lease.log(
-        f"lease: done in {time.monotonic() - lease.started:.0f} s; $OUT holds summary.json, results.tar.gz, lease.log"
-    )
+        _mps(lease, "quit")
+    lease.log(f"lease: done in {time.time() - lease.started:.0f} s; $OUT holds summary.json, results.tar.gz, lease.log")
     return 0
 
 

@@ -10,6 +10,11 @@
 # /tmp/fmnist-lease.XXXX, or beside OUT), WHEELS (.whl), DATA ($WHEELS/fashion-mnist, else the Debian package's),
 # BUDGET (seconds), SEEDS ("1 2 3"; DRY: "1"), PYTHON (python3).
 set -euo pipefail
+export LEASE_START=${LEASE_START:-$(date +%s.%N)}  # the budget counts from here, the wheels' install included
+# folders given relative to where the command was typed, made absolute before the cd to the repository
+for name in OUT WORK WHEELS DATA; do
+  [ -n "${!name:-}" ] && export "$name=$(realpath -m "${!name}")"
+done
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}
 PYTHON=${PYTHON:-python3}
@@ -58,4 +63,5 @@ if [ -n "${DRY:-}" ]; then
 else
   args+=(--seeds ${SEEDS:-1 2 3})
 fi
-"$PYTHON" benchmarks/lease.py "${args[@]}" "$@"
+# stderr (a traceback too) also into lease.log, the file that comes back
+"$PYTHON" benchmarks/lease.py "${args[@]}" "$@" 2> >(tee -a "$OUT/lease.log" >&2)

@@ -71,7 +71,8 @@ def imported_distributions() -> set[str]:
 
 def needed() -> dict[str, str]:
     """{distribution: version installed here} for what the GPU image lacks."""
-    image = {canonical(line) for line in (ROOT / "benchmarks" / "gpu_image.txt").read_text().split() if line}
+    lines = (ROOT / "benchmarks" / "gpu_image.txt").read_text().splitlines()
+    image = {canonical(line.strip()) for line in lines if line.strip() and not line.startswith("#")}
     return {d: importlib.metadata.version(d) for d in sorted(imported_distributions() - image)}
 
 
@@ -91,6 +92,9 @@ def fetch(name: str, version: str, into: Path) -> Path:
     wheels = [w for w in into.glob("*.whl") if canonical(w.name.split("-")[0]) == canonical(name)]
     if len(wheels) != 1:
         raise SystemExit(f"error: expected one wheel of {spec} in {into}, found {[w.name for w in wheels]}")
+    tags = wheels[0].name[: -len(".whl")].split("-")[-3:]
+    if tags[1:] != ["none", "any"] and tags[0] != "cp312":  # a build for this machine's Python would not install
+        raise SystemExit(f"error: {wheels[0].name} is not for the GPU machine's Python 3.12 (no cp312 wheel on PyPI)")
     return wheels[0]
 
 

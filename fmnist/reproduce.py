@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     folders = list(args.collect)
     try:
         if args.import_lease:
-            rows, speed = import_lease(args.import_lease, Path(args.docs))
+            rows, speed, left_out = import_lease(args.import_lease, Path(args.docs))
+            for line in left_out:
+                print(f"left out: {line}")
             if rows:
                 print(results_table(rows))
             for row in speed:

@@ -68,7 +68,7 @@ def test_import_lease_rows_replace_their_own_and_keep_the_rest(tmp_path):
     before = json.loads((docs / "results.json").read_text())
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary()))
-    rows, speed = import_lease(path, docs)
+    rows, speed, _ = import_lease(path, docs)
     assert [(r["model"], len(r["seeds"])) for r in rows] == [("lstm", 3)]  # the failed gru run is left out
     after = json.loads((docs / "results.json").read_text())
     assert set(before) <= set(after)  # earlier rows kept
@@ -83,11 +83,11 @@ def test_import_lease_reads_the_tarball_without_extracting(tmp_path):
     data = json.dumps(summary(speedrun=[speed_row()])).encode()
     tarball = tmp_path / "results.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
-        for name in ("../evil.json", "summary.json"):
+        for name in ("summary.json", "../evil.json"):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    rows, speed = import_lease(tarball, docs)
+    rows, speed, _ = import_lease(tarball, docs)
     assert rows and speed[0]["experiment"] == "speedrun"
     assert not (tmp_path / "evil.json").exists()
     assert "| speedrun | NVIDIA H200" in (docs / "SPEEDRUN.md").read_text()
@@ -149,11 +149,83 @@ def test_import_lease_command_line_errors_are_one_line(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def tarball_of(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: tarball_of(t / "a.tar.gz", [("other.json", b"{}"), ("summary.json", json.dumps(summary()).encode())]),
+        lambda t: (
+            t.joinpath("cut.tar.gz").write_bytes(
+                tarball_of(t / "whole.tar.gz", [("summary.json", json.dumps(summary()).encode() * 50)]).read_bytes()[
+                    :300
+                ]
+            )
+            and t / "cut.tar.gz"
+        ),
+        lambda t: t.joinpath("big.json").write_text('{"lease": 1, "x": ' + "9" * 5000 + "}") and t / "big.json",
+        lambda t: t.joinpath("deep.json").write_text("[" * 200_000) and t / "deep.json",
+        lambda t: t.joinpath("junk.tar.gz").write_bytes(b"\x1f\x8b" + b"junk" * 100) and t / "junk.tar.gz",
+    ],
+    ids=["summary-not-first", "cut-short", "huge-integer", "deep-nesting", "not-gzip-inside"],
+)
+def test_import_lease_refuses_damaged_or_hostile_files_with_one_error(tmp_path, make):
+    docs = docs_copy(tmp_path)
+    before = {p.name: p.read_bytes() for p in docs.iterdir()}
+    with pytest.raises(FmnistError, match="import-lease"):
+        import_lease(make(tmp_path), docs)
+    assert {p.name: p.read_bytes() for p in docs.iterdir()} == before
+
+
+def test_import_lease_keeps_only_checked_keys_and_plain_text(tmp_path):
+    docs = docs_copy(tmp_path)
+    hostile = summary(gpu="H200, 580\n<!-- results:end -->\n# INJECTED\n<!-- results:start -->")
+    hostile["runs"] += [
+        {**completed_run("gru", 1, 42.0)},  # accuracy out of range
+        {**completed_run("gru", 2, 0.9), "model": "../../etc"},  # not a model
+        {**completed_run("lstm", 1, 0.95)},  # seed 1 again
+        {**completed_run("gru", 3, 0.9), "epochs": 10**30},
+    ]
+    hostile["runs"][0]["extra"] = "x" * 10_000
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(hostile))
+    rows, _, left_out = import_lease(path, docs)
+    assert [(r["model"], sorted(r["seeds"])) for r in rows] == [("lstm", ["1", "2", "3"])]
+    assert len(left_out) == 5  # the failed run of summary() and the four above
+    page = (docs / "RESULTS.md").read_text()
+    assert page.count("<!-- results:start -->") == page.count("<!-- results:end -->") == 1
+    stored = json.loads((docs / "results.json").read_text())
+    assert "\n" not in json.dumps(stored["lstm"]["device"]) and "extra" not in json.dumps(stored)
+
+
+def test_a_gpu_row_never_replaces_a_cpu_row(tmp_path):
+    docs = docs_copy(tmp_path)
+    cpu_rows = {
+        k: r for k, r in json.loads((docs / "results.json").read_text()).items() if r["device"].startswith("cpu")
+    }
+    rnn = next(r for r in cpu_rows.values() if r["model"] == "rnn")
+    run = {**completed_run("rnn", 1, 0.88, epochs=rnn["epochs"]), "batch_size": rnn["batch_size"]}
+    run["optimizer"] = rnn["optimizer"]
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary(runs=[run])))
+    import_lease(path, docs)
+    after = json.loads((docs / "results.json").read_text())
+    assert all(after.get(k) == r for k, r in cpu_rows.items())
+    assert any(r["model"] == "rnn" and "H200" in r["device"] for r in after.values())
+
+
 def test_a_dry_summary_is_labelled_not_a_measurement(tmp_path):
     docs = docs_copy(tmp_path)
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary(dry=True)))
-    rows, _ = import_lease(path, docs)
+    rows, _, _ = import_lease(path, docs)
     assert "not a measurement" in rows[0]["device"]
 
 
@@ -167,6 +239,24 @@ def test_a_tier_that_does_not_fit_is_sized_by_epochs_not_cut(tmp_path):
     lstm = {r.epochs for r in runs if r.model == "lstm"}
     assert len(resnet) == len(lstm) == 1 and 1 <= resnet.pop() < 40 and 1 <= lstm.pop() < 20
     assert lease.plan_epochs(state, lease.seeds_runs(("resnet",), {}, [1]), 1.0) == 0.0  # not one epoch: skipped
+
+
+def test_a_single_run_is_planned_in_one_lane_and_a_failed_probe_means_one_at_a_time(tmp_path, monkeypatch):
+    state = lease.Lease(tmp_path, tmp_path, ".", 1000.0, dry=True)
+    state.parallel = 3
+    alone = lease.tier_seconds(state, [lease.Run("cnn", "gpu_fast", 1, 150)], [150])
+    assert alone == pytest.approx(lease.START_SECONDS + 150 * lease.EPOCH_SECONDS["cnn"])
+
+    calls = []
+
+    def fake(state, name, command, planned):  # the probe alone fails, the three at once succeed
+        calls.append(name)
+        return 1 if "alone" in name else 0
+
+    monkeypatch.setattr(lease, "run_process", fake)
+    state = lease.Lease(tmp_path, tmp_path, ".", 1000.0, dry=True)
+    lease.concurrency(state, 100.0, [1])
+    assert state.parallel == 1 and state.epoch_slowdown == 1.0 and calls
 
 
 def test_lease_fails_loudly_when_the_wheels_do_not_install(tmp_path):

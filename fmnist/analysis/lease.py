@@ -1,53 +1,92 @@
 """Rows measured on a GPU lease (`benchmarks/lease.sh`) into the docs: `fmnist.reproduce --import-lease FILE`.
 
-FILE is the lease's `summary.json` or its `results.tar.gz` (whose `summary.json` is read; nothing is
-extracted to disk). The training rows go into docs/RESULTS.md and docs/results.json (a row replaces the
-row of the same model, epochs and recipe); the speedrun rows into docs/speedrun_gpu.json and the `lease`
-section of docs/SPEEDRUN.md (a row replaces the row of the same tier and device). Each row names the
-GPU, the torch version and the lease's date.
+FILE is the lease's `summary.json` or its `results.tar.gz`, whose first member is the summary (read as a
+bounded stream; nothing is extracted). The training rows go into docs/RESULTS.md and docs/results.json (a
+row replaces the row of the same model, epochs, recipe and kind of device); the speedrun rows into
+docs/speedrun_gpu.json and the `lease` section of docs/SPEEDRUN.md (a row replaces the row of the same tier
+and device). Each row names the GPU, its driver, the torch version and the lease's date.
+
+The file is not trusted: each row keeps only the keys it should have, each within its range, and strings of
+plain characters; a row that fails is left out and said so.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
 import tarfile
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
 from fmnist.analysis.results import write_results
-from fmnist.analysis.runs import aggregate, metrics_state
+from fmnist.analysis.runs import aggregate
+from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_section
 
-MAX_SUMMARY = 16 * 2**20  # the GPU machine returns files of at most 16 MiB
-MAX_MEMBERS = 10_000
+MAX_FILE = 64 * 2**20  # what the GPU machine returns in all
+MAX_SUMMARY = 16 * 2**20  # and per file
+PLAIN = re.compile(r"[^A-Za-z0-9 ._,()+-]")
+
+
+def text(value, limit: int = 60) -> str:
+    """A string from the file as plain characters (no newline, no markup), at most `limit` long."""
+    return PLAIN.sub("", str(value))[:limit]
+
+
+def _number(value, low: float, high: float) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _integer(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _read_bytes(path: Path) -> bytes:
+    """summary.json's bytes: the file itself, or the tarball's first member, each within 16 MiB."""
+    if not path.is_file():
+        raise FmnistError(f"--import-lease={path}: not a file (give the lease's summary.json or results.tar.gz)")
+    if path.stat().st_size > MAX_FILE:
+        raise FmnistError(f"--import-lease={path}: over 64 MiB, more than a lease returns")
+    with open(path, "rb") as file:
+        if file.read(2) != b"\x1f\x8b":  # not gzip: the summary itself
+            file.seek(0)
+            data = file.read(MAX_SUMMARY + 1)
+            if len(data) > MAX_SUMMARY:
+                raise FmnistError(f"--import-lease={path}: over 16 MiB, not a lease's summary.json")
+            return data
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(tarfile.BLOCKSIZE)
+            member = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            if member.name != "summary.json" or member.type != tarfile.REGTYPE or member.size > MAX_SUMMARY:
+                raise FmnistError(
+                    f"--import-lease={path}: its first member is not a summary.json of at most 16 MiB "
+                    "(benchmarks/lease.sh writes it first)"
+                )
+            data = stream.read(member.size)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as error:
+        raise FmnistError(f"--import-lease={path}: not a readable tarball ({type(error).__name__})") from None
+    if len(data) != member.size:
+        raise FmnistError(f"--import-lease={path}: the tarball is cut short")
+    return data
 
 
 def read_summary(path: Path) -> dict:
-    """The lease's summary, from summary.json or from the tarball's summary.json member, bounded in size."""
-    if not path.is_file():
-        raise FmnistError(f"--import-lease={path}: not a file (give the lease's summary.json or results.tar.gz)")
-    if tarfile.is_tarfile(path):
-        with tarfile.open(path, "r|*") as tar:  # a stream: members are read one by one, nothing is extracted
-            for count, member in enumerate(tar):
-                if count > MAX_MEMBERS:
-                    break
-                if member.name == "summary.json" and member.isreg():
-                    if member.size > MAX_SUMMARY:
-                        raise FmnistError(f"--import-lease={path}: its summary.json is over 16 MiB")
-                    data = tar.extractfile(member).read(MAX_SUMMARY + 1)
-                    break
-            else:
-                raise FmnistError(f"--import-lease={path}: the tarball holds no summary.json")
-    else:
-        if path.stat().st_size > MAX_SUMMARY:
-            raise FmnistError(f"--import-lease={path}: over 16 MiB, not a lease's summary.json")
-        data = path.read_bytes()
+    """The lease's summary as parsed JSON, its shape checked (not yet its rows)."""
+    data = _read_bytes(path)
     try:
         summary = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FmnistError(f"--import-lease={path}: summary.json is not valid JSON ({error})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise FmnistError(f"--import-lease={path}: summary.json is not valid JSON ({type(error).__name__})") from None
     if not isinstance(summary, dict) or summary.get("lease") != 1:
         raise FmnistError(f"--import-lease={path}: not a summary of benchmarks/lease.sh")
     for key in ("runs", "speedrun"):
@@ -56,35 +95,126 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def device_label(summary: dict) -> str:
-    """'NVIDIA H200, driver 580.159.03, torch 2.11.0, lease 2026-12-02' (a dry run says it is not a measurement)."""
+def device_label(summary: dict, row: dict | None = None) -> str:
+    """'NVIDIA H200, driver 580.159.03, torch 2.11.0, lease 2026-12-02', with '3 at a time (MPS)' for a run that
+    shared the GPU; a dry run says it is not a measurement."""
     gpu = str(summary.get("gpu") or "").split(",")
-    driver = f", driver {gpu[1].strip()}" if len(gpu) > 1 else ""
-    label = f"{str(summary.get('device', '?'))[:60]}{driver}, torch {str(summary.get('torch', '?'))[:20]}"
-    label += f", lease {str(summary.get('date', '?'))[:10]}"
-    return label + (" (DRY run: tiny settings, not a measurement)" if summary.get("dry") else "")
+    driver = f", driver {text(gpu[1], 20)}" if len(gpu) > 1 else ""
+    label = f"{text(summary.get('device', '?'))}{driver}, torch {text(summary.get('torch', '?'), 20)}"
+    label += f", lease {text(summary.get('date', '?'), 10)}"
+    if row and _integer(row.get("parallel"), 2, 64):
+        label += f", {row['parallel']} at a time" + (" (MPS)" if row.get("mps") is True else "")
+    return label + (" (DRY run: tiny settings, not a measurement)" if summary.get("dry") is not False else "")
 
 
-def training_rows(summary: dict) -> list[dict]:
-    """The completed training runs aggregated over seeds, as fmnist.reproduce's rows; a variant (tf32) apart."""
-    device = device_label(summary)
-    groups = defaultdict(list)
+def known_models() -> set[str]:
+    return {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
+
+
+# A training row's keys and their ranges; everything else in the row is dropped.
+RUN_NUMBERS = {
+    "test/acc": (0.0, 1.0),
+    "test/acc_tta": (0.0, 1.0),
+    "test/macro_f1": (0.0, 1.0),
+    "val/acc_best": (0.0, 1.0),
+    "train_seconds": (0.0, 1e7),
+}
+RUN_INTEGERS = {"seed": (0, 2**31), "epochs": (1, 10_000), "batch_size": (1, 10**6), "params_total_keras": (0, 10**10)}
+
+
+def clean_run(run: dict, models: set[str]) -> tuple[dict | None, str]:
+    """(the row with only its checked keys, '') or (None, why it is left out)."""
+    if run.get("status") != "completed":
+        return None, f"status {text(run.get('status'), 30)!r}"
+    if run.get("model") not in models:
+        return None, f"model {text(run.get('model'), 30)!r} is not one of conf/model"
+    row = {"model": run["model"], "status": "completed"}
+    for key, (low, high) in RUN_NUMBERS.items():
+        if key in run and run[key] is not None:
+            if not _number(run[key], low, high):
+                return None, f"{key} out of range"
+            row[key] = run[key]
+    for key, (low, high) in RUN_INTEGERS.items():
+        if key in run and run[key] is not None:
+            if not _integer(run[key], low, high):
+                return None, f"{key} out of range"
+            row[key] = run[key]
+    if "test/acc" not in row or "epochs" not in row or "seed" not in row:
+        return None, "no test/acc, epochs or seed"
+    optimizer = run.get("optimizer")
+    if isinstance(optimizer, dict):
+        row["optimizer"] = {"_target_": text(optimizer.get("_target_", "?"))}
+        if _number(optimizer.get("lr"), 0.0, 100.0):
+            row["optimizer"]["lr"] = optimizer["lr"]
+    label = text(run.get("recipe", ""), 20)
+    row["variant"] = "" if label in ("", "recipe") else label
+    row["parallel"], row["mps"] = run.get("parallel"), run.get("mps")
+    return row, ""
+
+
+def training_rows(summary: dict) -> tuple[list[dict], list[str]]:
+    """The completed training runs aggregated over seeds, as fmnist.reproduce's rows (a variant such as tf32, and
+    runs that shared the GPU, apart); and a line for each run left out."""
+    models, groups, left_out = known_models(), defaultdict(list), []
     for index, run in enumerate(summary.get("runs", [])):
-        if run.get("status", "completed") != "completed" or metrics_state(run)[0] != "completed":
+        row, why = clean_run(run, models)
+        if row is None:
+            left_out.append(f"run {index}: {why}")
             continue
-        label = run.get("recipe") if run.get("recipe") not in (None, "recipe") else ""
-        groups[str(label)[:20]].append({**run, "device": device, "run_dir": f"lease:{index}"})
+        device = device_label(summary, row)
+        key = (row["variant"], device)
+        if any(
+            r["seed"] == row["seed"] and (r["model"], r["epochs"]) == (row["model"], row["epochs"]) for r in groups[key]
+        ):
+            left_out.append(f"run {index}: seed {row['seed']} of {row['model']} again")
+            continue
+        groups[key].append({**row, "device": device, "run_dir": f"lease:{index}"})
     rows = []
-    for label, runs in groups.items():
+    for (variant, _), runs in groups.items():
         for row in aggregate(runs):
-            row["recipe"] += f", {label}" if label else ""
+            row["recipe"] += f", {variant}" if variant else ""
             rows.append(row)
-    return rows
+    return rows, left_out
 
 
-def _number(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+SPEED_NUMBERS = {
+    **{k: (0.0, 1.0) for k in ("tier", "acc_tta", "acc_tta_std", "acc_plain", "acc_plain_std", "at_target")},
+    **{
+        k: (0.0, 1e7)
+        for k in (
+            "train_seconds",
+            "train_seconds_std",
+            "train_seconds_median",
+            "first_seed_train_seconds",
+            "plain_seconds",
+            "test_seconds_tta",
+            "wall_seconds",
+        )
+    },
+    "lightning_over_plain": (0.0, 100.0),
+}
+
+
+def speedrun_rows(summary: dict) -> tuple[list[dict], list[str]]:
+    """The completed speedrun tiers, their keys checked; and a line for each left out."""
+    experiments = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("speedrun*.yaml")}
+    rows, left_out = [], []
+    for index, row in enumerate(summary.get("speedrun", [])):
+        if row.get("status") != "completed" or row.get("experiment") not in experiments:
+            left_out.append(f"speedrun {index}: not a completed tier of conf/experiment")
+            continue
+        if not all(_integer(row.get(k), 1, 10_000) for k in ("seeds", "wanted_seeds")):
+            left_out.append(f"speedrun {index}: seeds out of range")
+            continue
+        bad = [k for k, (low, high) in SPEED_NUMBERS.items() if k in row and not _number(row[k], low, high)]
+        if bad:
+            left_out.append(f"speedrun {index}: {bad[0]} out of range")
+            continue
+        clean = {k: row[k] for k in SPEED_NUMBERS if k in row}
+        clean.update(experiment=row["experiment"], seeds=row["seeds"], wanted_seeds=row["wanted_seeds"])
+        clean["device"] = device_label(summary)
+        rows.append(clean)
+    return rows, left_out
 
 
 def speedrun_table(rows: dict) -> str:
@@ -110,26 +240,18 @@ def speedrun_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def import_lease(path: Path, docs: Path) -> tuple[list[dict], list[dict]]:
-    """Write the lease's rows into `docs`; (training rows, speedrun rows) written."""
+def import_lease(path: Path, docs: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """Write the lease's rows into `docs`; (training rows, speedrun rows, a line per row left out)."""
     summary = read_summary(path)
-    rows = training_rows(summary)
+    rows, left_out = training_rows(summary)
+    speed, left = speedrun_rows(summary)
     if rows:
         write_results(rows, docs)
-    device = device_label(summary)
-    speed = []
-    for row in summary.get("speedrun", []):
-        if row.get("status") != "completed" or not isinstance(row.get("experiment"), str):
-            continue
-        clean = {k: _number(row, k) for k in row if _number(row, k) is not None}
-        clean.update(experiment=row["experiment"][:40], device=device)
-        clean["seeds"], clean["wanted_seeds"] = int(clean.get("seeds", 0)), int(clean.get("wanted_seeds", 0))
-        speed.append(clean)
     if speed:
         store = docs / "speedrun_gpu.json"
         try:
             earlier = json.loads(store.read_text()) if store.is_file() else {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, ValueError) as error:
             raise FmnistError(f"{store} cannot be read ({error}): fix or remove it") from None
         if not isinstance(earlier, dict) or not all(
             isinstance(r, dict) and "experiment" in r for r in earlier.values()
@@ -139,4 +261,4 @@ def import_lease(path: Path, docs: Path) -> tuple[list[dict], list[dict]]:
             earlier[f"{row['experiment']} on {row['device']}"] = row
         store.write_text(json.dumps(earlier, indent=2) + "\n")
         write_section(docs / "SPEEDRUN.md", "lease", speedrun_table(earlier), "Speedrun")
-    return rows, speed
+    return rows, speed, left_out + left

@@ -92,17 +92,26 @@ def _earlier_rows(path: Path) -> dict:
     return rows
 
 
+def _identity(row: dict) -> tuple:
+    """What a re-measurement shares with the row it replaces: model, epochs, recipe, and cpu or gpu."""
+    kind = "cpu" if str(row.get("device", "cpu")).startswith("cpu") else "gpu"
+    return row["model"], row["epochs"], row["recipe"], kind
+
+
 def write_results(rows: list[dict], docs: Path) -> None:
-    """Add the rows to docs/results.json (each replacing the earlier row of its model, epochs and recipe) and
-    write the whole table into docs/RESULTS.md between its markers."""
+    """Add the rows to docs/results.json (each replacing the earlier row of its model, epochs, recipe and kind of
+    device) and write the whole table into docs/RESULTS.md between its markers."""
     merged = _earlier_rows(docs / "results.json")
     for key, row in results_json(rows).items():
-        same = (row["model"], row["epochs"], row["recipe"])
-        # a re-measurement replaces the earlier row of the same model, epochs and recipe, whatever its key
-        for old in [k for k, r in merged.items() if (r["model"], r["epochs"], r["recipe"]) == same]:
+        same = _identity(row)
+        # a re-measurement replaces the earlier row of the same model, epochs, recipe and kind of device, whatever
+        # its key: a GPU row never replaces a CPU row
+        for old in [k for k, r in merged.items() if _identity(r) == same]:
             del merged[old]
-        taken = key in merged  # the same model and epochs under another recipe: another row
-        merged[f"{key} ({row['recipe']})" if taken else key] = row
+        for candidate in (key, f"{key} ({row['recipe']})", f"{key} ({row['recipe']}, {same[-1]})"):
+            if candidate not in merged:  # the same model and epochs under another recipe or device: another row
+                break
+        merged[candidate] = row
     merged = dict(sorted(merged.items(), key=lambda item: (item[1]["model"], item[1]["epochs"], item[0])))
     write_section(docs / "RESULTS.md", "results", results_table(list(merged.values())), "Reproduction results")
     (docs / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
