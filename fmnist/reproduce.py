@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.import_lease:
             rows, speed, left_out = import_lease(args.import_lease, Path(args.docs))
-            for line in left_out:
+            for line in left_out[:20]:
                 print(f"left out: {line}")
+            if len(left_out) > 20:
+                print(f"left out: {len(left_out) - 20} more rows")
             if rows:
                 print(results_table(rows))
             for row in speed:

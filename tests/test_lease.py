@@ -3,6 +3,7 @@ limits on what comes back) and `fmnist.reproduce --import-lease`."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -219,6 +220,31 @@ def test_a_gpu_row_never_replaces_a_cpu_row(tmp_path):
     after = json.loads((docs / "results.json").read_text())
     assert all(after.get(k) == r for k, r in cpu_rows.items())
     assert any(r["model"] == "rnn" and "H200" in r["device"] for r in after.values())
+
+
+def test_a_tar_header_announcing_a_negative_size_is_refused_before_reading(tmp_path):
+    header = bytearray(tarfile.TarInfo("summary.json").tobuf(format=tarfile.GNU_FORMAT)[:512])
+    header[124:136] = b"\xff" * 12  # base-256: size -1, which would read the whole stream
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(gzip.compress(bytes(header) + bytes(2**20)))
+    with pytest.raises(FmnistError, match="first member"):
+        import_lease(path, docs_copy(tmp_path))
+
+
+def test_crafted_values_are_left_out_not_a_traceback_and_cannot_pass_as_cpu_rows(tmp_path):
+    docs = docs_copy(tmp_path)
+    before = json.loads((docs / "results.json").read_text())
+    runs = [{**completed_run("lstm", 1, 0.9), "model": ["cnn"]}, {**completed_run("lstm", 2, 0.9), "test/acc": 10**400}]
+    runs += [{**completed_run("lstm", 3, 0.9), "optimizer": {"_target_": "x", "lr": 10**400}}]
+    speed = [{**speed_row(), "experiment": [1]}, {**speed_row(), "seeds": 10_000, "wanted_seeds": 1}]
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary(device="cpu (x86_64, 2 threads)", runs=runs, speedrun=speed)))
+    rows, speedrows, left_out = import_lease(path, docs)
+    assert len(left_out) == 4 and not speedrows
+    after = json.loads((docs / "results.json").read_text())
+    assert all(after[k] == r for k, r in before.items())  # a lease row replaces only a lease row
 
 
 def test_a_dry_summary_is_labelled_not_a_measurement(tmp_path):

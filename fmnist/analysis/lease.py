@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import re
 import tarfile
 import zlib
@@ -29,21 +28,19 @@ from fmnist.utils.files import write_section
 
 MAX_FILE = 64 * 2**20  # what the GPU machine returns in all
 MAX_SUMMARY = 16 * 2**20  # and per file
+MAX_ROWS = 5000  # a lease has hundreds of runs at most
 PLAIN = re.compile(r"[^A-Za-z0-9 ._,()+-]")
 
 
 def text(value, limit: int = 60) -> str:
-    """A string from the file as plain characters (no newline, no markup), at most `limit` long."""
-    return PLAIN.sub("", str(value))[:limit]
+    """A string from the file as plain characters (no newline, no markup), at most `limit` long; "unknown" for
+    anything else."""
+    return (PLAIN.sub("", value[: 4 * limit])[:limit] or "unknown") if isinstance(value, str) else "unknown"
 
 
 def _number(value, low: float, high: float) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and low <= value <= high
-    )
+    """A number in [low, high] (the comparison is exact for any int and false for NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _integer(value, low: int, high: int) -> bool:
@@ -67,12 +64,12 @@ def _read_bytes(path: Path) -> bytes:
         with gzip.open(path, "rb") as stream:
             header = stream.read(tarfile.BLOCKSIZE)
             member = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-            if member.name != "summary.json" or member.type != tarfile.REGTYPE or member.size > MAX_SUMMARY:
+            if member.name != "summary.json" or member.type != tarfile.REGTYPE or not 0 <= member.size <= MAX_SUMMARY:
                 raise FmnistError(
                     f"--import-lease={path}: its first member is not a summary.json of at most 16 MiB "
                     "(benchmarks/lease.sh writes it first)"
                 )
-            data = stream.read(member.size)
+            data = stream.read(min(member.size, MAX_SUMMARY))
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as error:
         raise FmnistError(f"--import-lease={path}: not a readable tarball ({type(error).__name__})") from None
     if len(data) != member.size:
@@ -92,19 +89,25 @@ def read_summary(path: Path) -> dict:
     for key in ("runs", "speedrun"):
         if not isinstance(summary.get(key, []), list) or not all(isinstance(r, dict) for r in summary.get(key, [])):
             raise FmnistError(f"--import-lease={path}: its {key!r} is not a list of rows")
+        if len(summary.get(key, [])) > MAX_ROWS:
+            raise FmnistError(f"--import-lease={path}: over {MAX_ROWS} {key!r} rows, more than a lease makes")
     return summary
 
 
-def device_label(summary: dict, row: dict | None = None) -> str:
-    """'NVIDIA H200, driver 580.159.03, torch 2.11.0, lease 2026-12-02', with '3 at a time (MPS)' for a run that
-    shared the GPU; a dry run says it is not a measurement."""
-    gpu = str(summary.get("gpu") or "").split(",")
-    driver = f", driver {text(gpu[1], 20)}" if len(gpu) > 1 else ""
-    label = f"{text(summary.get('device', '?'))}{driver}, torch {text(summary.get('torch', '?'), 20)}"
-    label += f", lease {text(summary.get('date', '?'), 10)}"
-    if row and _integer(row.get("parallel"), 2, 64):
-        label += f", {row['parallel']} at a time" + (" (MPS)" if row.get("mps") is True else "")
+def device_label(summary: dict) -> str:
+    """'NVIDIA H200, driver 580.159.03, torch 2.11.0, lease 2026-12-02'; a dry run says it is not a measurement."""
+    gpu = summary.get("gpu").split(",", 2) if isinstance(summary.get("gpu"), str) else []
+    driver = f", driver {text(gpu[1].strip(), 20)}" if len(gpu) > 1 else ""
+    label = f"{text(summary.get('device'))}{driver}, torch {text(summary.get('torch'), 20)}"
+    label += f", lease {text(summary.get('date'), 10)}"
     return label + (" (DRY run: tiny settings, not a measurement)" if summary.get("dry") is not False else "")
+
+
+def sharing(row: dict) -> str:
+    """', 3 at a time (MPS)' for a run that shared the GPU with others, else ''."""
+    if not _integer(row.get("parallel"), 2, 64):
+        return ""
+    return f", {row['parallel']} at a time" + (" (MPS)" if row.get("mps") is True else "")
 
 
 def known_models() -> set[str]:
@@ -126,7 +129,7 @@ def clean_run(run: dict, models: set[str]) -> tuple[dict | None, str]:
     """(the row with only its checked keys, '') or (None, why it is left out)."""
     if run.get("status") != "completed":
         return None, f"status {text(run.get('status'), 30)!r}"
-    if run.get("model") not in models:
+    if not isinstance(run.get("model"), str) or run["model"] not in models:
         return None, f"model {text(run.get('model'), 30)!r} is not one of conf/model"
     row = {"model": run["model"], "status": "completed"}
     for key, (low, high) in RUN_NUMBERS.items():
@@ -139,40 +142,40 @@ def clean_run(run: dict, models: set[str]) -> tuple[dict | None, str]:
             if not _integer(run[key], low, high):
                 return None, f"{key} out of range"
             row[key] = run[key]
-    if "test/acc" not in row or "epochs" not in row or "seed" not in row:
-        return None, "no test/acc, epochs or seed"
+    missing = [k for k in ("test/acc", "test/macro_f1", "train_seconds", "epochs", "seed") if k not in row]
+    if missing:
+        return None, f"no {missing[0]}"
     optimizer = run.get("optimizer")
     if isinstance(optimizer, dict):
         row["optimizer"] = {"_target_": text(optimizer.get("_target_", "?"))}
         if _number(optimizer.get("lr"), 0.0, 100.0):
             row["optimizer"]["lr"] = optimizer["lr"]
-    label = text(run.get("recipe", ""), 20)
-    row["variant"] = "" if label in ("", "recipe") else label
-    row["parallel"], row["mps"] = run.get("parallel"), run.get("mps")
+    label = text(run.get("recipe"), 20) if run.get("recipe") not in (None, "recipe") else ""
+    row["variant"] = ", ".join(v for v in (label, sharing(run)[2:]) if v)  # tf32, and whether it shared the GPU
     return row, ""
 
 
 def training_rows(summary: dict) -> tuple[list[dict], list[str]]:
     """The completed training runs aggregated over seeds, as fmnist.reproduce's rows (a variant such as tf32, and
-    runs that shared the GPU, apart); and a line for each run left out."""
-    models, groups, left_out = known_models(), defaultdict(list), []
+    runs that shared the GPU, apart in their recipe); and a line for each run left out."""
+    models, device, groups, seen, left_out = known_models(), device_label(summary), defaultdict(list), set(), []
+    kind = "dry lease" if summary.get("dry") is not False else "lease"
     for index, run in enumerate(summary.get("runs", [])):
         row, why = clean_run(run, models)
         if row is None:
             left_out.append(f"run {index}: {why}")
             continue
-        device = device_label(summary, row)
-        key = (row["variant"], device)
-        if any(
-            r["seed"] == row["seed"] and (r["model"], r["epochs"]) == (row["model"], row["epochs"]) for r in groups[key]
-        ):
+        identity = (row["variant"], row["model"], row["epochs"], row["seed"])
+        if identity in seen:
             left_out.append(f"run {index}: seed {row['seed']} of {row['model']} again")
             continue
-        groups[key].append({**row, "device": device, "run_dir": f"lease:{index}"})
+        seen.add(identity)
+        groups[row["variant"]].append({**row, "device": device, "run_dir": f"lease:{index}"})
     rows = []
-    for (variant, _), runs in groups.items():
+    for variant, runs in groups.items():
         for row in aggregate(runs):
             row["recipe"] += f", {variant}" if variant else ""
+            row["kind"] = kind  # a lease's row replaces only a lease's row (fmnist.analysis.results)
             rows.append(row)
     return rows, left_out
 
@@ -198,12 +201,19 @@ SPEED_NUMBERS = {
 def speedrun_rows(summary: dict) -> tuple[list[dict], list[str]]:
     """The completed speedrun tiers, their keys checked; and a line for each left out."""
     experiments = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("speedrun*.yaml")}
-    rows, left_out = [], []
+    rows, left_out, device = [], [], device_label(summary)
     for index, row in enumerate(summary.get("speedrun", [])):
-        if row.get("status") != "completed" or row.get("experiment") not in experiments:
+        if (
+            row.get("status") != "completed"
+            or not isinstance(row.get("experiment"), str)
+            or row["experiment"] not in experiments
+        ):
             left_out.append(f"speedrun {index}: not a completed tier of conf/experiment")
             continue
-        if not all(_integer(row.get(k), 1, 10_000) for k in ("seeds", "wanted_seeds")):
+        if (
+            not all(_integer(row.get(k), 1, 10_000) for k in ("seeds", "wanted_seeds"))
+            or row["seeds"] > row["wanted_seeds"]
+        ):
             left_out.append(f"speedrun {index}: seeds out of range")
             continue
         bad = [k for k, (low, high) in SPEED_NUMBERS.items() if k in row and not _number(row[k], low, high)]
@@ -212,7 +222,7 @@ def speedrun_rows(summary: dict) -> tuple[list[dict], list[str]]:
             continue
         clean = {k: row[k] for k in SPEED_NUMBERS if k in row}
         clean.update(experiment=row["experiment"], seeds=row["seeds"], wanted_seeds=row["wanted_seeds"])
-        clean["device"] = device_label(summary)
+        clean["device"] = device
         rows.append(clean)
     return rows, left_out
 

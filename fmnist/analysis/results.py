@@ -74,7 +74,7 @@ def results_json(rows: list[dict]) -> dict:
         recipe = recipe_epochs(row["model"])
         key = row["model"] if row["epochs"] == recipe else f"{row['model']}@{row['epochs']}ep"
         key += "" if key not in out else f" ({row['recipe']})"
-        out[key] = {k: row[k] for k in ROW_KEYS}
+        out[key] = {k: row[k] for k in ROW_KEYS} | ({"kind": row["kind"]} if "kind" in row else {})
         out[key]["full_recipe"] = row["epochs"] == recipe
     return out
 
@@ -94,7 +94,7 @@ def _earlier_rows(path: Path) -> dict:
 
 def _identity(row: dict) -> tuple:
     """What a re-measurement shares with the row it replaces: model, epochs, recipe, and cpu or gpu."""
-    kind = "cpu" if str(row.get("device", "cpu")).startswith("cpu") else "gpu"
+    kind = row.get("kind") or ("cpu" if str(row.get("device", "cpu")).startswith("cpu") else "gpu")
     return row["model"], row["epochs"], row["recipe"], kind
 
 
