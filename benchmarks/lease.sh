@@ -59,9 +59,9 @@ tail -n 1 "$OUT/lease.log"
 
 args=(--out "$OUT" --work "$WORK" --data "$DATA" --budget "${BUDGET:-480}")
 if [ -n "${DRY:-}" ]; then
-  args+=(--dry --seeds ${SEEDS:-1})
+  args+=(--dry --seeds "${SEEDS:-1}")
 else
-  args+=(--seeds ${SEEDS:-1 2 3})
+  args+=(--seeds "${SEEDS:-1 2 3}")
 fi
 # stderr (a traceback too) also into lease.log, the file that comes back
 "$PYTHON" benchmarks/lease.py "${args[@]}" "$@" 2> >(tee -a "$OUT/lease.log" >&2)

@@ -73,7 +73,8 @@ def test_import_lease_rows_replace_their_own_and_keep_the_rest(tmp_path):
     assert [(r["model"], len(r["seeds"])) for r in rows] == [("lstm", 3)]  # the failed gru run is left out
     after = json.loads((docs / "results.json").read_text())
     assert set(before) <= set(after)  # earlier rows kept
-    lstm = after["lstm"]
+    assert after["lstm"] == before["lstm"]  # the CPU row of the same recipe stays
+    lstm = next(r for r in after.values() if r.get("kind") == "lease")
     assert lstm["test_acc_mean"] == pytest.approx(0.912) and lstm["full_recipe"]
     assert "NVIDIA H200" in lstm["device"] and "torch 2.11.0" in lstm["device"] and "2026-12-02" in lstm["device"]
     assert "NVIDIA H200" in (docs / "RESULTS.md").read_text()
@@ -285,6 +286,17 @@ def test_a_single_run_is_planned_in_one_lane_and_a_failed_probe_means_one_at_a_t
     assert state.parallel == 1 and state.epoch_slowdown == 1.0 and calls
 
 
+def test_tier_names_and_seeds_reach_the_lease_as_lease_sh_passes_them(tmp_path):
+    data = write_tiny_fashion_mnist(tmp_path / "data", gz=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["profile", "--out", str(out), "--work", str(tmp_path / "work"), "--data", str(data), "--budget", "60"]
+    assert lease.main([*argv, "--dry", "--seeds", "1 2"]) == 0
+    log = (out / "lease.log").read_text()
+    assert "tiers profile" in log and "seeds [1, 2]" in log and "concurrency" not in log
+    assert lease.main(["nope", *argv[1:]]) == 2
+
+
 def test_lease_fails_loudly_when_the_wheels_do_not_install(tmp_path):
     wheels = tmp_path / "whl"
     write_tiny_fashion_mnist(wheels / "fashion-mnist", gz=True)
@@ -318,8 +330,8 @@ def test_gpu_pack_and_the_dry_lease_stay_within_the_gpu_machines_limits(tmp_path
     out = tmp_path / "out"
     env = {**os.environ, "DRY": "1", "OUT": str(out), "WORK": str(tmp_path / "work"), "WHEELS": str(wheels)}
     done = subprocess.run(
-        ["bash", "benchmarks/lease.sh"],
-        env={**env, "PYTHON": sys.executable},
+        ["bash", "benchmarks/lease.sh", "beyond", "speedrun", "study", "tf32"],  # tier names as on the GPU
+        env={**env, "PYTHON": sys.executable, "SEEDS": "1"},
         cwd=ROOT,
         capture_output=True,
         text=True,
