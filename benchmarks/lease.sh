@@ -13,7 +13,7 @@ set -euo pipefail
 export LEASE_START=${LEASE_START:-$(date +%s.%N)}  # the budget counts from here, the wheels' install included
 # folders given relative to where the command was typed, made absolute before the cd to the repository
 for name in OUT WORK WHEELS DATA; do
-  [ -n "${!name:-}" ] && export "$name=$(realpath -m "${!name}")"
+  if [ -n "${!name:-}" ]; then export "$name=$(realpath -m "${!name}")"; fi
 done
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}
