@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fmnist.analysis.results import recipe_epochs  # noqa: E402
+from fmnist.utils.files import write_atomically  # noqa: E402
 
 PY = sys.executable
 GRACE_SECONDS = 20.0  # past the budget, runs still going are killed and the files written
@@ -46,7 +47,6 @@ START_SECONDS = 25.0  # one training process's own cost on the GPU machine: impo
 EPOCH_SECONDS = {"cnn": 0.70, "rnn": 0.42, "bilstm": 1.44, "lstm": 1.0, "gru": 1.0, "attention": 3.0, "resnet": 5.0}
 # Seconds per seed of a speedrun tier on gpu_fast (estimates), and the seeds the tier wants.
 SPEEDRUN = {"speedrun": (3.0, 20), "speedrun_94": (8.0, 10), "speedrun_95": (30.0, 3)}
-TIER_NAMES = ("concurrency", "beyond", "speedrun", "study", "tf32", "profile", "bench")
 DEFAULT_TIERS = ("beyond", "speedrun", "study", "tf32")
 DRY_TRAIN = [
     "trainer.max_epochs=1",
@@ -94,7 +94,7 @@ class Lease:
         summary = {**self.header, "parallel": self.parallel, "mps": self.mps, "epoch_slowdown": self.epoch_slowdown}
         summary["notes"] = self.notes
         summary.update(runs=self.rows, speedrun=self.speedrun)
-        _replace(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        write_atomically(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
     def write_tarball(self) -> None:
         """results.tar.gz: the summary, every run's metrics.json and log, every JSON the tiers wrote."""
@@ -109,14 +109,7 @@ class Lease:
             for path in sorted(self.work.rglob("*")):
                 if path.is_file() and (path.suffix in (".json", ".log") or path.name == "train.log"):
                     tar.add(path, arcname=str(path.relative_to(self.work)))
-        _replace(self.out / "results.tar.gz", buffer.getvalue())
-
-
-def _replace(target: Path, data: bytes) -> None:
-    """Write by renaming a finished file over the target: a kill leaves the old file or the new one whole."""
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)
+        write_atomically(self.out / "results.tar.gz", buffer.getvalue())
 
 
 def _shell(command: list[str]) -> str:
@@ -223,10 +216,11 @@ def row_of(lease: Lease, run: Run, folder: Path, code: int, wall: float) -> dict
     return row
 
 
-def run_seconds(lease: Lease, run: Run, epochs: int | None = None) -> float:
-    """A run's planned seconds: its start plus its epochs, slowed as `parallel` runs at once measured."""
+def run_seconds(lease: Lease, run: Run, epochs: int | None = None, alone: bool = False) -> float:
+    """A run's planned seconds: its start plus its epochs, slowed as `parallel` runs at once measured (unless
+    it runs `alone`)."""
     epochs = run.epochs if epochs is None else epochs
-    return START_SECONDS + epochs * EPOCH_SECONDS[run.model] * lease.epoch_slowdown
+    return START_SECONDS + epochs * EPOCH_SECONDS[run.model] * (1.0 if alone else lease.epoch_slowdown)
 
 
 def tier_seconds(lease: Lease, runs: list[Run], epochs: list[int]) -> float:
@@ -295,6 +289,15 @@ def seeds_runs(models: tuple, trainers: dict, seeds: list[int], extra: tuple = (
     return [Run(m, trainers.get(m, "gpu_fast"), s, recipe_epochs(m) or 1, extra, label) for m in models for s in seeds]
 
 
+def tier_runs(tier: str, seeds: list[int]) -> list[Run]:
+    """The runs of a training tier at their full recipes."""
+    if tier == "beyond":  # resnet in bf16 on Lightning's loop, the rest on the fast path
+        return seeds_runs(("resnet", "attention", "lstm", "gru"), {"resnet": "gpu_bf16"}, seeds)
+    if tier == "study":
+        return seeds_runs(("cnn", "rnn", "bilstm"), {}, seeds)
+    return seeds_runs(("cnn",), {}, seeds[:1], ("tf32=true",), "tf32")  # tf32: one seed
+
+
 # --- the tiers -----------------------------------------------------------------------------------------------
 
 
@@ -353,7 +356,7 @@ def concurrency(lease: Lease, share: float, seeds: list[int]) -> None:
         lease.log(f"concurrency: {name}: {count} run(s) of {model} x {epochs} epochs in {wall:.1f} s, exits {codes}")
         return (wall / count, sum(per_epoch) / len(per_epoch)) if ok else (math.inf, math.inf)
 
-    planned = START_SECONDS + epochs * EPOCH_SECONDS[model]
+    planned = run_seconds(lease, Run(model, "gpu_fast", 1, epochs), alone=True)
     figures = {"alone": batch("alone", 1, planned), "three": batch("three", 3, planned * 1.5)}
     if lease.dry:
         lease.log("concurrency: MPS not measured (DRY)")
@@ -386,29 +389,34 @@ def concurrency(lease: Lease, share: float, seeds: list[int]) -> None:
 
 
 def beyond(lease: Lease, share: float, seeds: list[int]) -> None:
-    """The networks beyond the study at their recipes: resnet in bf16 on Lightning's loop, the rest fast."""
-    runs = seeds_runs(("resnet", "attention", "lstm", "gru"), {"resnet": "gpu_bf16"}, seeds)
-    training_tier(lease, "beyond", runs, share)
+    """The networks beyond the study at their recipes."""
+    training_tier(lease, "beyond", tier_runs("beyond", seeds), share)
 
 
 def study(lease: Lease, share: float, seeds: list[int]) -> None:
     """The study's three recipes on the fast path."""
-    training_tier(lease, "study", seeds_runs(("cnn", "rnn", "bilstm"), {}, seeds), share)
+    training_tier(lease, "study", tier_runs("study", seeds), share)
 
 
 def tf32(lease: Lease, share: float, seeds: list[int]) -> None:
     """The study's CNN recipe with TF32 convolutions and matmuls."""
-    training_tier(lease, "tf32", seeds_runs(("cnn",), {}, seeds[:1], ("tf32=true",), "tf32"), share)
+    training_tier(lease, "tf32", tier_runs("tf32", seeds), share)
+
+
+def speedrun_seconds(per_seed: float, count: int) -> float:
+    """A speedrun tier's planned seconds: its process's start, and per seed the run, its test and (for the 93%
+    tier) its share of the plain loop, 1.3 times the seed's own time."""
+    return START_SECONDS + count * per_seed * 1.3
 
 
 def speedrun(lease: Lease, share: float, seeds: list[int]) -> None:
     """The speedrun tiers through benchmarks/speedrun.py, each with as many of its seeds as fit."""
     for experiment, (per_seed, wanted) in SPEEDRUN.items():
         want = len(seeds) if lease.dry else wanted
-        left = min(share, lease.left()) - START_SECONDS
-        count = min(want, int(left // (per_seed * 1.3))) if left > 0 else 0  # 1.3: the plain loop and the test
+        left = min(share, lease.left())
+        count = max(n for n in range(want + 1) if n == 0 or speedrun_seconds(per_seed, n) <= left)
         if count < 1:
-            lease.log(f"speedrun: {experiment} skipped: not one seed fits the {max(left, 0):.0f} s left")
+            lease.log(f"speedrun: {experiment} skipped: not one seed fits the {max(left, 0.0):.0f} s left")
             lease.notes.append(f"speedrun {experiment}: skipped (budget)")
             continue
         how = "all its seeds" if count == want else f"REDUCED to {count} of {want} seeds (budget)"
@@ -430,7 +438,7 @@ def speedrun(lease: Lease, share: float, seeds: list[int]) -> None:
             dry = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "data.batches_per_step=2"]
             command += [a for o in [*dry, "trainer.limit_val_batches=1"] for a in ("-o", o)]
         start = time.monotonic()
-        code = run_process(lease, f"speedrun-{experiment}", command, START_SECONDS + count * per_seed * 1.3)
+        code = run_process(lease, f"speedrun-{experiment}", command, speedrun_seconds(per_seed, count))
         try:
             figures = json.loads(target.read_text())
         except (OSError, ValueError):
@@ -476,14 +484,13 @@ WISH = {
 }
 
 
-def wish(tier: str, seeds: list[int]) -> float:
+def wish(lease: Lease, tier: str, seeds: list[int]) -> float:
+    """The seconds a tier's full plan needs: its runs one after the other, each alone, at their full recipes."""
     if tier in WISH:
         return WISH[tier]
     if tier == "speedrun":
-        return sum(START_SECONDS + s * w * 1.3 for s, w in SPEEDRUN.values())
-    models = {"beyond": ("resnet", "attention", "lstm", "gru"), "study": ("cnn", "rnn", "bilstm"), "tf32": ("cnn",)}
-    count = 1 if tier == "tf32" else len(seeds)
-    return sum(count * (START_SECONDS + (recipe_epochs(m) or 1) * EPOCH_SECONDS[m]) for m in models[tier])
+        return sum(speedrun_seconds(per_seed, count) for per_seed, count in SPEEDRUN.values())
+    return sum(run_seconds(lease, run, alone=True) for run in tier_runs(tier, seeds))
 
 
 def seed_list(value: str) -> list[int]:
@@ -499,7 +506,7 @@ def seed_list(value: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tiers", nargs="*", help=f"of {', '.join(TIER_NAMES)} (default: {' '.join(DEFAULT_TIERS)})")
+    parser.add_argument("tiers", nargs="*", help=f"of {', '.join(TIERS)} (default: {' '.join(DEFAULT_TIERS)})")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--data", required=True)
@@ -509,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [t for t in args.tiers if t not in TIERS]
     if unknown:
-        print(f"error: unknown tier {unknown[0]!r}: choose from {', '.join(TIER_NAMES)}", file=sys.stderr)
+        print(f"error: unknown tier {unknown[0]!r}: choose from {', '.join(TIERS)}", file=sys.stderr)
         return 2
     tiers = list(args.tiers or DEFAULT_TIERS)
     lease = Lease(args.out, args.work, args.data, args.budget, args.dry)
@@ -527,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lease.write_summary()
     for tier in tiers:
-        share = min(wish(tier, args.seeds), lease.left())
+        share = min(wish(lease, tier, args.seeds), lease.left())
         if share <= 0:
             lease.log(f"{tier}: skipped: the budget is spent")
             lease.notes.append(f"{tier}: skipped (budget spent)")

@@ -24,7 +24,7 @@ from fmnist.analysis.results import write_results
 from fmnist.analysis.runs import aggregate
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_section
+from fmnist.utils.files import write_atomically, write_section
 
 MAX_FILE = 64 * 2**20  # what the GPU machine returns in all
 MAX_SUMMARY = 16 * 2**20  # and per file
@@ -269,6 +269,6 @@ def import_lease(path: Path, docs: Path) -> tuple[list[dict], list[dict], list[s
             raise FmnistError(f"{store} is not a file of fmnist.reproduce --import-lease: fix or remove it")
         for row in speed:
             earlier[f"{row['experiment']} on {row['device']}"] = row
-        store.write_text(json.dumps(earlier, indent=2) + "\n")
+        write_atomically(store, (json.dumps(earlier, indent=2) + "\n").encode())
         write_section(docs / "SPEEDRUN.md", "lease", speedrun_table(earlier), "Speedrun")
     return rows, speed, left_out + left
