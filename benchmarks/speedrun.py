@@ -30,14 +30,17 @@ from pathlib import Path
 import hydra
 import lightning
 import torch
+from torchmetrics.functional.classification import multiclass_f1_score
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fmnist.analysis.results import write_results  # noqa: E402
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
+from fmnist.models.summary import keras_param_counts  # noqa: E402
 from fmnist.training.fit import train  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
@@ -55,19 +58,42 @@ def test_figures(ckpt_path: str, images: torch.Tensor, labels: torch.Tensor, dev
     """Plain and flip-TTA accuracy of a checkpoint on uint8 test images, each with its own time."""
     model = load_model(ckpt_path).to(device).eval()
     images, labels = images.to(device), labels.to(device)
-    figures = {}
+    figures = {"params_total_keras": keras_param_counts(model)["total"]}
     for name, flips in (("plain", False), ("tta", True)):
         _sync(device)
         start = time.perf_counter()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        for x, y in zip(images.split(1000), labels.split(1000), strict=True):
-            x = to_unit_float(x)
-            logits = model.tta_logits(x) if flips else model(x)
-            correct += (logits.argmax(1) == y).sum()
+        predictions = torch.cat(
+            [
+                (model.tta_logits(to_unit_float(x)) if flips else model(to_unit_float(x))).argmax(1)
+                for x in images.split(1000)
+            ]
+        )
         _sync(device)
-        figures[f"acc_{name}"] = correct.item() / len(labels)
         figures[f"seconds_{name}"] = time.perf_counter() - start
+        figures[f"acc_{name}"] = (predictions == labels).float().mean().item()
+        figures[f"macro_f1_{name}"] = multiclass_f1_score(predictions, labels, 10, average="macro").item()
     return figures
+
+
+def results_row(result: dict, cfg) -> dict:
+    """The tier as a row of docs/results.json and RESULTS.md (fmnist.analysis.results): flip-TTA figures."""
+    done = [r for r in result["seeds"] if "error" not in r]
+    recipe = " ".join([f"experiment={result['experiment']}", f"trainer={result['trainer']}", *result["overrides"]])
+    return {
+        "model": "speednet",
+        "recipe": f"{recipe} (flip TTA)",
+        "test_acc_mean": result["acc_tta"],
+        "test_acc_std": result["acc_tta_std"],
+        "macro_f1_mean": statistics.fmean(r["macro_f1_tta"] for r in done) if done else 0.0,
+        "seeds": [str(r["seed"]) for r in result["seeds"]],
+        "epochs": int(cfg.trainer.max_epochs),
+        "train_seconds_mean": result["train_seconds"],
+        "device": result["device"],
+        "batch_size": int(cfg.data.batch_size),
+        "optimizer": dict(cfg.model.optimizer),
+        "params_total_keras": done[0]["params_total_keras"] if done else 0,
+        "kind": "speedrun",
+    }
 
 
 def run_seed(experiment: str, trainer: str, seed: int, overrides: list[str], folder: Path) -> dict:
@@ -91,11 +117,13 @@ def run_seed(experiment: str, trainer: str, seed: int, overrides: list[str], fol
 
 
 def cnn_epoch_seconds(trainer: str, folder: Path, overrides: list[str]) -> float:
-    """One training epoch of the study's CNN recipe (batch 100, 54,000 images) on `trainer`."""
+    """One training epoch of the study's CNN recipe (batch 100, 54,000 images) on `trainer`, in float32 whatever
+    the tier's precision (the unit is the study's recipe: trainer=cpu_bf16 must not shrink it)."""
     cfg = compose_config(
         [
             "model=cnn",
             f"trainer={trainer}",
+            "trainer.precision=32-true",
             "trainer.max_epochs=1",
             "test=false",
             f"output_dir={folder}",
@@ -130,6 +158,7 @@ def plain_seconds(experiment: str, trainer: str, seed: int, overrides: list[str]
         else None
     )
     augment = datamodule.augment  # as the data module applies it: kornia draws its parameters on the CPU
+    bf16 = str(cfg.trainer.precision) == "bf16-mixed"  # Lightning's plugin: autocast around the forward
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -138,7 +167,8 @@ def plain_seconds(experiment: str, trainer: str, seed: int, overrides: list[str]
             index = order[step * batch : (step + 1) * batch]
             x = to_unit_float(images[index])
             x = augment(x) if augment is not None else x
-            loss = model.training_loss(x, labels[index])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.training_loss(x, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -185,6 +215,9 @@ def main() -> None:
         help="a Hydra override for the tier's runs only (an ablation: -r model.label_smoothing=0)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--results", action="store_true", help="add the tier's row to docs/results.json and docs/RESULTS.md"
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -272,6 +305,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.results:
+        write_results([results_row(result, cfg)], ROOT / "docs")
+        print("docs/results.json and docs/RESULTS.md: the tier's row added")
 
 
 if __name__ == "__main__":

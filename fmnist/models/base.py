@@ -148,6 +148,9 @@ class FashionClassifier(L.LightningModule):
         for index, (images, labels) in enumerate(batches):
             losses[index] = self._graphed_step(images, labels)
             optimizer.step()
+            # Under trainer.precision=bf16-mixed (CPU) one autocast spans the chunk: its cached bf16
+            # copies of the weights would outlive this step's update.
+            torch.clear_autocast_cache()
             if scheduler is not None:  # manual optimization: Lightning leaves the schedule to the step
                 scheduler.step()
         return losses

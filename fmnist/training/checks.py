@@ -165,12 +165,13 @@ def check_config(cfg: DictConfig) -> None:
                 "optimizer itself): drop it, or train with trainer=gpu"
             )
         precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-        if precision not in ("32-true", "32"):
-            # Lightning's autocast spans the whole chunk of batches: its cached low-precision weights would
-            # outlive the optimizer steps inside it (and the CUDA graph would read them).
+        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        if precision not in ("32-true", "32") and not (precision == "bf16-mixed" and accelerator == "cpu"):
+            # On a GPU the chunk's batches replay one CUDA graph, which would capture autocast's weight casts
+            # once; on the CPU the step clears autocast's cache after each optimizer step.
             raise FmnistError(
-                f"trainer.precision={precision} does not apply to the fast path, whose step holds many "
-                "optimizer steps: drop it, or train with trainer=gpu"
+                f"trainer.precision={precision} does not apply to the fast path on this accelerator "
+                f"({accelerator}): use 32-true, bf16-mixed with trainer=cpu_fast, or train with trainer=gpu_bf16"
             )
         if OmegaConf.select(cfg, "callbacks.ema", default=None):
             # Lightning's weight averaging updates after each Lightning step: once per chunk of batches here.

@@ -60,13 +60,31 @@ def to_log_file(message: str, level: int = logging.ERROR) -> None:
             handler.handle(record)
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide the CPU's speed here
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the flags among CPU_FLAGS it has, from /proc/cpuinfo (Linux), e.g.
+    'Intel(R) Xeon(R) Processor: avx2 avx512f avx512_bf16 amx_bf16'; the architecture elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            text = file.read(1 << 16)
+    except OSError:
+        return platform.machine()
+    fields = {key.strip(): value for key, _, value in (line.partition(":") for line in text.splitlines())}
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    flags = set(fields.get("flags", "").split())
+    return f"{name}: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)}"
+
+
 def describe_device(trainer: L.Trainer) -> str:
-    """A short human description of where training runs, e.g. 'NVIDIA H200' or 'cpu (x86_64, 2 threads)'."""
+    """A short human description of where training runs, e.g. 'NVIDIA H200' or
+    'cpu (Intel(R) Xeon(R) Processor: avx2 avx512f avx512_bf16 amx_bf16, 2 threads)'."""
     device = trainer.strategy.root_device
     count = f"{trainer.world_size}x " if trainer.world_size > 1 else ""
     if device.type == "cuda":
         return count + torch.cuda.get_device_name(device)
-    return count + f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return count + f"{device.type} ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def duration(seconds: float) -> str:

@@ -91,6 +91,7 @@ def train(
             torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(bool(cfg.get("flush_denormal")))  # a run's config without the key: as before
         set_tf32(cfg.get("tf32"))
+        warn_emulated_bf16(cfg.trainer)
         L.seed_everything(cfg.seed, workers=True)
         output_dir = Path(cfg.output_dir)
         check_output_dir(output_dir)
@@ -105,6 +106,17 @@ def set_tf32(tf32: bool | None) -> None:
     set again, for the runs after another in one process). The flags do nothing on the CPU."""
     torch.backends.cudnn.allow_tf32 = tf32 is not False
     torch.backends.cuda.matmul.allow_tf32 = tf32 is True
+
+
+def warn_emulated_bf16(trainer_cfg: DictConfig) -> None:
+    """One warning line when bf16 autocast would run on a CPU without native bf16 (no AVX512-BF16 or AMX),
+    where it is emulated: slower than float32, not faster."""
+    bf16 = str(trainer_cfg.get("precision")).startswith("bf16")
+    if bf16 and str(trainer_cfg.get("accelerator")) == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning(
+            f"warning: trainer.precision={trainer_cfg.precision}: this CPU has no native bf16 (AVX512-BF16 or AMX), so "
+            "it is emulated and slower than float32; trainer=cpu_fast trains faster here"
+        )
 
 
 def build_model(model_cfg: DictConfig) -> L.LightningModule:
