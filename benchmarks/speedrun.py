@@ -30,6 +30,7 @@ from pathlib import Path
 import hydra
 import lightning
 import torch
+from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_f1_score
 from tqdm import tqdm
 
@@ -75,23 +76,36 @@ def test_figures(ckpt_path: str, images: torch.Tensor, labels: torch.Tensor, dev
     return figures
 
 
-def results_row(result: dict, cfg) -> dict:
+def recipe_settings(cfg) -> dict:
+    """What a results row states of the recipe beyond its overrides (kept in the --json file)."""
+    return {
+        "epochs": int(cfg.trainer.max_epochs),
+        "batch_size": int(cfg.data.batch_size),
+        "optimizer": {k: v for k, v in OmegaConf.to_container(cfg.model.optimizer).items() if not k.startswith("_")},
+    }
+
+
+def results_row(result: dict) -> dict:
     """The tier as a row of docs/results.json and RESULTS.md (fmnist.analysis.results): flip-TTA figures."""
     done = [r for r in result["seeds"] if "error" not in r]
     recipe = " ".join([f"experiment={result['experiment']}", f"trainer={result['trainer']}", *result["overrides"]])
+    settings = result["settings"]
+    for text in (recipe, result["device"]):
+        if not isinstance(text, str) or not text.isprintable() or any(c in text for c in "|<>`"):
+            raise ValueError(f"{text!r} is not a plain line of text")
     return {
         "model": "speednet",
         "recipe": f"{recipe} (flip TTA)",
-        "test_acc_mean": result["acc_tta"],
-        "test_acc_std": result["acc_tta_std"],
-        "macro_f1_mean": statistics.fmean(r["macro_f1_tta"] for r in done) if done else 0.0,
-        "seeds": [str(r["seed"]) for r in result["seeds"]],
-        "epochs": int(cfg.trainer.max_epochs),
-        "train_seconds_mean": result["train_seconds"],
-        "device": result["device"],
-        "batch_size": int(cfg.data.batch_size),
-        "optimizer": dict(cfg.model.optimizer),
-        "params_total_keras": done[0]["params_total_keras"] if done else 0,
+        "test_acc_mean": float(result["acc_tta"]),
+        "test_acc_std": float(result["acc_tta_std"]),
+        "macro_f1_mean": statistics.fmean(float(r["macro_f1_tta"]) for r in done) if done else 0.0,
+        "seeds": [str(int(r["seed"])) for r in result["seeds"]],
+        "epochs": int(settings["epochs"]),
+        "train_seconds_mean": float(result["train_seconds"]),
+        "device": str(result["device"]),
+        "batch_size": int(settings["batch_size"]),
+        "optimizer": {str(k): float(v) if not isinstance(v, bool) else v for k, v in settings["optimizer"].items()},
+        "params_total_keras": int(done[0]["params_total_keras"]) if done else 0,
         "kind": "speedrun",
     }
 
@@ -188,6 +202,18 @@ def whitening_seconds(model: torch.nn.Module, images: torch.Tensor, device: torc
     return time.perf_counter() - start
 
 
+def add_saved_row(path: Path, docs: Path) -> None:
+    """Write the docs/ row of a tier measured earlier (its `--json` file): the row's figures, nothing else."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise ValueError("over 1 MiB")
+        row = results_row(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        sys.exit(f"error: --results-from {path}: not a tier's --json file ({error})")
+    write_results([row], docs)
+    print(f"{docs}/results.json and RESULTS.md: the row of {path} added")
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -218,7 +244,14 @@ def main() -> None:
     parser.add_argument(
         "--results", action="store_true", help="add the tier's row to docs/results.json and docs/RESULTS.md"
     )
+    parser.add_argument(
+        "--results-from", type=Path, help="add the row of a run's --json file to docs/ instead of running the tier"
+    )
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where --results writes (default: docs/)")
     args = parser.parse_args()
+    if args.results_from:
+        add_saved_row(args.results_from, args.docs)
+        return
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
 
@@ -266,6 +299,7 @@ def main() -> None:
             "lightning": lightning.__version__,
             "python": platform.python_version(),
             "seeds": rows,
+            "settings": recipe_settings(cfg),
         }
         # On a GPU the first seed pays the process's warm-up (cuDNN's autotuning): timed apart. A CPU has none.
         warm = rows[1:] if len(rows) > 1 and device.type == "cuda" else rows
@@ -306,8 +340,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.results:
-        write_results([results_row(result, cfg)], ROOT / "docs")
-        print("docs/results.json and docs/RESULTS.md: the tier's row added")
+        write_results([results_row(result)], args.docs)
+        print(f"{args.docs}/results.json and RESULTS.md: the tier's row added")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ from tests.conftest import compose_train, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(root: Path, out: Path, *extra: str) -> list[str]:
+def tiny(root: Path, out: Path, *extra: str, tier: str = "speedrun") -> list[str]:
     return [
-        "experiment=speedrun",
+        f"experiment={tier}",
         f"data.root={root}",
         "data.search_dirs=[]",
         f"output_dir={out}",
@@ -218,12 +218,45 @@ def test_speedrun_config_trains_two_steps_and_tests_with_tta(tiny_root, tmp_path
     assert metrics["steps"] == 2 and metrics["model"] == "speedrun"
     assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_tta"] <= 1  # TTA next to the plain figure
     model = load_model(tmp_path / metrics["best_checkpoint"])
-    assert isinstance(model, SpeedNet) and model.hparams["tta"] and model.hparams["label_smoothing"] == 0.2
+    assert isinstance(model, SpeedNet) and model.hparams["tta"] and model.hparams["label_smoothing"] == 0
     # the whitening was set from the training images (not left at its random initialisation)
     datamodule = FashionMNISTDataModule(root=str(tiny_root), search_dirs=())
     datamodule.setup("fit")
     weight, _ = whitening_filters(datamodule.train_set.images[:5000].float() / 255, model.whiten_eps)
     torch.testing.assert_close(model.whiten.weight.data, weight.contiguous(memory_format=torch.channels_last))
+
+
+# each tier's recipe, as docs/SPEEDRUN.md states it: widths, epochs, augmentation, label smoothing, target
+TIERS = {
+    "speedrun": ([32, 64, 128], 4, (0.5, 0), 0, 0.93),
+    "speedrun_94": ([48, 96, 192], 8, (0.5, 0), 0, 0.94),
+    "cpu95": ([64, 128, 256], 20, (0.5, 2), 0.2, 0.95),
+    "speedrun_95": ([128, 256, 256], 25, (0.5, 2), 0.2, 0.95),
+}
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_each_tier_composes_to_its_documented_recipe(tier, tmp_path):
+    cfg = compose_train([f"experiment={tier}", f"output_dir={tmp_path}"])
+    widths, epochs, (flip, padding), smoothing, target = TIERS[tier]
+    assert list(cfg.model.widths) == widths and cfg.trainer.max_epochs == epochs and cfg.tier == target
+    assert (cfg.data.augment.flip, cfg.data.augment.crop_padding) == (flip, padding)
+    assert cfg.model.label_smoothing == smoothing and cfg.name == tier
+    assert cfg.model.tta and cfg.model.lr_schedule and cfg.data.batch_size == 256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tier", ["speedrun_94", "cpu95"])
+def test_the_new_tiers_train_two_steps_in_bf16(tier, tiny_root, tmp_path):
+    cfg = compose_train(
+        tiny(
+            tiny_root, tmp_path, "trainer.limit_train_batches=2", "trainer=cpu_bf16", "trainer.max_epochs=1", tier=tier
+        )
+    )
+    metrics = train(cfg)
+    GlobalHydra.instance().clear()
+    assert metrics["steps"] == 2 and metrics["model"] == tier and 0 <= metrics["test/acc_tta"] <= 1
+    assert isinstance(load_model(tmp_path / metrics["best_checkpoint"]), SpeedNet)
 
 
 @pytest.mark.slow
@@ -290,3 +323,35 @@ def test_timing_harness_returns_figures_for_each_seed(tiny_root, tmp_path):
         assert 0 <= row["acc_plain"] <= 1 and 0 <= row["acc_tta"] <= 1 and row["seconds_tta"] > 0
     assert result["cnn_epoch_seconds"] > 0 and result["cnn_epochs"] > 0 and result["plain_seconds"] > 0
     assert 0 <= result["at_target"] <= 1 and "test accuracy with flip TTA" in done.stdout
+
+
+def _saved_tier(path: Path, **changes) -> Path:
+    row = {"seed": 0, "acc_tta": 0.94, "macro_f1_tta": 0.94, "params_total_keras": 1000}
+    result = {
+        "experiment": "speedrun_94",
+        "trainer": "cpu_bf16",
+        "overrides": [],
+        "device": "cpu (test)",
+        "acc_tta": 0.94,
+        "acc_tta_std": 0.001,
+        "train_seconds": 200.0,
+        "seeds": [row],
+        "settings": {"epochs": 8, "batch_size": 256, "optimizer": {"lr": 0.2, "nesterov": True}},
+    } | changes
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_a_saved_tier_becomes_a_results_row_and_a_bad_file_writes_nothing(tmp_path):
+    from benchmarks.speedrun import add_saved_row
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for bad in ({"device": "cpu\n| forged |"}, {"settings": None}, {"seeds": "x"}):
+        with pytest.raises(SystemExit) as refused:
+            add_saved_row(_saved_tier(tmp_path / "bad.json", **bad), docs)
+        assert str(refused.value).startswith("error:") and not list(docs.iterdir())
+    add_saved_row(_saved_tier(tmp_path / "good.json"), docs)
+    (row,) = json.loads((docs / "results.json").read_text()).values()
+    assert row["epochs"] == 8 and row["test_acc_mean"] == 0.94 and "experiment=speedrun_94" in row["recipe"]
+    assert "speedrun_94" in (docs / "RESULTS.md").read_text()
