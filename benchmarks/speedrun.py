@@ -1,6 +1,7 @@
 """Time to accuracy: a speedrun tier for N seeds through `fmnist.train`, then the same recipe in a plain loop.
 
-    python benchmarks/speedrun.py --trainer cpu_fast --seeds 5 --cnn-epoch       # the 2-core CPU tier
+    python benchmarks/speedrun.py --trainer cpu_bf16 --seeds 5 --cnn-epoch --plain   # the 2-core CPU's 93% tier
+    python benchmarks/speedrun.py --experiment cpu95 --trainer cpu_bf16 --seeds 3 --cnn-epoch   # its 95% tier
     python benchmarks/speedrun.py --experiment speedrun_94 --trainer gpu_fast --seeds 20
     python benchmarks/speedrun.py --seeds 2 -r model.label_smoothing=0          # an ablation
 
@@ -30,7 +31,9 @@ from pathlib import Path
 import hydra
 import lightning
 import torch
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torchmetrics.functional.classification import multiclass_f1_score
 from tqdm import tqdm
 
@@ -221,7 +224,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="speedrun", help="the tier's config: speedrun, speedrun_94, ...")
-    parser.add_argument("--trainer", default="cpu_fast", help="cpu_fast or gpu_fast")
+    parser.add_argument(
+        "--trainer", default="cpu_fast", help="cpu_fast, cpu_bf16 (a CPU with AVX512-BF16 or AMX) or gpu_fast"
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--cnn-epoch", action="store_true", help="also time one epoch of the study's CNN")
@@ -257,7 +262,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = args.override + args.recipe
-        cfg = compose_config([f"experiment={args.experiment}", f"trainer={args.trainer}", f"output_dir={tmp}"] + recipe)
+        try:
+            cfg = compose_config(
+                [f"experiment={args.experiment}", f"trainer={args.trainer}", f"output_dir={tmp}"] + recipe
+            )
+        except (HydraException, OmegaConfBaseException) as error:
+            sys.exit(f"error: {' '.join(str(error).split())[:300]} (the tier's config with {recipe or 'no overrides'})")
         target = float(cfg.tier)
         datamodule = hydra.utils.instantiate(cfg.data, device_resident=False)
         datamodule.setup("fit")

@@ -271,9 +271,12 @@ def test_a_scheduled_run_refuses_more_epochs_on_resume(tiny_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fast_trainer, precision", [("cpu_fast", "32-true"), ("cpu_bf16", "bf16-mixed")])
+@pytest.mark.parametrize(
+    "tier, fast_trainer, precision",
+    [("speedrun", "cpu_fast", "32-true"), ("speedrun", "cpu_bf16", "bf16-mixed"), ("cpu95", "cpu_bf16", "bf16-mixed")],
+)
 def test_fast_path_follows_the_default_path_with_schedule_and_augmentation(
-    tiny_root, tmp_path, fast_trainer, precision
+    tiny_root, tmp_path, tier, fast_trainer, precision
 ):
     # 360 training images in batches of 50: 8 batches an epoch (the last of 10), in chunks of 3 (3 + 3 + 2).
     # In bf16 the fast path's one autocast spans a chunk of optimizer steps: stale bf16 weights would show here.
@@ -283,7 +286,9 @@ def test_fast_path_follows_the_default_path_with_schedule_and_augmentation(
         ("fast", [f"trainer={fast_trainer}", "data.batches_per_step=3"]),
     )
     for name, extra in paths:
-        cfg = compose_train(tiny(tiny_root, tmp_path / name, "trainer.max_epochs=2", "data.eval_batch_size=50", *extra))
+        cfg = compose_train(
+            tiny(tiny_root, tmp_path / name, "trainer.max_epochs=2", "data.eval_batch_size=50", *extra, tier=tier)
+        )
         runs[name] = train(cfg)
         GlobalHydra.instance().clear()
     assert runs["fast"]["steps"] == runs["default"]["steps"] == 16
