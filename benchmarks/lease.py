@@ -46,7 +46,7 @@ START_SECONDS = 25.0  # one training process's own cost on the GPU machine: impo
 # (docs/BENCHMARKS.md, H200). The others are estimates until a lease measures them (docs/GPU.md).
 EPOCH_SECONDS = {"cnn": 0.70, "rnn": 0.42, "bilstm": 1.44, "lstm": 1.0, "gru": 1.0, "attention": 3.0, "resnet": 5.0}
 # Seconds per seed of a speedrun tier on gpu_fast (estimates), and the seeds the tier wants.
-SPEEDRUN = {"speedrun": (3.0, 20), "speedrun_94": (8.0, 10), "speedrun_95": (30.0, 3)}
+SPEEDRUN = {"speedrun": (3.0, 20), "speedrun_94": (4.0, 10), "speedrun_95": (30.0, 3)}
 DEFAULT_TIERS = ("beyond", "speedrun", "study", "tf32")
 DRY_TRAIN = [
     "trainer.max_epochs=1",

@@ -3,7 +3,7 @@
     python benchmarks/speedrun.py --trainer cpu_bf16 --seeds 5 --cnn-epoch --plain   # the 2-core CPU's 93% tier
     python benchmarks/speedrun.py --experiment cpu95 --trainer cpu_bf16 --seeds 3 --cnn-epoch   # its 95% tier
     python benchmarks/speedrun.py --experiment speedrun_94 --trainer gpu_fast --seeds 20
-    python benchmarks/speedrun.py --seeds 2 -r model.label_smoothing=0          # an ablation
+    python benchmarks/speedrun.py --seeds 2 -r model.label_smoothing=0.2        # an ablation
 
 The clock (airbench's convention): the data already on the device, from the first training step to the
 final weights with the device synchronised, validation excluded: the sum of the run's `epoch_seconds`
@@ -45,7 +45,8 @@ from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
 from fmnist.models.summary import keras_param_counts  # noqa: E402
-from fmnist.training.fit import train  # noqa: E402
+from fmnist.training.checks import check_config  # noqa: E402
+from fmnist.training.fit import build_model, train  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
 
@@ -93,6 +94,11 @@ def results_row(result: dict) -> dict:
     done = [r for r in result["seeds"] if "error" not in r]
     recipe = " ".join([f"experiment={result['experiment']}", f"trainer={result['trainer']}", *result["overrides"]])
     settings = result["settings"]
+    figures = [result["acc_tta"], result["acc_tta_std"], result["train_seconds"], *(r["acc_tta"] for r in done)]
+    if not result["seeds"] or not all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in figures):
+        raise ValueError("its seeds, accuracies and times must be finite non-negative numbers")
+    if not all(0 <= v <= 1 for v in figures[:2] + figures[3:]):
+        raise ValueError("an accuracy outside 0..1")
     for text in (recipe, result["device"]):
         if not isinstance(text, str) or not text.isprintable() or any(c in text for c in "|<>`"):
             raise ValueError(f"{text!r} is not a plain line of text")
@@ -110,6 +116,7 @@ def results_row(result: dict) -> dict:
         "optimizer": {str(k): float(v) if not isinstance(v, bool) else v for k, v in settings["optimizer"].items()},
         "params_total_keras": int(done[0]["params_total_keras"]) if done else 0,
         "kind": "speedrun",
+        "full_recipe": not result["overrides"],
     }
 
 
@@ -211,9 +218,12 @@ def add_saved_row(path: Path, docs: Path) -> None:
         if path.stat().st_size > 1 << 20:
             raise ValueError("over 1 MiB")
         row = results_row(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as error:
         sys.exit(f"error: --results-from {path}: not a tier's --json file ({error})")
-    write_results([row], docs)
+    try:
+        write_results([row], docs)
+    except (OSError, FmnistError) as error:
+        sys.exit(f"error: --docs {docs}: {error}")
     print(f"{docs}/results.json and RESULTS.md: the row of {path} added")
 
 
@@ -243,7 +253,7 @@ def main() -> None:
         "--recipe",
         action="append",
         default=[],
-        help="a Hydra override for the tier's runs only (an ablation: -r model.label_smoothing=0)",
+        help="a Hydra override for the tier's runs only (an ablation: -r model.label_smoothing=0.2)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument(
@@ -266,14 +276,15 @@ def main() -> None:
             cfg = compose_config(
                 [f"experiment={args.experiment}", f"trainer={args.trainer}", f"output_dir={tmp}"] + recipe
             )
-        except (HydraException, OmegaConfBaseException) as error:
+            check_config(cfg)  # the checks a run makes, before any data is read
+            target = float(cfg.tier)
+            model = build_model(cfg.model)  # its whitening settings, with the constructor's defaults
+            datamodule = hydra.utils.instantiate(cfg.data, device_resident=False)
+            datamodule.setup("fit")
+        except (HydraException, OmegaConfBaseException, FmnistError, ValueError) as error:
             sys.exit(f"error: {' '.join(str(error).split())[:300]} (the tier's config with {recipe or 'no overrides'})")
-        target = float(cfg.tier)
-        datamodule = hydra.utils.instantiate(cfg.data, device_resident=False)
-        datamodule.setup("fit")
         test_images, test_labels = datamodule.test_set.images, datamodule.test_set.labels
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-        model = hydra.utils.instantiate(cfg.model)  # its whitening settings, with the constructor's defaults
         whitened = getattr(model, "whitened", False)
         whiten = whitening_seconds(model, datamodule.train_set.images, device) if whitened else 0.0
         rows = []

@@ -359,4 +359,40 @@ def test_a_saved_tier_becomes_a_results_row_and_a_bad_file_writes_nothing(tmp_pa
     add_saved_row(_saved_tier(tmp_path / "good.json"), docs)
     (row,) = json.loads((docs / "results.json").read_text()).values()
     assert row["epochs"] == 8 and row["test_acc_mean"] == 0.94 and "experiment=speedrun_94" in row["recipe"]
+    assert row["full_recipe"]  # the tier as configured, though its 8 epochs are not conf/model/speednet.yaml's 4
     assert "speedrun_94" in (docs / "RESULTS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "bad, more",
+    [
+        ({"seeds": []}, {}),
+        ({"acc_tta": float("nan")}, {}),
+        ({"acc_tta": 1.5}, {}),
+        ({}, {"seed": 1e999}),
+        ({"device": "cpu | x"}, {}),
+    ],
+)
+def test_a_saved_tier_with_impossible_figures_is_refused(tmp_path, bad, more):
+    from benchmarks.speedrun import add_saved_row
+
+    path = _saved_tier(tmp_path / "bad.json", **bad)
+    if more:
+        result = json.loads(path.read_text().replace("NaN", "0"))
+        result["seeds"][0].update(more)
+        path.write_text(json.dumps(result))
+    with pytest.raises(SystemExit) as refused:
+        add_saved_row(path, tmp_path)
+    assert str(refused.value).startswith("error:") and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("override", ["model.label_smoothing=1.5", "model.nope=1", "trainer.max_epochs=-3"])
+def test_the_harness_refuses_a_bad_override_in_one_line_before_reading_data(override, no_data_access, monkeypatch):
+    from benchmarks import speedrun
+
+    monkeypatch.setattr(sys, "argv", ["speedrun.py", "--seeds", "1", "-r", override])
+    with pytest.raises(SystemExit) as refused:
+        speedrun.main()
+    GlobalHydra.instance().clear()
+    message = str(refused.value)
+    assert message.startswith("error:") and "\n" not in message and override.split("=")[0].split(".")[-1] in message

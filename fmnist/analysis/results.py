@@ -75,7 +75,8 @@ def results_json(rows: list[dict]) -> dict:
         key = row["model"] if row["epochs"] == recipe else f"{row['model']}@{row['epochs']}ep"
         key += "" if key not in out else f" ({row['recipe']})"
         out[key] = {k: row[k] for k in ROW_KEYS} | ({"kind": row["kind"]} if "kind" in row else {})
-        out[key]["full_recipe"] = row["epochs"] == recipe
+        # a speedrun tier's row says itself whether it ran the tier as configured (its epochs are the tier's)
+        out[key]["full_recipe"] = bool(row.get("full_recipe", row["epochs"] == recipe))
     return out
 
 
