@@ -70,14 +70,15 @@ bench-keras: install .venv-keras/bin/python ## the same, plus the study's Keras 
 tensorboard: install ## serve TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-lint: install ## ruff: lint and format check, as CI runs it before the tests (fix: ruff check --fix . && ruff format .)
+lint: install ## ruff (style, docstrings) and import-linter (the layers), as CI runs them before the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
-test: install ## run the whole test suite (what CI runs)
-	$(PY) -m pytest
+test: install ## the whole suite on two workers with line coverage of fmnist/ (what CI runs)
+	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term
 
-test-fast: install ## the fast tier for the edit-test loop: unit tests on the tiny data, no training subprocess (< 1 min)
+test-fast: install ## the unit tier for the edit-test loop: no training of a real network, no subprocess
 	$(PY) -m pytest -m "not slow" -q
 
 clean: ## delete run outputs and caches (keeps .venv and data/)

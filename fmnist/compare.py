@@ -13,6 +13,7 @@ from fmnist.utils.errors import FmnistError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Compare the runs given on the command line; return the exit status (0, or 2 after printing the error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders or multirun folders")
     parser.add_argument("--out", help="where to write (default: the first folder given)")

@@ -24,6 +24,7 @@ from fmnist.utils.errors import FmnistError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train and tabulate, only tabulate, or import a lease; return the exit status (0, 2 or the multirun's)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["cnn", "rnn", "bilstm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import logging
 import os
+import runpy
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +109,107 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m fmnist.<args>` in a subprocess, as a user would type it."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+# FMNIST_TEST_PROCESS=1 runs every command of the suite in a fresh interpreter, as before run_cli ran them in-process.
+ALWAYS_A_PROCESS = os.environ.get("FMNIST_TEST_PROCESS") == "1"
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300, process: bool = False) -> subprocess.CompletedProcess:
+    """`python -m fmnist.<args>` as a user would type it: its exit status, stdout and stderr.
+
+    It runs inside the test process (`runpy`, as `python -m` does, with the interpreter's global state put
+    back afterwards), which spares each call the ~6 s of imports of a fresh interpreter. `process=True`
+    starts a real one: for what only a process shows (signals, a clean import, concurrency, a timeout).
+    """
+    if process or ALWAYS_A_PROCESS:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        )
+    return run_in_process(args[0], list(args[1:]), cwd)
+
+
+@contextlib.contextmanager
+def _interpreter_state_restored():
+    """Put back what a command changes in the interpreter: argv, cwd, environment, logging, warnings filters,
+    signal handlers, torch's global settings and Hydra's global config."""
+    import torch
+
+    argv, cwd, environ = sys.argv[:], os.getcwd(), dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    loggers = [logging.root, *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    logger_state = [(lg, lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    disable = logging.root.manager.disable
+    torch_state = (torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.get_default_dtype())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.argv[:] = argv
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for logger in [logging.root, *logging.root.manager.loggerDict.values()]:
+            if isinstance(logger, logging.Logger) and logger not in loggers:
+                logger.handlers.clear()  # a logger the command made: its handlers held the command's streams
+        for logger, logger_handlers, level, disabled, propagate in logger_state:
+            logger.handlers[:] = logger_handlers
+            logger.setLevel(level)
+            logger.disabled, logger.propagate = disabled, propagate
+        logging.disable(disable)
+        threads, precision, dtype = torch_state
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
+        torch.set_default_dtype(dtype)
+        torch.set_flush_denormal(False)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        GlobalHydra.instance().clear()
+
+
+def run_in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m module args...` run by runpy in this interpreter; what it prints is captured, what it raises
+    becomes an exit status as Python's own would (SystemExit's code or message; a traceback and 1)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _interpreter_state_restored(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        os.environ["HYDRA_FULL_ERROR"] = "0"
+        os.chdir(cwd)
+        sys.argv[:] = [module, *args]
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            status = 0
+        except SystemExit as stop:
+            if stop.code is None or isinstance(stop.code, int):
+                status = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+                status = 1
+        except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback and status 1
+            traceback.print_exc()
+            status = 1
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.CompletedProcess(command, status, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_error_names(message: str, *named: str) -> str:
+    """An error's message is one line and names each of `named` (the key, the bad value, the fix's setting):
+    what it says around them is the code's to word."""
+    assert message and "\n" not in message.strip(), message
+    for needle in named:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    return message
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *named: str) -> str:
+    """A command failed as a user should see it: a non-zero status, no traceback, and one line starting
+    `error:` that names each of `named`; returns that line."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return assert_error_names(errors[0], *named)
 
 
 def trained_run_overrides(tiny_root: Path) -> list[str]:

@@ -75,8 +75,18 @@ def test_constructors_refuse_settings_a_checkpoint_could_carry(cls, options, wor
         cls(**options)
 
 
+# The smallest network of each class that shows the property runs in the unit tier; the recipe's size in the slow one.
+SMALL = {
+    StackedLSTM: {"units": (32, 16, 8)},
+    StackedGRU: {"units": (32, 16, 8)},
+    PatchTransformer: {"dim": 64, "depth": 1, "heads": 2},
+    PreActWideResNet: {"depth": 10, "widen": 1},
+}
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("recipe", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("cls, name, _total, _trainable, _width", BEYOND)
-def test_two_batches_of_training_lower_the_loss(cls, name, _total, _trainable, _width):
+def test_two_batches_of_training_lower_the_loss(cls, name, _total, _trainable, _width, size):
     torch.manual_seed(0)
     images, labels = tiny_split(64, seed=3)
     batches = [
@@ -87,7 +97,7 @@ def test_two_batches_of_training_lower_the_loss(cls, name, _total, _trainable, _
         for i in (0, 32)
     ]
     options = {"dropout": 0.0} if cls in (PatchTransformer, PreActWideResNet) else {}
-    model = cls(**options).train()
+    model = cls(**options, **(SMALL[cls] if size == "small" else {})).train()
     optimizer = model.configure_optimizers()  # the class's default optimizer (the recipe's lives in its config)
 
     def loss() -> float:

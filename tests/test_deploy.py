@@ -60,6 +60,7 @@ def test_cluster_command_writes_scores_map_and_projector(trained_run, tiny_root,
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("real_bilstm")  # one worker trains it
 def test_trained_embedding_groups_better_than_pixels(real_bilstm, tmp_path):
     result = run_cli(
         "fmnist.cluster", f"ckpt_path={real_bilstm}", f"output_dir={tmp_path}", "projector=false", cwd=tmp_path
@@ -81,6 +82,7 @@ def test_preprocessing_recovers_a_fashion_mnist_like_image():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("real_bilstm")  # one worker trains it
 def test_predict_shop_photos_and_report_bad_files(real_bilstm, tmp_path):
     from fmnist.data.idx import CLASS_NAMES, ensure_raw_files, load_split
 

@@ -5,7 +5,6 @@ import ast
 import csv
 import errno
 import json
-import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -26,7 +25,14 @@ from fmnist.models.checkpoint import load_model
 from fmnist.training.fit import train
 from fmnist.utils.config import compose_config
 from fmnist.utils.errors import FmnistError
-from tests.conftest import ROOT, idx_bytes, run_cli, write_tiny_fashion_mnist
+from tests.conftest import (
+    ROOT,
+    assert_error_names,
+    assert_one_error_line,
+    idx_bytes,
+    run_cli,
+    write_tiny_fashion_mnist,
+)
 
 # ---- config values: refused before any data is read or any folder made -----------------------------------
 
@@ -37,92 +43,38 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))
 
 
-LIMIT = "must be an integer >= 1 (batches) or a fraction in (0, 1] (or null)"
-NO_GPU = (
-    "this machine has no GPU that torch can use. Fix: train on the CPU with trainer.accelerator=cpu "
-    "(trainer=cpu_fast in place of trainer=gpu_fast, trainer=ddp_cpu in place of trainer=ddp)"
-)
-
-
 @pytest.mark.parametrize(
-    "model, override, message",
+    "model, override, named",
     [
-        ("rnn", "seed=-5", "seed=-5 is out of range: must be an integer from 0 to 4294967295 (or null)"),
-        (
-            "rnn",
-            "seed=4294967296",
-            "seed=4294967296 is out of range: must be an integer from 0 to 4294967295 (or null)",
-        ),
-        (
-            "cnn",
-            "model.conv_dropout=[0.2]",
-            "model.conv_dropout=[0.2] is not a list of 3 numbers: must be a list of 3 "
-            "numbers in [0, 1), one per convolution stage",
-        ),
-        (
-            "cnn",
-            "model.conv_dropout=[0.2,0.3,1.0]",
-            "model.conv_dropout=[0.2, 0.3, 1.0] is out of range: must be a list "
-            "of 3 numbers in [0, 1), one per convolution stage",
-        ),
-        ("cnn", "model.dense_dropout=-0.1", "model.dense_dropout=-0.1 is out of range: must be a number in [0, 1)"),
-        ("bilstm", "model.dropout=abc", "model.dropout=abc is not a number: must be a number in [0, 1)"),
-        (
-            "rnn",
-            "trainer.max_time=abc",
-            "trainer.max_time=abc is not a duration DD:HH:MM:SS: must be a duration "
-            "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)",
-        ),
-        (
-            "rnn",
-            "trainer.max_time=00:00:00:00",
-            "trainer.max_time=00:00:00:00 is out of range: must be a duration "
-            "DD:HH:MM:SS longer than 0, e.g. 00:12:00:00 for 12 hours (or null)",
-        ),
-        ("rnn", "trainer.limit_train_batches=0", f"trainer.limit_train_batches=0 is out of range: {LIMIT}"),
-        ("rnn", "trainer.limit_val_batches=0.0", f"trainer.limit_val_batches=0.0 is out of range: {LIMIT}"),
-        ("rnn", "trainer.limit_test_batches=2.5", f"trainer.limit_test_batches=2.5 is out of range: {LIMIT}"),
-        (
-            "rnn",
-            "trainer.max_steps=0",
-            "trainer.max_steps=0 is out of range: must be an integer >= 1 (or -1 for no limit)",
-        ),
+        ("rnn", "seed=-5", ("seed=-5",)),
+        ("rnn", "seed=4294967296", ("seed=4294967296",)),
+        ("cnn", "model.conv_dropout=[0.2]", ("model.conv_dropout=[0.2]",)),
+        ("cnn", "model.conv_dropout=[0.2,0.3,1.0]", ("model.conv_dropout=[0.2, 0.3, 1.0]",)),
+        ("cnn", "model.dense_dropout=-0.1", ("model.dense_dropout=-0.1",)),
+        ("bilstm", "model.dropout=abc", ("model.dropout=abc",)),
+        ("rnn", "trainer.max_time=abc", ("trainer.max_time=abc",)),
+        ("rnn", "trainer.max_time=00:00:00:00", ("trainer.max_time=00:00:00:00",)),
+        ("rnn", "trainer.limit_train_batches=0", ("trainer.limit_train_batches=0",)),
+        ("rnn", "trainer.limit_val_batches=0.0", ("trainer.limit_val_batches=0.0",)),
+        ("rnn", "trainer.limit_test_batches=2.5", ("trainer.limit_test_batches=2.5",)),
+        ("rnn", "trainer.max_steps=0", ("trainer.max_steps=0",)),
         (
             "rnn",
             "trainer.check_val_every_n_epoch=3",
-            "trainer.check_val_every_n_epoch=3 is more than trainer.max_epochs=1: no epoch would be validated "
-            "and no best "
-            "checkpoint kept. Fix: lower trainer.check_val_every_n_epoch",
+            ("trainer.check_val_every_n_epoch=3", "trainer.max_epochs=1"),
         ),
-        (
-            "rnn",
-            "trainer.accelerator=abc",
-            "trainer.accelerator=abc is not one of Lightning's accelerators: must be auto, gpu or cpu, cuda, mps, tpu",
-        ),
-        (
-            "rnn",
-            "trainer.devices=0",
-            "trainer.devices=0 is out of range: must be an integer >= 1, -1 for all, a list of device numbers or auto",
-        ),
-        (
-            "rnn",
-            "trainer.devices=[0,1]",
-            "trainer.devices=[0, 1] cannot run on cpu here: `devices` selected with "
-            "`CPUAccelerator` should be an int > 0. Fix: trainer.devices=1, or auto",
-        ),
-        (
-            "rnn",
-            "data.val_fraction=abc",
-            "data.val_fraction=abc is not a number: must be a number strictly between 0 and 1",
-        ),
+        ("rnn", "trainer.accelerator=abc", ("trainer.accelerator=abc", "cpu")),
+        ("rnn", "trainer.devices=0", ("trainer.devices=0",)),
+        ("rnn", "trainer.devices=[0,1]", ("trainer.devices=[0, 1]", "trainer.devices=1")),
+        ("rnn", "data.val_fraction=abc", ("data.val_fraction=abc",)),
     ],
 )
 def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
-    train_cfg, tmp_path, no_data_access, model, override, message
+    train_cfg, tmp_path, no_data_access, model, override, named
 ):
     with pytest.raises(FmnistError) as info:
         train(train_cfg(model, f"output_dir={tmp_path / 'run'}", override))
-    assert str(info.value) == message
+    assert_error_names(str(info.value), *named)
     assert not (tmp_path / "run").exists()
 
 
@@ -130,10 +82,7 @@ def test_data_root_that_is_a_file_is_refused_before_any_data(train_cfg, tmp_path
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(FmnistError) as info:
         train(train_cfg("rnn", f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'notes.txt'}"))
-    assert str(info.value) == (
-        f"data.root={tmp_path / 'notes.txt'} is a file, not a folder: the data goes to "
-        "<data.root>/FashionMNIST/raw/. Fix: give a folder, e.g. data.root=data"
-    )
+    assert_error_names(str(info.value), f"data.root={tmp_path / 'notes.txt'}", "data.root=data")
     assert not (tmp_path / "run").exists()
 
 
@@ -145,54 +94,30 @@ def test_a_gpu_trainer_on_a_machine_without_gpu_is_refused(tmp_path, tiny_root, 
             train(cfg)
     finally:
         GlobalHydra.instance().clear()
-    assert str(info.value) == f"trainer.accelerator=gpu: {NO_GPU}"
+    assert_error_names(str(info.value), "trainer.accelerator=gpu", "trainer.accelerator=cpu")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
-    "model, override, message",
+    "model, override, named",
     [
-        (
-            "rnn",
-            "data.val_fraction=0.99999",
-            "data.batch_size=50 is larger than the training split: "
-            "data.val_fraction=0.99999 leaves 0 of the 400 training images. Fix: lower "
-            "data.batch_size or data.val_fraction",
-        ),
-        (
-            "rnn",
-            "data.batch_size=1000",
-            "data.batch_size=1000 is larger than the training split: data.val_fraction=0.1 "
-            "leaves 360 of the 400 training images. Fix: lower data.batch_size or "
-            "data.val_fraction",
-        ),
-        (
-            "rnn",
-            "data.val_fraction=1e-6",
-            "data.val_fraction=1e-06 leaves no validation image (400 x 1e-06 rounds to 0), "
-            "so no best checkpoint could be chosen. Fix: data.val_fraction=0.0025 or more",
-        ),
-        (
-            "cnn",
-            "data.batch_size=359",
-            "data.batch_size=359 leaves a last training batch of 1 image (360 = 1 x 359 + 1), "
-            "which CNN's BatchNorm cannot train on. Fix: choose another data.batch_size",
-        ),
+        ("rnn", "data.val_fraction=0.99999", ("data.batch_size=50", "data.val_fraction=0.99999")),
+        ("rnn", "data.batch_size=1000", ("data.batch_size=1000", "data.val_fraction")),
+        ("rnn", "data.val_fraction=1e-6", ("data.val_fraction=1e-06", "data.val_fraction=0.0025")),
+        ("cnn", "data.batch_size=359", ("data.batch_size=359", "BatchNorm")),
         (
             "rnn",
             "trainer.limit_train_batches=0.001",
-            "trainer.limit_train_batches=0.001 leaves no training batch (8 "
-            "batches x 0.001 < 1). Fix: trainer.limit_train_batches=1 (an "
-            "integer counts batches), or a larger share",
+            ("trainer.limit_train_batches=0.001", "trainer.limit_train_batches=1"),
         ),
     ],
 )
 def test_splits_training_cannot_use_are_refused_from_the_headers_before_training(
-    train_cfg, tmp_path, model, override, message
+    train_cfg, tmp_path, model, override, named
 ):
     with pytest.raises(FmnistError) as info:
         train(train_cfg(model, override))
-    assert str(info.value) == message
+    assert_error_names(str(info.value), *named)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
@@ -200,12 +125,10 @@ def test_splits_training_cannot_use_are_refused_from_the_headers_before_training
 def test_cli_bad_seed_is_one_line(tmp_path):
     result = run_cli("fmnist.train", "seed=-5", cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: seed=-5 is out of range: must be an integer from 0 to 4294967295 (or null)"
+    assert_one_error_line(result, "seed=-5")
 
 
 # ---- broken data ------------------------------------------------------------------------------------------
-
-FIX_RAW = "Fix: replace it with the original Fashion-MNIST file"
 
 
 def _make_folder(path: Path) -> None:
@@ -214,28 +137,23 @@ def _make_folder(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, damage, message",
+    "name, damage, named",
     [
-        (
-            "train-images-idx3-ubyte",
-            _make_folder,
-            "is a folder, not an IDX file of images. Fix: remove the folder and put the original "
-            "Fashion-MNIST file there",
-        ),
-        ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b""), f"is empty (0 bytes). {FIX_RAW}"),
+        ("train-images-idx3-ubyte", _make_folder, ("is a folder",)),
+        ("t10k-labels-idx1-ubyte", lambda p: p.write_bytes(b""), ("is empty", "0 bytes")),
         (
             "train-images-idx3-ubyte",
             lambda p: p.write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8))),
-            f"holds no images: its header announces 0x28x28. {FIX_RAW}",
+            ("no images", "0x28x28"),
         ),
     ],
 )
-def test_a_broken_raw_file_is_one_error_naming_it(tmp_path, name, damage, message):
+def test_a_broken_raw_file_is_one_error_naming_it(tmp_path, name, damage, named):
     raw = write_tiny_fashion_mnist(raw_folder(tmp_path / "root"))
     damage(raw / name)
     with pytest.raises(FmnistError) as info:
         FashionMNISTDataModule(root=str(tmp_path / "root"), search_dirs=[]).setup()
-    assert str(info.value) == f"{raw / name} {message}"
+    assert_error_names(str(info.value), str(raw / name), *named)
 
 
 def test_a_raw_folder_that_cannot_be_made_is_one_error(tmp_path):
@@ -244,10 +162,7 @@ def test_a_raw_folder_that_cannot_be_made_is_one_error(tmp_path):
     raw = raw_folder(tmp_path / "a_file" / "root")
     with pytest.raises(FmnistError) as info:
         ensure_raw_files(tmp_path / "a_file" / "root", search_dirs=[str(debian)])
-    assert str(info.value) == (
-        f"cannot place the Fashion-MNIST files in {raw}: Not a directory. Fix: choose a "
-        "writable folder with data.root=PATH"
-    )
+    assert_error_names(str(info.value), str(raw), "Not a directory", "data.root=PATH")
 
 
 def _interrupt(*args, **kwargs):
@@ -259,10 +174,7 @@ def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, mon
     with pytest.raises(SystemExit) as info:
         load_split(tiny_root, train=True)
     assert info.value.code == 130
-    assert capsys.readouterr().err == (
-        f"interrupted while reading the Fashion-MNIST files in {raw_folder(tiny_root)}: "
-        "nothing was trained; run the command again to start over\n"
-    )
+    assert_error_names(capsys.readouterr().err, "interrupted", str(raw_folder(tiny_root)), "nothing was trained")
 
 
 def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
@@ -272,9 +184,7 @@ def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(
         ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
     assert info.value.code == 130
     raw = raw_folder(tmp_path / "root")
-    assert capsys.readouterr().err.startswith(
-        f"interrupted while unpacking the Fashion-MNIST files from {debian} into {raw}: nothing was trained"
-    )
+    assert_error_names(capsys.readouterr().err, "interrupted", str(debian), str(raw), "nothing was trained")
     assert list(raw.iterdir()) == []  # the staging folder went with the interrupt
 
 
@@ -306,9 +216,10 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
         timeout=120,
+        process=True,  # a real SIGINT, and the script beside it as a module
     )
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith("interrupted while reading the Fashion-MNIST files in ")
+    assert_error_names(result.stderr.strip().splitlines()[-1], "interrupted", str(raw_folder(tiny_root)))
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -320,10 +231,7 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
 def test_cli_a_missing_ckpt_path_is_one_line(tmp_path, command):
     result = run_cli(command, cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (
-        "error: ckpt_path is required: add ckpt_path=... (a checkpoint file, e.g. "
-        "outputs/cnn/<run>/checkpoints/last.ckpt)"
-    )
+    assert_one_error_line(result, "required", "ckpt_path=")
 
 
 # Where each command's logic (and its load_model) lives: the command modules are thin entry points.
@@ -361,30 +269,22 @@ def garments(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name, overrides, message",
+    "name, overrides, named",
     [
-        ("predict", ["inputs=x.png", "top_k=abc"], "top_k=abc is not an integer: must be an integer >= 1"),
-        ("predict", ["inputs=x.png", "batch_size=0"], "batch_size=0 is out of range: must be an integer >= 1"),
-        ("predict", [], "inputs is required: add inputs=... (an image file or a folder of them)"),
-        ("cluster", ["k=abc"], "k=abc is not an integer: must be an integer >= 2"),
-        ("cluster", ["seed=-1"], "seed=-1 is out of range: must be an integer from 0 to 4294967295"),
-        (
-            "cluster",
-            ["pixels_pca=0"],
-            "pixels_pca=0 is out of range: must be an integer >= 1 (or null: all 784 pixels)",
-        ),
-        ("evaluate", ["split=train"], "split=train is not test or val: must be test or val"),
-        (
-            "evaluate",
-            ["data.eval_batch_size=0"],
-            "data.eval_batch_size=0 is out of range: must be an integer >= 1 (or null)",
-        ),
-        ("export", ["tolerance=abc"], "tolerance=abc is not a number: must be a number >= 0"),
-        ("export", ["format=pickle"], "format=pickle is not onnx or torchscript: must be onnx or torchscript"),
-        ("export", ["overwrite=maybe"], "overwrite=maybe is not true or false: must be true or false"),
+        ("predict", ["inputs=x.png", "top_k=abc"], ("top_k=abc",)),
+        ("predict", ["inputs=x.png", "batch_size=0"], ("batch_size=0",)),
+        ("predict", [], ("required", "inputs=")),
+        ("cluster", ["k=abc"], ("k=abc",)),
+        ("cluster", ["seed=-1"], ("seed=-1",)),
+        ("cluster", ["pixels_pca=0"], ("pixels_pca=0",)),
+        ("evaluate", ["split=train"], ("split=train",)),
+        ("evaluate", ["data.eval_batch_size=0"], ("data.eval_batch_size=0",)),
+        ("export", ["tolerance=abc"], ("tolerance=abc",)),
+        ("export", ["format=pickle"], ("format=pickle", "onnx", "torchscript")),
+        ("export", ["overwrite=maybe"], ("overwrite=maybe",)),
     ],
 )
-def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, overrides, message, monkeypatch):
+def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, overrides, named, monkeypatch):
     monkeypatch.setattr(f"{LOGIC[name]}.load_model", lambda path: pytest.fail("the checkpoint was read"))
     function, cfg = _command(
         name,
@@ -394,28 +294,21 @@ def test_bad_command_values_fail_before_the_checkpoint_is_read(tmp_path, name, o
     )
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == message
+    assert_error_names(str(info.value), *named)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["evaluate", "cluster"])
 @pytest.mark.parametrize(
-    "device, message",
-    [
-        (
-            "cuda",
-            "device=cuda: this machine has no CUDA GPU that torch can use. Fix: device=cpu (or device=auto, which "
-            "picks a GPU when there is one)",
-        ),
-        ("abc", "device=abc is not a device: use device=auto, cpu, cuda or cuda:N"),
-    ],
+    "device, named",
+    [("cuda", ("device=cuda", "device=cpu")), ("abc", ("device=abc", "device=auto"))],
 )
-def test_a_device_this_machine_lacks_is_one_error(tmp_path, ckpt, monkeypatch, name, device, message):
+def test_a_device_this_machine_lacks_is_one_error(tmp_path, ckpt, monkeypatch, name, device, named):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"device={device}", f"output_dir={tmp_path / 'out'}")
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == message
+    assert_error_names(str(info.value), *named)
     assert not (tmp_path / "out").exists()
 
 
@@ -437,9 +330,7 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, 
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'a_file'}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (
-        f"the output folder {tmp_path / 'a_file'} is a file, not a folder. Fix: choose a folder with output_dir=PATH"
-    )
+    assert_error_names(str(info.value), str(tmp_path / "a_file"), "is a file", "output_dir=PATH")
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -448,10 +339,7 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_error(tmp_path, ckpt, 
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'ro'}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (
-        f"cannot write to the output folder {tmp_path / 'ro'}: Read-only file system. Fix: "
-        "choose a writable folder with output_dir=PATH"
-    )
+    assert_error_names(str(info.value), str(tmp_path / "ro"), "Read-only file system", "output_dir=PATH")
 
 
 @pytest.mark.slow
@@ -467,12 +355,7 @@ def test_cli_evaluate_into_the_run_folder_keeps_the_training_metrics(trained_run
     ]
     result = run_cli(*args, cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert re.fullmatch(
-        rf"error: {re.escape(str(run))}/\S+ already exists \(and \d+ more of the files it writes\) and "
-        r"would be replaced\. Fix: choose another output_dir=PATH, or add overwrite=true to replace "
-        "it",
-        result.stderr.strip(),
-    )
+    assert_one_error_line(result, f"{run}/", "already exists", "output_dir=PATH", "overwrite=true")
     assert (run / "metrics.json").read_bytes() == before
     result = run_cli(*args, "overwrite=true", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -488,9 +371,7 @@ def test_export_never_replaces_the_checkpoint_nor_an_existing_file(tmp_path, ckp
         )
         with pytest.raises(FmnistError) as info:
             export(cfg)
-        assert str(info.value) == (
-            f"{copy} is the checkpoint being exported: the export would replace it. Fix: choose another output=PATH"
-        )
+        assert_error_names(str(info.value), str(copy), "being exported", "output=PATH")
     assert copy.read_bytes() == before
     (tmp_path / "last.ts.pt").write_text("someone's file")
     export, cfg = _command(
@@ -498,10 +379,7 @@ def test_export_never_replaces_the_checkpoint_nor_an_existing_file(tmp_path, ckp
     )
     with pytest.raises(FmnistError) as info:
         export(cfg)
-    assert str(info.value) == (
-        f"{tmp_path / 'last.ts.pt'} already exists and would be replaced. Fix: choose another "
-        "output=PATH, or add overwrite=true to replace it"
-    )
+    assert_error_names(str(info.value), str(tmp_path / "last.ts.pt"), "already exists", "output=PATH", "overwrite=true")
     assert (tmp_path / "last.ts.pt").read_text() == "someone's file"
 
 
@@ -517,10 +395,7 @@ def test_predict_and_cluster_never_replace_files_without_overwrite(tmp_path, ckp
     function, cfg = _command(name, f"ckpt_path={ckpt}", f"output_dir={out}", *extra)
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (
-        f"{out / existing} already exists and would be replaced. Fix: choose another "
-        "output_dir=PATH, or add overwrite=true to replace it"
-    )
+    assert_error_names(str(info.value), str(out / existing), "already exists", "output_dir=PATH", "overwrite=true")
     assert (out / existing).read_text() == "kept" and len(list(out.rglob("*"))) == len(Path(existing).parts)
 
 
@@ -533,17 +408,13 @@ def test_a_decompression_bomb_is_an_error_row_and_the_other_files_are_predicted(
     files = sorted(garments.iterdir())
     results = predict_files(load_model(ckpt), files)
     rows = {Path(r["file"]).name: r for r in results}
-    assert rows["bomb.png"] == {
-        "file": str(garments / "bomb.png"),
-        "error": "too large: more than the 50,000,000 pixels fmnist decodes (a decompression bomb?)",
-    }
+    assert rows["bomb.png"].keys() == {"file", "error"} and rows["bomb.png"]["file"] == str(garments / "bomb.png")
+    assert_error_names(rows["bomb.png"]["error"], "too large", "50,000,000")
     assert all(len(rows[f"{i}.png"]["top"]) == 3 for i in range(3))
     # below Pillow's own bomb error but above fmnist's limit: refused from the header, before decoding
     Image.new("1", (8000, 8000)).save(garments / "big.png")
     (row,) = predict_files(load_model(ckpt), [garments / "big.png"])
-    assert row["error"] == (
-        "too large: 8000x8000 pixels, more than the 50,000,000 fmnist decodes (a decompression bomb?)"
-    )
+    assert_error_names(row["error"], "too large", "8000x8000", "50,000,000")
 
 
 def test_predict_works_in_bounded_batches_and_keeps_the_order(tmp_path, garments):
@@ -588,11 +459,7 @@ def test_cli_predict_with_a_nan_checkpoint_is_one_line_and_valid_json(tmp_path, 
         "fmnist.predict", f"ckpt_path={tmp_path / 'nan.ckpt'}", f"inputs={garments}", cwd=tmp_path, timeout=120
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (
-        "error: no prediction for the 3 input file(s): the model's output is not a number "
-        "(NaN or inf): the checkpoint's weights are broken. Fix: use a checkpoint from "
-        "before the run diverged"
-    )
+    assert_one_error_line(result, "3 input file", "NaN")
     json.loads((tmp_path / "predictions.json").read_text(), parse_constant=pytest.fail)
 
 
@@ -612,7 +479,7 @@ def test_a_newline_in_a_file_name_is_escaped_in_the_table_only(tmp_path, ckpt, g
 def test_only_plain_image_formats_are_decoded(tmp_path, ckpt):
     Image.new("RGB", (28, 28)).save(tmp_path / "garment.eps")  # Pillow would hand EPS to Ghostscript
     (row,) = predict_files(load_model(ckpt), [tmp_path / "garment.eps"])
-    assert row["error"] == "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"
+    assert_error_names(row["error"], "PNG", "JPEG", "TIFF")
 
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
@@ -620,13 +487,15 @@ def test_a_float_image_with_nan_or_inf_pixels_is_refused(tmp_path, bad):
     garment = np.zeros((60, 40), np.float32)
     garment[10:50, 12:30] = 0.8
     garment[20:30, 15:25] = bad
-    with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
+    with pytest.raises(ValueError) as info:
         to_fashion_mnist(Image.fromarray(garment))  # mode "F", as a float TIFF opens
+    assert_error_names(str(info.value), "NaN", "infinite")
     Image.fromarray(garment).save(tmp_path / "float.tif")
     from fmnist.deploy.predict import load_image
 
-    with pytest.raises(ValueError, match=r"^the image has pixels that are NaN or infinite$"):
+    with pytest.raises(ValueError) as info:
         load_image(tmp_path / "float.tif")
+    assert_error_names(str(info.value), "NaN", "infinite")
 
 
 def test_explore_never_replaces_samples_png_without_overwrite(tmp_path, monkeypatch):
@@ -639,11 +508,11 @@ def test_explore_never_replaces_samples_png_without_overwrite(tmp_path, monkeypa
     function, cfg = _command("explore", f"output_dir={tmp_path}")
     with pytest.raises(FmnistError) as info:
         function(cfg)
-    assert str(info.value) == (
-        f"{tmp_path / 'samples.png'} already exists and would be replaced. Fix: choose "
-        "another output_dir=PATH, or add overwrite=true to replace it"
+    assert_error_names(
+        str(info.value), str(tmp_path / "samples.png"), "already exists", "output_dir=PATH", "overwrite=true"
     )
     assert (tmp_path / "samples.png").read_text() == "kept"
     function, cfg = _command("explore", f"output_dir={tmp_path}", "overwrite=maybe")
-    with pytest.raises(FmnistError, match="^overwrite=maybe is not true or false"):
+    with pytest.raises(FmnistError) as info:
         function(cfg)
+    assert_error_names(str(info.value), "overwrite=maybe")

@@ -24,7 +24,7 @@ from fmnist.compare import main as compare_main
 from fmnist.data.datamodule import EpochShuffle
 from fmnist.training.sweeps import job_rows
 from fmnist.utils.errors import FmnistError
-from tests.conftest import N_TRAIN, ROOT, compose_train
+from tests.conftest import N_TRAIN, ROOT, compose_train, run_cli
 
 TINY = ["data.search_dirs=[]", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "torch_threads=1"]
 N_TRAIN_SPLIT = N_TRAIN - N_TRAIN // 10
@@ -75,8 +75,11 @@ class RecordOrder(L.Callback):
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def run_fmnist(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m fmnist.<args>` with this repository on the path, so that jobs can load the helpers above."""
+def run_fmnist(*args: str, cwd: Path, timeout: int = 300, process: bool = False) -> subprocess.CompletedProcess:
+    """`python -m fmnist.<args>` (in this process as run_cli runs it, or in a fresh one with this repository on
+    the path), so that jobs can load the helpers above."""
+    if not process:
+        return run_cli(*args, cwd=cwd)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
@@ -316,6 +319,7 @@ def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_
         "+callbacks.record._target_=tests.test_hardening_sweeps.RecordOrder",
         f"+callbacks.record.path={tmp_path / 'orders'}",
         cwd=tmp_path,
+        process=True,  # Lightning starts the second rank by running the command line again
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / "orders" / f"rank{r}.json").read_text()) for r in (0, 1)]

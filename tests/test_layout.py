@@ -1,5 +1,6 @@
-"""The package's layout holds: one-way imports between its layers, the commands that pyproject declares,
-module docstrings, the config groups' packages, and old run folders that name classes where they used to be."""
+"""The package's layout holds: the import contracts cover every layer, the commands that pyproject declares,
+docstrings name real files, the config groups' packages, and old run folders that name classes where they
+used to be. Import direction and docstring style are `make lint`'s (import-linter, ruff's D rules)."""
 
 from __future__ import annotations
 
@@ -26,86 +27,17 @@ except ModuleNotFoundError:  # Python 3.10
 PACKAGE = ROOT / "fmnist"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]
-
-# What each sub-package may import from fmnist (besides itself): commands -> training -> analysis -> models
-# -> data -> utils, commands -> deploy -> models -> data -> utils, commands -> web -> deploy, analysis, and
-# commands -> tuning -> training.
-MAY_IMPORT = {
-    "utils": {"utils"},
-    "data": {"data", "utils"},
-    "models": {"models", "data", "utils"},
-    "analysis": {"analysis", "models", "data", "utils"},
-    "training": {"training", "analysis", "models", "data", "utils"},
-    "deploy": {"deploy", "models", "data", "utils"},
-    "web": {"web", "deploy", "analysis", "models", "data", "utils"},
-    "tuning": {"tuning", "training", "analysis", "models", "data", "utils"},
-}
-COMMAND_MODULES = {f.stem for f in PACKAGE.glob("*.py") if f.stem != "__init__"}  # train, evaluate, ..., __main__
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def fmnist_imports(path: Path, source: str | None = None) -> set[str]:
-    """Every fmnist module that `path` (or `source`, as if it were that file) imports, at module level or inside
-    functions, relative imports resolved. `from fmnist.a import b` counts as importing `fmnist.a` and (b may be
-    a module) `fmnist.a.b`."""
-    name = module_name(path)
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text() if source is None else source, filename=str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = ".".join(package[: len(package) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module
-            found.add(module)
-            found |= {f"{module}.{alias.name}" for alias in node.names}
-    return {m for m in found if m == "fmnist" or m.startswith("fmnist.")}
-
-
 ALL_MODULES = sorted(PACKAGE.rglob("*.py"))
-LIBRARY_MODULES = [p for p in ALL_MODULES if p.parent != PACKAGE]
 
 
-def test_every_module_is_in_a_known_layer_or_is_a_command():
-    for path in ALL_MODULES:
-        parts = path.relative_to(PACKAGE).parts
-        assert len(parts) == 1 or parts[0] in MAY_IMPORT, f"{path}: a sub-package outside the layering"
-
-
-@pytest.mark.parametrize("path", LIBRARY_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_imports_only_go_down_the_layers(path):
-    layer = path.relative_to(PACKAGE).parts[0]
-    wrong = sorted(m for m in fmnist_imports(path) if m != "fmnist" and m.split(".")[1] not in MAY_IMPORT[layer])
-    assert not wrong, f"{path.relative_to(ROOT)} ({layer}) may only import fmnist.{sorted(MAY_IMPORT[layer])}"
-
-
-def test_the_layering_check_sees_function_level_and_relative_imports():
-    source = "def f():\n    from ..training import fit\n    import fmnist.deploy.predict\n    from . import base\n"
-    imported = fmnist_imports(PACKAGE / "models" / "probe.py", source)  # as if fmnist/models/probe.py said so
-    assert {"fmnist.training", "fmnist.training.fit", "fmnist.deploy.predict", "fmnist.models.base"} <= imported
-    assert fmnist_imports(PACKAGE / "models" / "__init__.py", "from .cnn import CNN") == {
-        "fmnist.models.cnn",
-        "fmnist.models.cnn.CNN",
-    }
-
-
-@pytest.mark.parametrize("path", [p for p in ALL_MODULES if module_name(p) != "fmnist.__main__"], ids=module_name)
-def test_only_the_package_entry_point_and_no_other_module_imports_a_command(path):
-    """No module imports a command module (fmnist.train, ..., fmnist.__main__); the commands don't import each
-    other either. fmnist/__init__.py runs on every import of any sub-package: it imports nothing of fmnist."""
-    commands = {f"fmnist.{name}" for name in COMMAND_MODULES}
-    imported = fmnist_imports(path)
-    if path == PACKAGE / "__init__.py":
-        assert not imported
-    own = module_name(path)
-    assert not {m for m in imported if m in commands and m != own}, own
+def test_the_import_contracts_cover_every_sub_package_and_every_command():
+    """`make lint` runs import-linter on pyproject's layers: a sub-package or a command left out of them
+    would go unchecked."""
+    (layers,) = [c for c in PYPROJECT["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    layered = {name.strip() for layer in layers["layers"] for name in layer.split("|")}
+    sub_packages = {f"fmnist.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    commands = {f"fmnist.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert layered == sub_packages | commands
 
 
 # ---------------------------------------------------------------- the commands
@@ -150,22 +82,12 @@ def docstrings(path: Path):
                 yield getattr(node, "name", "module"), text
 
 
-@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
-def test_every_module_opens_with_a_one_sentence_summary(path):
-    text = ast.get_docstring(ast.parse(path.read_text()), clean=False)
-    assert text, f"{path.relative_to(ROOT)} has no module docstring"
-    first = text.splitlines()[0]
-    assert first.strip() and first == first.strip(), f"{path.relative_to(ROOT)}: the summary starts on line one"
-    summary = text.split("\n\n")[0].strip()
-    assert summary.endswith("."), f"{path.relative_to(ROOT)}: the summary {summary!r} is no full sentence"
-
-
-@pytest.mark.parametrize("path", ALL_MODULES, ids=module_name)
-def test_docstrings_name_no_path_outside_the_repository_and_no_missing_file(path):
-    for where, text in docstrings(path):
-        assert "../" not in text and "/work/" not in text, f"{path.relative_to(ROOT)} {where}: {text!r}"
-        for named in re.findall(rf"(?<![\w/.])((?:{'|'.join(REPO_DIRS)})[\w./-]*\w)", text):
-            assert (ROOT / named).exists(), f"{path.relative_to(ROOT)} {where} names {named}, which does not exist"
+def test_docstrings_name_no_path_outside_the_repository_and_no_missing_file():
+    for path in ALL_MODULES:
+        for where, text in docstrings(path):
+            assert "../" not in text and "/work/" not in text, f"{path.relative_to(ROOT)} {where}: {text!r}"
+            for named in re.findall(rf"(?<![\w/.])((?:{'|'.join(REPO_DIRS)})[\w./-]*\w)", text):
+                assert (ROOT / named).exists(), f"{path.relative_to(ROOT)} {where} names {named}, which is missing"
 
 
 # ---------------------------------------------------------------- config groups

@@ -5,7 +5,6 @@ import ast
 import gzip
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,9 +20,18 @@ from fmnist.models.checkpoint import load_model
 from fmnist.training.callbacks import TrainingDiverged
 from fmnist.training.fit import train
 from fmnist.utils.errors import FmnistError
-from tests.conftest import ROOT, idx_bytes, run_cli, tiny_split, write_tiny_fashion_mnist
+from tests.conftest import (
+    ROOT,
+    assert_error_names,
+    assert_one_error_line,
+    idx_bytes,
+    run_cli,
+    tiny_split,
+    write_tiny_fashion_mnist,
+)
 
-FIX = r"\. Fix: lower model\.optimizer\.lr or clip gradients with trainer\.gradient_clip_val=1\.0$"
+# What a divergence error offers: a lower learning rate, or clipped gradients.
+DIVERGED_FIX = ("model.optimizer.lr", "trainer.gradient_clip_val=1.0")
 RECORDED: list[tuple[int, float]] = []  # (global step, loss) of every training step, filled by AbsurdLearningRate
 
 
@@ -51,15 +59,12 @@ def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_c
         "+callbacks.absurd.from_epoch=1",
         "+callbacks.absurd._target_=tests.test_reliability.AbsurdLearningRate",
     )
-    with pytest.raises(
-        TrainingDiverged,
-        match=r"^training diverged: the training loss became (nan|inf) at epoch 2, "
-        r"step (\d+); the last good checkpoint is .*last\.ckpt" + FIX,
-    ) as info:
+    with pytest.raises(TrainingDiverged) as info:
         train(cfg)
     first_bad = next(step for step, loss in RECORDED if not math.isfinite(loss))
     steps_per_epoch = max(step for step, _ in RECORDED) // 2
     assert info.value.step == first_bad > steps_per_epoch and f"step {first_bad};" in str(info.value)
+    assert_error_names(str(info.value), "diverged", "epoch 2", "last.ckpt", *DIVERGED_FIX)
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["error"] == str(info.value)
@@ -74,8 +79,9 @@ def test_divergence_stops_before_its_checkpoint_and_names_epoch_and_step(train_c
 
 @pytest.mark.slow
 def test_divergence_in_the_first_epoch_leaves_no_checkpoint_and_tests_nothing(train_cfg, tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"at epoch 1, step \d+; no checkpoint was saved before it" + FIX):
+    with pytest.raises(TrainingDiverged) as info:
         train(train_cfg("rnn", "trainer.max_epochs=2", "model.optimizer.lr=1e6"))
+    assert_error_names(str(info.value), "diverged", "epoch 1", "no checkpoint", *DIVERGED_FIX)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["diverged_epoch"] == 1 and metrics["best_checkpoint"] == ""
     assert "test/acc" not in metrics and not (tmp_path / "checkpoints").exists()
@@ -110,46 +116,28 @@ def _setup(raw: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, content, message",
+    "name, content, named",
     [
-        (
-            "train-labels-idx1-ubyte",
-            lambda b: gzip.compress(b),
-            r"is not an IDX file of labels: magic number 0x1f8b08"
-            r"\d\d, expected 0x00000801",
-        ),
-        (
-            "t10k-images-idx3-ubyte",
-            lambda b: idx_bytes(np.zeros((120, 28), np.uint8)),
-            "is not an IDX file of images: magic number 0x00000802, expected 0x00000803",
-        ),
-        (
-            "train-images-idx3-ubyte",
-            lambda b: b[:-1000],
-            r"is truncated: the header announces 400x28x28 images, "
-            r"313,616 bytes, the file has 312,616 bytes",
-        ),
-        ("train-images-idx3-ubyte", lambda b: b[:10], "is truncated: 10 bytes, shorter than its IDX header"),
-        ("train-images-idx3-ubyte", lambda b: b + b"x", "is longer than its header says"),
-        (
-            "train-images-idx3-ubyte",
-            lambda b: idx_bytes(np.zeros((400, 32, 32), np.uint8)),
-            "holds 32x32 images, Fashion-MNIST's are 28x28",
-        ),
+        ("train-labels-idx1-ubyte", lambda b: gzip.compress(b), ("0x1f8b08", "0x00000801")),
+        ("t10k-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((120, 28), np.uint8)), ("0x00000802", "0x00000803")),
+        ("train-images-idx3-ubyte", lambda b: b[:-1000], ("truncated", "400x28x28", "313,616", "312,616")),
+        ("train-images-idx3-ubyte", lambda b: b[:10], ("truncated", "10 bytes")),
+        ("train-images-idx3-ubyte", lambda b: b + b"x", ("longer",)),
+        ("train-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((400, 32, 32), np.uint8)), ("32x32", "28x28")),
         (
             "train-labels-idx1-ubyte",
             lambda b: idx_bytes(tiny_split(399, 0)[1]),
-            r"has 399 labels but .*train-images-idx3-ubyte has 400 images",
+            ("399 labels", "train-images-idx3-ubyte", "400 images"),
         ),
-        ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.full(120, 12)), "holds label 12, Fashion-MNIST's are 0..9"),
+        ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.full(120, 12)), ("label 12", "0..9")),
     ],
 )
-def test_a_broken_idx_file_is_one_error_naming_it(tmp_path, name, content, message):
+def test_a_broken_idx_file_is_one_error_naming_it(tmp_path, name, content, named):
     raw = _tiny_raw(tmp_path)
     (raw / name).write_bytes(content((raw / name).read_bytes()))
-    with pytest.raises(FmnistError, match=f"^{re.escape(str(raw / name))} {message}.*Fix: replace") as info:
+    with pytest.raises(FmnistError) as info:
         _setup(raw)
-    assert "\n" not in str(info.value)
+    assert_error_names(str(info.value), str(raw / name), *named)
 
 
 @pytest.mark.parametrize(
@@ -164,9 +152,9 @@ def test_a_damaged_gz_in_a_search_dir_is_one_error_naming_it(tmp_path, damage, r
     debian = write_tiny_fashion_mnist(tmp_path / "debian", gz=True)
     gz = debian / "t10k-labels-idx1-ubyte.gz"
     gz.write_bytes(damage(gz.read_bytes()))
-    with pytest.raises(FmnistError, match=f"^{re.escape(str(gz))} is damaged \\({reason}.*\\)\\. Fix: replace") as info:
+    with pytest.raises(FmnistError) as info:
         ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
-    assert "\n" not in str(info.value)
+    assert_error_names(str(info.value), str(gz), "is damaged", reason)
 
 
 @pytest.mark.slow
@@ -176,11 +164,7 @@ def test_cli_broken_data_is_one_line_before_training(tmp_path):
     labels.write_bytes(labels.read_bytes()[:-5])
     result = run_cli("fmnist.train", "model=rnn", "data.search_dirs=[]", "trainer.accelerator=cpu", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: data/FashionMNIST/raw/train-labels-idx1-ubyte is truncated: the header announces 400 labels, "
-        "408 bytes, the file has 403 bytes. "
-        "Fix: replace it with the original Fashion-MNIST file"
-    )
+    assert_one_error_line(result, f"data/FashionMNIST/raw/{labels.name}", "truncated", "408 bytes", "403 bytes")
     assert not list(tmp_path.glob("outputs/rnn/*/checkpoints"))
 
 
@@ -188,29 +172,24 @@ def test_cli_broken_data_is_one_line_before_training(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "override",
     [
-        ("data.batch_size=-1", "data.batch_size=-1 is out of range: must be an integer >= 1"),
-        ("data.batch_size=abc", "data.batch_size=abc is not an integer: must be an integer >= 1"),
-        ("data.batch_size=2.5", "data.batch_size=2.5 is not an integer: must be an integer >= 1"),
-        ("data.batch_size=null", "data.batch_size=null is not an integer: must be an integer >= 1"),
-        ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: must be a number strictly between 0 and 1"),
-        ("model.optimizer.lr=0", "model.optimizer.lr=0 is out of range: must be a number > 0"),
-        ("model.optimizer.lr=nan", "model.optimizer.lr=nan is not a number: must be a number > 0"),
-        (
-            "trainer.gradient_clip_val=-1",
-            "trainer.gradient_clip_val=-1 is out of range: must be a number >= 0 (or null)",
-        ),
-        ("data.download=maybe", "data.download=maybe is not true or false: must be true or false"),
+        "data.batch_size=-1",
+        "data.batch_size=abc",
+        "data.batch_size=2.5",
+        "data.batch_size=null",
+        "data.val_fraction=1.5",
+        "model.optimizer.lr=0",
+        "model.optimizer.lr=nan",
+        "trainer.gradient_clip_val=-1",
+        "data.download=maybe",
     ],
 )
-def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
-    train_cfg, tmp_path, no_data_access, override, message
-):
+def test_bad_config_values_fail_before_any_data_or_folder_is_touched(train_cfg, tmp_path, no_data_access, override):
     cfg = train_cfg("rnn", f"output_dir={tmp_path / 'run'}", override)
     with pytest.raises(FmnistError) as info:
         train(cfg)
-    assert str(info.value) == message
+    assert_error_names(str(info.value), override)  # the key with its bad value, as typed
     assert not (tmp_path / "run").exists()
 
 
@@ -218,7 +197,7 @@ def test_bad_config_values_fail_before_any_data_or_folder_is_touched(
 def test_cli_wrong_type_is_one_line_before_data(tmp_path):
     result = run_cli("fmnist.train", "data.batch_size=abc", cwd=tmp_path, timeout=120)
     assert result.returncode != 0
-    assert result.stderr.strip() == "error: data.batch_size=abc is not an integer: must be an integer >= 1"
+    assert_one_error_line(result, "data.batch_size=abc")
     assert not (tmp_path / "data").exists()
 
 
@@ -261,12 +240,9 @@ def test_load_model_refuses_a_checkpoint_carrying_code(trained_run, tmp_path, to
     path, marker = tmp_path / "evil.ckpt", tmp_path / "marker"
     shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", path)
     _plant_payload(path, marker)
-    with pytest.raises(
-        FmnistError,
-        match=f"^{re.escape(str(path))} is refused: it carries pickled objects or code, "
-        r"which fmnist never loads \(Unsupported global: GLOBAL exec",
-    ):
+    with pytest.raises(FmnistError) as info:
         load_model(path)
+    assert_error_names(str(info.value), str(path), "refused", "GLOBAL exec")
     assert not marker.exists()
 
 
@@ -303,12 +279,13 @@ def test_every_checkpoint_load_in_the_code_passes_weights_only():
 def test_an_unwritable_output_folder_fails_at_start_naming_it(train_cfg, tmp_path, no_data_access):
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "run"
-    with pytest.raises(FmnistError, match=f"^cannot write to the output folder {re.escape(str(out))}: Not a directory"):
+    with pytest.raises(FmnistError) as info:
         train(train_cfg("rnn", f"output_dir={out}"))
+    assert_error_names(str(info.value), str(out), "Not a directory")
 
 
 def test_a_full_output_disk_fails_at_start_naming_it(train_cfg, tmp_path, no_data_access, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=5 * 2**20))
-    run = re.escape(str(tmp_path / "run"))
-    with pytest.raises(FmnistError, match=f"^the output folder {run} has 5 MiB free, a run needs at least 100 MiB"):
+    with pytest.raises(FmnistError) as info:
         train(train_cfg("rnn", f"output_dir={tmp_path / 'run'}"))
+    assert_error_names(str(info.value), str(tmp_path / "run"), "5 MiB", "100 MiB")

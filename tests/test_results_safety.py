@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -31,7 +30,7 @@ from fmnist.training.fit import train
 from fmnist.training.resume import cli_args, interrupted_message, resume_command
 from fmnist.training.run_folder import LOCK_FILE, AtomicCheckpointIO, run_folder_lock
 from fmnist.utils.errors import FmnistError
-from tests.conftest import ROOT, compose_train, run_cli
+from tests.conftest import ROOT, assert_error_names, assert_one_error_line, compose_train, run_cli
 
 STEPS = 3  # training steps per epoch (trainer.limit_train_batches)
 FIT_FIGURES = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "epoch_seconds", "epochs", "steps")
@@ -150,12 +149,10 @@ def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished_run, tm
     result = run_cli("fmnist.train", f"resume={run}", "torch_threads=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert lines == [
-        f"resume={run}: the run is finished (trained 2 epochs of trainer.max_epochs=2) and its "
-        "metrics.json is complete; nothing was changed. To train it further, raise trainer.max_epochs"
-    ]
+    assert len(lines) == 1
+    assert_error_names(lines[0], f"resume={run}", "finished", "trainer.max_epochs=2")
     log = (run / "train.log").read_text()  # the log only gains what this command printed
-    assert log.startswith(log_before) and log.rstrip().endswith("To train it further, raise trainer.max_epochs")
+    assert log.startswith(log_before) and log.rstrip().endswith(lines[0])
     after = {name: stat for name, stat in _files(run).items() if name != "train.log"}
     assert after == {name: stat for name, stat in before.items() if name != "train.log"}  # nothing rewritten,
     # the torch_threads=1 override not recorded either
@@ -289,8 +286,9 @@ def test_a_checkpoint_state_naming_a_file_outside_its_folder_is_refused(finished
         best_k_models={"../../victim.ckpt": torch.tensor(0.0)},
     )
     torch.save(last, run / "checkpoints" / "last.ckpt")
-    with pytest.raises(FmnistError, match="which is not a file of its checkpoints folder: refused"):
+    with pytest.raises(FmnistError) as info:
         _train([f"resume={run}", "trainer.max_epochs=3"])
+    assert_error_names(str(info.value), "victim.ckpt", "refused")
     assert victim.read_bytes() == b"keep me"
 
 
@@ -316,11 +314,13 @@ def test_a_run_folder_in_use_is_refused_naming_the_pid_and_freed_when_its_proces
         assert holder.stdout.readline().strip() == "locked"
         assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)
         before = _files(run)
-        message = rf"is in use: fmnist.train process {holder.pid} is training in it .*Fix: wait until it ends"
-        with pytest.raises(FmnistError, match=message):
+        named = (str(run), "in use", f"process {holder.pid}")
+        with pytest.raises(FmnistError) as info:
             _train([f"resume={run}", "trainer.max_epochs=3"])
-        with pytest.raises(FmnistError, match=message):  # a fresh run into that folder too
+        assert_error_names(str(info.value), *named)
+        with pytest.raises(FmnistError) as info:  # a fresh run into that folder too
             _train(["model=cnn", f"output_dir={run}", "trainer.accelerator=cpu"])
+        assert_error_names(str(info.value), *named)
         assert _files(run) == before  # the trainer.max_epochs=3 override is not recorded
     finally:
         holder.kill()  # SIGKILL: the process cannot release anything itself
@@ -358,7 +358,7 @@ def test_training_holds_the_lock_until_it_ends(tiny_root, tmp_path):
             *_callback("probe", TryTheLock, run=run),
         )
     )
-    assert f"process {os.getpid()} is training in it" in TryTheLock.refused
+    assert_error_names(TryTheLock.refused, str(run), "in use", f"process {os.getpid()}")
     with run_folder_lock(run):  # released when training ended
         pass
 
@@ -402,12 +402,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
     before = target.read_bytes()
     monkeypatch.setattr(os, "fsync", _no_space)
-    with pytest.raises(
-        FmnistError,
-        match=r"cannot write .*last\.ckpt: No space left on device \(the previous "
-        r"last\.ckpt is intact\)\. Fix: free some space on that disk$",
-    ):
+    with pytest.raises(FmnistError) as info:
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+    assert_error_names(str(info.value), str(target), "No space left on device", "intact")
     assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
@@ -417,13 +414,9 @@ def test_a_full_disk_during_training_ends_in_one_error_and_keeps_the_run(finishe
     before = _files(run)
     last = (run / "checkpoints" / "last.ckpt").read_bytes()
     monkeypatch.setattr(os, "fsync", _no_space_for_checkpoints(os.fsync))
-    with pytest.raises(
-        FmnistError,
-        match=r"cannot write .*\.ckpt: No space left on device \(the previous .*\)\. "
-        r"Fix: free some space on that disk, then continue the run with "
-        rf"`{re.escape(resume_command(run))}`$",
-    ):
+    with pytest.raises(FmnistError) as info:
         _train([f"resume={run}", "trainer.max_epochs=3"])
+    assert_error_names(str(info.value), ".ckpt", "No space left on device", resume_command(run))
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
     after = _files(run)
     assert not [name for name in after if name.endswith(".tmp")]
@@ -464,27 +457,25 @@ def _other_model(path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "damage, message",
+    "damage, named",
     [
-        (lambda p: p.write_bytes(os.urandom(5000)), r"last\.ckpt is damaged\. Fix: copy one of"),
-        (lambda p: p.write_bytes(p.read_bytes()[:100_000]), r"last\.ckpt is damaged\. Fix: copy one of"),
-        (_zip_of_text, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-        (_cut_inside, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-        (_bad_pickle, r"last\.ckpt is damaged \(.+\)\. Fix: copy one of"),
-        (lambda p: torch.save({"state_dict": {}}, p), r"last\.ckpt is not a training checkpoint of fmnist .*Fix: copy"),
-        (
-            _other_model,
-            r"last\.ckpt does not match the run's CNN \(it holds SimpleRNN weights\)\. Fix: copy one of the "
-            r"run's own checkpoints/epoch_NNN\.ckpt over it",
-        ),
+        (lambda p: p.write_bytes(os.urandom(5000)), ("is damaged",)),
+        (lambda p: p.write_bytes(p.read_bytes()[:100_000]), ("is damaged",)),
+        (_zip_of_text, ("is damaged",)),
+        (_cut_inside, ("is damaged",)),
+        (_bad_pickle, ("is damaged",)),
+        (lambda p: torch.save({"state_dict": {}}, p), ("not a training checkpoint",)),
+        (_other_model, ("CNN", "SimpleRNN")),
     ],
 )
-def test_a_damaged_or_foreign_last_ckpt_is_named_with_the_fix(finished_run, tmp_path, damage, message):
+def test_a_damaged_or_foreign_last_ckpt_is_named_with_the_fix(finished_run, tmp_path, damage, named):
     run = _copy(finished_run, tmp_path)
     damage(run / "checkpoints" / "last.ckpt")
     before = _files(run)
-    with pytest.raises(FmnistError, match=message):
+    with pytest.raises(FmnistError) as info:
         _train([f"resume={run}", "trainer.max_epochs=3"])
+    # the file, what is wrong with it, and the fix: the run's own checkpoints/epoch_NNN.ckpt
+    assert_error_names(str(info.value), str(run / "checkpoints" / "last.ckpt"), *named, "epoch_NNN.ckpt")
     assert _files(run) == before
 
 
@@ -494,11 +485,7 @@ def test_a_damaged_last_ckpt_on_the_command_line_is_one_line(finished_run, tmp_p
     _zip_of_text(run / "checkpoints" / "last.ckpt")
     result = run_cli("fmnist.train", f"resume={run}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: resume={run}: {run}/checkpoints/last.ckpt is damaged (")
-    )
+    assert_one_error_line(result, f"resume={run}", f"{run}/checkpoints/last.ckpt", "is damaged")
 
 
 # 7. The resume command after an interrupt works when pasted, whatever the folder's name
@@ -546,8 +533,9 @@ def test_the_printed_resume_command_gives_the_folder_back(tmp_path, name):
     value = OverridesParser.create().parse_overrides(words[3:])[0].value()
     assert OmegaConf.create({"resume": value}).resume == str(run)  # as the run reads it
     if "${" in name:  # Hydra itself cannot run there: said in one line
-        with pytest.raises(FmnistError, match=r"Hydra cannot run in a folder whose name contains '\$\{'"):
+        with pytest.raises(FmnistError) as info:
             cli_args(["fmnist.train", words[3]])
+        assert_error_names(str(info.value), "Hydra", "'${'")
     else:
         assert cli_args(["fmnist.train", words[3]])[1] == words[3]  # finds the folder, no error
     try:

@@ -218,6 +218,7 @@ def served(ckpt: Path, cwd: Path, *extra: str):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("real_bilstm")  # one worker trains it
 def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(real_bilstm, tmp_path):
     from fmnist.data.idx import CLASS_NAMES, ensure_raw_files, load_split
 

@@ -74,6 +74,7 @@ def test_ddp_on_two_cpu_processes_shards_the_data_and_reports_global_metrics(tmp
         f"data.root={tiny_root}",
         *TINY,
         cwd=tmp_path,
+        process=True,  # Lightning starts the second rank by running the command line again
     )
     assert result.returncode == 0, result.stderr[-3000:]
     single = run_cli(

@@ -8,7 +8,13 @@ import torch
 from fmnist.models import CNN, BiLSTM, SimpleRNN
 from fmnist.training.fit import train
 from fmnist.utils.errors import FmnistError
-from tests.conftest import compose_train, run_cli, write_tiny_fashion_mnist
+from tests.conftest import (
+    assert_error_names,
+    assert_one_error_line,
+    compose_train,
+    run_cli,
+    write_tiny_fashion_mnist,
+)
 
 METRIC_KEYS = {
     "model",
@@ -82,25 +88,19 @@ def test_recipes_come_with_each_model():
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.data.batch_size == 7
 
 
-@pytest.mark.parametrize(
-    "override, key",
-    [
-        ("data.batch_size=0", "data.batch_size"),
-        ("data.val_fraction=1.5", "data.val_fraction"),
-        ("trainer.max_epochs=0", "trainer.max_epochs"),
-    ],
-)
-def test_out_of_range_values_are_rejected_before_loading_data(train_cfg, override, key):
+@pytest.mark.parametrize("override", ["data.batch_size=0", "data.val_fraction=1.5", "trainer.max_epochs=0"])
+def test_out_of_range_values_are_rejected_before_loading_data(train_cfg, override):
     cfg = train_cfg("rnn", override, "data.root=/nonexistent")
-    with pytest.raises(FmnistError, match=f"^{key}=.* is out of range: must be"):
+    with pytest.raises(FmnistError) as info:
         train(cfg)
+    assert_error_names(str(info.value), override)  # the key with its bad value, as typed
 
 
 @pytest.mark.slow
 def test_cli_bad_values_print_one_line(tmp_path):
     result = run_cli("fmnist.train", "data.batch_size=0", cwd=tmp_path)
     assert result.returncode != 0
-    assert result.stderr.strip() == "error: data.batch_size=0 is out of range: must be an integer >= 1"
+    assert_one_error_line(result, "data.batch_size=0")
     assert not (tmp_path / "data").exists()
 
 
@@ -116,8 +116,7 @@ def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
     result = run_cli("fmnist.train", "model=rnn", "data.search_dirs=[]", cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Fashion-MNIST not found in") and "data.download=true" in last
+    assert_one_error_line(result, "Fashion-MNIST", "not found", "data.download=true")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from fmnist.models.trust import OPTIMIZERS, checked_hparams
 from fmnist.training.fit import train
 from fmnist.training.trust import check_targets, config_targets
 from fmnist.utils.errors import FmnistError
-from tests.conftest import CONF, compose_train, run_cli
+from tests.conftest import CONF, assert_error_names, assert_one_error_line, compose_train, run_cli
 
 # Class paths that reach code through module attributes, each spelled past an `fmnist.models.` prefix.
 GADGETS = [
@@ -124,96 +123,95 @@ def test_every_target_in_conf_is_allowed_so_the_list_cannot_rot():
 @pytest.mark.parametrize("gadget", GADGETS)
 def test_a_gadget_class_path_in_a_checkpoint_is_refused(tmp_path, marker, gadget):
     path = _save(tmp_path / "evil.ckpt", {"state_dict": {}, "hyper_parameters": _popen(marker), "fmnist_model": gadget})
-    with pytest.raises(
-        FmnistError,
-        match=rf"^{re.escape(str(path))} is refused: its fmnist_model .* is not an "
-        r"fmnist model \(CNN, SimpleRNN, BiLSTM, SpeedNet, StackedLSTM, StackedGRU, PatchTransformer, "
-        r"PreActWideResNet\)",
-    ):
+    with pytest.raises(FmnistError) as info:
         load_model(path)
+    # the file, the name it gives, and the models fmnist builds
+    assert_error_names(str(info.value), str(path), "refused", "fmnist_model", repr(gadget), *MODELS)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", [123, ["fmnist.models.CNN"], None, {"_target_": "os.system"}])
 def test_a_model_name_that_is_no_string_is_refused(tmp_path, name):
     path = _save(tmp_path / "evil.ckpt", {"state_dict": {}, "hyper_parameters": {}, "fmnist_model": name})
-    with pytest.raises(FmnistError, match="is refused: its fmnist_model .* is not an fmnist model"):
+    with pytest.raises(FmnistError) as info:
         load_model(path)
+    assert_error_names(str(info.value), str(path), "refused", "fmnist_model", repr(name), *MODELS)
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "edit, named",
     [
         (
             lambda h, m: h.update(evil=1),
-            r"does not match CNN: hyper_parameters.evil is not a CNN setting \(expected: "
-            r"optimizer, conv_dropout, dense_dropout, channels_last, fast_step, label_smoothing, lr_schedule, "
-            r"lr_triangle, tta\)",
+            ("CNN", "hyper_parameters.evil", "optimizer", "conv_dropout", "dense_dropout", "tta"),
         ),
-        (
-            lambda h, m: h.update(_target_="os.system"),
-            "does not match CNN: hyper_parameters._target_ is not a CNN setting",
-        ),
-        (lambda h, m: h.update(args=_popen(m)["args"]), "hyper_parameters.args is not a CNN setting"),
-        (lambda h, m: h.update(conv_dropout=[0.2]), r"conv_dropout must be a list of 3 numbers, not \[0.2\]"),
+        (lambda h, m: h.update(_target_="os.system"), ("CNN", "hyper_parameters._target_")),
+        (lambda h, m: h.update(args=_popen(m)["args"]), ("CNN", "hyper_parameters.args")),
+        (lambda h, m: h.update(conv_dropout=[0.2]), ("hyper_parameters.conv_dropout", "[0.2]", "3 numbers")),
         (
             lambda h, m: h.update(conv_dropout={"_target_": "subprocess.Popen", **_popen(m)}),
-            "hyper_parameters.conv_dropout must be a list of 3 numbers, not {'_target_'",
+            ("hyper_parameters.conv_dropout", "{'_target_': 'subprocess.Popen'", "3 numbers"),
         ),
-        (lambda h, m: h.update(conv_dropout=[0.2, 0.3, {"_target_": "os.system"}]), "conv_dropout must be a list of 3"),
-        (lambda h, m: h.update(dense_dropout="0.5"), "hyper_parameters.dense_dropout must be a number, not '0.5'"),
-        (lambda h, m: h.update(dense_dropout=float("nan")), "hyper_parameters.dense_dropout must be a number, not nan"),
-        (lambda h, m: h.update(dense_dropout=torch.tensor(0.5)), "dense_dropout must be a number, not tensor"),
-        (lambda h, m: h.update(dense_dropout=7.0), "does not match CNN: dropout probability has to be between 0 and 1"),
         (
-            lambda h, m: h.update(dense_dropout=10**400),
-            "does not match CNN: dropout probability has to be between 0 and 1",
+            lambda h, m: h.update(conv_dropout=[0.2, 0.3, {"_target_": "os.system"}]),
+            ("hyper_parameters.conv_dropout", "'os.system'", "3 numbers"),
         ),
-        (lambda h, m: h.update({"a\nb": 1}), r"hyper_parameters.'a\\nb' is not a CNN setting"),
-        (lambda h, m: h.update(channels_last=1), "hyper_parameters.channels_last must be true or false, not 1"),
-        (lambda h, m: h.update(fast_step="yes"), "hyper_parameters.fast_step must be true or false, not 'yes'"),
+        (lambda h, m: h.update(dense_dropout="0.5"), ("hyper_parameters.dense_dropout", "'0.5'", "a number")),
+        (lambda h, m: h.update(dense_dropout=float("nan")), ("hyper_parameters.dense_dropout", "nan", "a number")),
+        (lambda h, m: h.update(dense_dropout=torch.tensor(0.5)), ("hyper_parameters.dense_dropout", "tensor")),
+        (lambda h, m: h.update(dense_dropout=7.0), ("CNN", "dropout", "7.0")),
+        (lambda h, m: h.update(dense_dropout=10**400), ("CNN", "dropout", str(10**400)[:30])),
+        (lambda h, m: h.update({"a\nb": 1}), ("CNN", r"hyper_parameters.'a\nb'")),
+        (lambda h, m: h.update(channels_last=1), ("hyper_parameters.channels_last", "true or false", "not 1")),
+        (lambda h, m: h.update(fast_step="yes"), ("hyper_parameters.fast_step", "true or false", "'yes'")),
         (
             lambda h, m: h.update(optimizer={"_target_": "subprocess.Popen", **_popen(m)}),
-            r"is refused: hyper_parameters.optimizer._target_ 'subprocess.Popen' is not an optimizer fmnist builds: "
-            r"use one of torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, "
-            r"fmnist.models.optim.KerasRMSprop",
+            (
+                "refused",
+                "hyper_parameters.optimizer._target_",
+                "'subprocess.Popen'",
+                "torch.optim.SGD",
+                "fmnist.models.optim.KerasRMSprop",
+            ),
         ),
         (
             lambda h, m: h.update(optimizer={"_target_": "fmnist.optim.torch.optim.adam.os.system", "command": "id"}),
-            "hyper_parameters.optimizer._target_ 'fmnist.optim.torch.optim.adam.os.system' is not an optimizer",
+            ("refused", "hyper_parameters.optimizer._target_", "'fmnist.optim.torch.optim.adam.os.system'"),
         ),
         (
             lambda h, m: h["optimizer"].update(lr={"_target_": "subprocess.Popen", **_popen(m)}),
-            "hyper_parameters.optimizer.lr must be a number, true/false, null or a list of numbers, not {'_target_'",
+            ("hyper_parameters.optimizer.lr", "{'_target_': 'subprocess.Popen'"),
         ),
         (
             lambda h, m: h["optimizer"].update(_args_=[{"_target_": "builtins.exec"}]),
-            "hyper_parameters.optimizer._args_ is not a setting of fmnist.models.optim.KerasRMSprop",
+            ("hyper_parameters.optimizer._args_", "fmnist.models.optim.KerasRMSprop"),
         ),
-        (lambda h, m: h["optimizer"].update(_partial_=False), "hyper_parameters.optimizer._partial_ is not a setting"),
+        (lambda h, m: h["optimizer"].update(_partial_=False), ("hyper_parameters.optimizer._partial_",)),
         (
             lambda h, m: h.update(optimizer="torch.optim.SGD"),
-            "hyper_parameters.optimizer must be a mapping with a _target_ naming an optimizer, not 'torch.optim.SGD'",
+            ("hyper_parameters.optimizer", "_target_", "'torch.optim.SGD'"),
         ),
     ],
 )
 def test_edited_hyperparameters_are_refused_before_the_constructor_sees_them(
-    trained_run, tmp_path, marker, edit, message
+    trained_run, tmp_path, marker, edit, named
 ):
     checkpoint = _genuine(trained_run)
     edit(checkpoint["hyper_parameters"], marker)
     path = _save(tmp_path / "edited.ckpt", checkpoint)
-    with pytest.raises(FmnistError, match=message) as error:
+    with pytest.raises(FmnistError) as error:
         load_model(path)
-    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    assert str(error.value).startswith(str(path))
+    assert_error_names(str(error.value), *named)
     assert not marker.exists()
 
 
 def test_hyperparameters_that_are_no_mapping_are_refused(trained_run, tmp_path):
     checkpoint = _genuine(trained_run)
     checkpoint["hyper_parameters"] = [1, 2]
-    with pytest.raises(FmnistError, match=r"does not match CNN: hyper_parameters must be a mapping, not \[1, 2\]"):
+    with pytest.raises(FmnistError) as info:
         load_model(_save(tmp_path / "edited.ckpt", checkpoint))
+    assert_error_names(str(info.value), "CNN", "hyper_parameters", "[1, 2]")
 
 
 def _legacy_run(trained_run: Path, folder: Path, target: str) -> Path:
@@ -235,12 +233,9 @@ def _legacy_run(trained_run: Path, folder: Path, target: str) -> Path:
 def test_a_gadget_in_the_run_config_of_a_checkpoint_without_class_is_refused(trained_run, tmp_path, target):
     path = _legacy_run(trained_run, tmp_path / "run", target)
     config = tmp_path / "run" / ".hydra" / "config.yaml"
-    with pytest.raises(
-        FmnistError,
-        match=rf"^{re.escape(str(config))} is refused: its model._target_ .* is not an "
-        "fmnist model",
-    ):
+    with pytest.raises(FmnistError) as info:
         load_model(path)
+    assert_error_names(str(info.value), str(config), "refused", "model._target_", *MODELS)
 
 
 def test_a_genuine_checkpoint_and_those_of_the_previous_version_still_load(trained_run, tmp_path):
@@ -259,12 +254,9 @@ def test_a_genuine_checkpoint_and_those_of_the_previous_version_still_load(train
 def test_the_optimizer_comes_from_the_table_only():
     sgd = optimizer_factory({"_target_": "torch.optim.sgd.SGD", "lr": 0.1, "momentum": 0.0})
     assert sgd.func is torch.optim.SGD and sgd.keywords == {"lr": 0.1, "momentum": 0.0}
-    with pytest.raises(
-        FmnistError,
-        match=r"^model.optimizer._target_ 'torch.optim.NAdam' is not an optimizer fmnist "
-        r"builds: use one of .* \(conf/optimizer/\)$",
-    ):
+    with pytest.raises(FmnistError) as info:
         optimizer_factory({"_target_": "torch.optim.NAdam"})
+    assert_error_names(str(info.value), "model.optimizer._target_", "'torch.optim.NAdam'", "torch.optim.SGD")
 
 
 @pytest.mark.parametrize(
@@ -277,8 +269,9 @@ def test_the_optimizer_comes_from_the_table_only():
     ],
 )
 def test_a_checkpoint_never_picks_which_attribute_a_resume_sets(running):
-    with pytest.raises(FmnistError, match="fmnist_running holds other entries than the running figures fmnist saves"):
+    with pytest.raises(FmnistError) as info:
         SimpleRNN().on_load_checkpoint({"fmnist_running": running})
+    assert_error_names(str(info.value), "fmnist_running", "not an fmnist checkpoint")
 
 
 # ---------------------------------------------------------------- hostile run folders given to resume=
@@ -355,26 +348,15 @@ def test_a_run_config_naming_a_class_outside_the_allow_list_is_refused(tiny_root
     run = _run_folder(tmp_path / "run", tiny_root, edit)
     config = run / ".hydra" / "config.yaml"
     try:
-        with pytest.raises(
-            FmnistError,
-            match=rf"^{re.escape(str(config))} is refused: {re.escape(key)} '.*' is not "
-            r"a class fmnist "
-            r"builds from a run's config",
-        ):
+        with pytest.raises(FmnistError) as info:
             train(compose_train([f"resume={run}"]))
     finally:
         GlobalHydra.instance().clear()
+    assert_error_names(str(info.value), str(config), "refused", key)
     assert not (run / "pwned").exists()
 
 
 # ---------------------------------------------------------------- the same, through the real commands
-
-
-def _one_error_line(result, expected: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -391,7 +373,7 @@ def test_the_commands_refuse_a_gadget_checkpoint_with_one_line(tmp_path, marker,
     _save(tmp_path / "evil.ckpt", {"state_dict": {}, "hyper_parameters": _popen(marker), "fmnist_model": GADGETS[0]})
     Image.new("L", (28, 28)).save(tmp_path / "garment.png")
     result = run_cli(command, "ckpt_path=evil.ckpt", *args, cwd=tmp_path, timeout=120)
-    _one_error_line(result, f"error: evil.ckpt is refused: its fmnist_model '{GADGETS[0]}' is not an fmnist model")
+    assert_one_error_line(result, "evil.ckpt", "refused", "fmnist_model", repr(GADGETS[0]))
     assert not marker.exists()
 
 
@@ -400,5 +382,5 @@ def test_train_resume_refuses_a_gadget_run_folder_with_one_line(tiny_root, tmp_p
     key, edit = next((key, edit) for key, edit in HOSTILE_CONFIGS if key.startswith("data."))
     run = _run_folder(tmp_path / "run", tiny_root, edit)
     result = run_cli("fmnist.train", f"resume={run}", cwd=tmp_path, timeout=120)
-    _one_error_line(result, f"is refused: {key} 'numpy.savetxt' is not a class fmnist builds from a run's config")
+    assert_one_error_line(result, "refused", key, "'numpy.savetxt'")
     assert not (run / "pwned").exists()

@@ -90,6 +90,7 @@ def class_mix(labels: np.ndarray, clusters: np.ndarray, top: int = 3) -> list[di
 
 
 def kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The k-means cluster of each row of `features`: k clusters, 4 seeded restarts."""
     return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
 
 

@@ -123,6 +123,7 @@ def _cell(text: str) -> str:  # one table row per run, whatever the names hold
 
 
 def markdown_table(header: list[str], cells: list[list[str]]) -> str:
+    """A Markdown table of `header` and `cells`, each cell escaped to stay in its column and show as text."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in cells])
 

@@ -111,6 +111,7 @@ def sharing(row: dict) -> str:
 
 
 def known_models() -> set[str]:
+    """The model names conf/model offers (the stems of its YAML files)."""
     return {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
 
 

@@ -46,6 +46,7 @@ def check_batch(cfg: DictConfig) -> torch.Tensor:
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write `model` to `path` as ONNX with a dynamic batch size; FmnistError if the export fails."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
@@ -71,6 +72,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+    """The logits of the ONNX file at `path` for `images`, run with onnxruntime on the CPU."""
     try:
         import onnxruntime
     except ImportError:

@@ -181,6 +181,7 @@ def printable(name: str) -> str:
 
 
 def print_table(results: list[dict]) -> None:
+    """Print one line per file: its top classes and their probabilities (or its error), and if unsure."""
     names = [printable(r["file"]) for r in results]
     width = max(map(len, names))
     for name, r in zip(names, results, strict=False):

@@ -1,7 +1,8 @@
 """The study's "attention" next step: image patches as tokens through a small Transformer encoder.
 
 A strided convolution cuts the image into non-overlapping patches (4x4 gives 49 tokens; 1x28 gives the
-28 rows the recurrent networks read), adds learned positions and a class token, and runs torch's
+28 rows the recurrent networks read), optionally after a 3x3 convolution stem that lets each patch see
+its neighbours' edges, adds learned positions and a class token, and runs torch's
 `TransformerEncoder` (pre-norm, GELU); the class token's final state, layer-normed, is the embedding.
 """
 
@@ -23,10 +24,13 @@ def valid_patch(patch: Sequence[int]) -> bool:
 class PatchTokens(nn.Module):
     """(B, 1, 28, 28) -> (B, 1 + patches, dim): the patch embeddings after a class token, plus learned positions."""
 
-    def __init__(self, patch: Sequence[int], dim: int):
+    def __init__(self, patch: Sequence[int], dim: int, stem: int = 0):
         super().__init__()
         height, width = patch
-        self.embed = nn.Conv2d(1, dim, kernel_size=(height, width), stride=(height, width))
+        self.embed = nn.Conv2d(stem or 1, dim, kernel_size=(height, width), stride=(height, width))
+        if stem:
+            stem_layers = [nn.Conv2d(1, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.GELU()]
+            self.embed = nn.Sequential(*stem_layers, self.embed)
         tokens = (28 // height) * (28 // width)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.positions = nn.Parameter(torch.empty(1, 1 + tokens, dim))
@@ -48,7 +52,8 @@ class ClassToken(nn.Module):
 
 class PatchTransformer(FashionClassifier):
     """Patch tokens -> `depth` pre-norm Transformer encoder layers (`heads` heads, MLP of `mlp_ratio` x `dim`)
-    -> LayerNorm of the class token -> Dense(10). Recipe (conf/model/attention.yaml): AdamW with a warm-up
+    -> LayerNorm of the class token -> Dense(10); `stem` > 0 puts a 3x3 convolution of that many channels
+    (BatchNorm, GELU) before the patches. Recipe (conf/model/attention.yaml): AdamW with a warm-up
     and decay, flip and crop augmentation."""
 
     default_optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
@@ -62,11 +67,14 @@ class PatchTransformer(FashionClassifier):
         heads: int = 4,
         mlp_ratio: int = 2,
         dropout: float = 0.1,
+        stem: int = 0,
         **base_options,
     ):
         super().__init__(optimizer, **base_options)
         if len(patch) != 2 or any(type(side) is not int for side in patch) or not valid_patch(patch):
             raise ValueError(f"patch must be [height, width], each dividing 28 (1, 2, 4, 7, 14, 28), not {patch}")
+        if type(stem) is not int or stem < 0:
+            raise ValueError(f"stem must be an integer >= 0 (channels; 0: no stem), not {stem}")
         if min(dim, depth, heads, mlp_ratio) < 1:
             raise ValueError(f"dim, depth, heads and mlp_ratio must be >= 1, not {dim}, {depth}, {heads}, {mlp_ratio}")
         if dim % heads:
@@ -77,7 +85,7 @@ class PatchTransformer(FashionClassifier):
             dim, heads, dim * mlp_ratio, dropout, activation="gelu", batch_first=True, norm_first=True
         )
         self.features = nn.Sequential(
-            PatchTokens(patch, dim),
+            PatchTokens(patch, dim, stem),
             # no nested tensor: every sequence has the same length, and norm_first layers would warn
             nn.TransformerEncoder(layer, depth, enable_nested_tensor=False),
             ClassToken(),

@@ -138,6 +138,7 @@ CONFIG_RULES: dict[str, Rule] = {
         False,
     ),
     "model.dim": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
+    "model.stem": (integer, "an integer", lambda v: v >= 0, "an integer >= 0 (0: no stem)", False),
     "model.heads": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "model.mlp_ratio": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "model.depth": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),

@@ -349,6 +349,7 @@ def _cell(key: str, value: Any) -> str:
 
 
 def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[str, Any]]:
+    """study_summary.csv and study_summary.md (every trial, and a count per state); returns the rows."""
     rows = summary_rows(study)
     columns = list(rows[0]) if rows else ["trial", "state", "value"]
     with open(folder / "study_summary.csv", "w", newline="") as handle:

@@ -22,22 +22,27 @@ SEED_RANGE = "an integer from 0 to 4294967295"  # numpy's and Lightning's seeds 
 
 
 def integer(value: Any) -> bool:
+    """Whether `value` is an int (a bool is not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def number(value: Any) -> bool:
+    """Whether `value` is a finite int or float (a bool is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def boolean(value: Any) -> bool:
+    """Whether `value` is a bool."""
     return isinstance(value, bool)
 
 
 def text(value: Any) -> bool:
+    """Whether `value` is a non-empty string."""
     return isinstance(value, str) and value != ""
 
 
 def seed_in_range(value: int) -> bool:
+    """Whether `value` is a valid unsigned 32-bit seed (0 to 2**32 - 1)."""
     return 0 <= value < 2**32
 
 

@@ -231,4 +231,5 @@ def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
 
 
 def class_name(index: int) -> str:
+    """The class name of `index`, or the index itself as text when it is no class."""
     return CLASS_NAMES[index] if 0 <= index < len(CLASS_NAMES) else str(index)
