@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import traceback
+import unittest.mock
 import warnings
 from pathlib import Path
 
@@ -131,50 +132,83 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, process: bool = False) ->
 @contextlib.contextmanager
 def _interpreter_state_restored():
     """Put back what a command changes in the interpreter: argv, cwd, environment, logging, warnings filters,
-    signal handlers, torch's global settings and Hydra's global config."""
-    import torch
+    signal handlers, random states, torch's global settings and Hydra's global config and singletons."""
+    import random
 
-    argv, cwd, environ = sys.argv[:], os.getcwd(), dict(os.environ)
+    import numpy as np
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobRuntime
+
+    argv, saved_argv, cwd, environ = sys.argv, sys.argv[:], os.getcwd(), dict(os.environ)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     loggers = [logging.root, *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
     logger_state = [(lg, lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    known, handlers_before = {id(lg) for lg in loggers}, {id(h) for lg in loggers for h in lg.handlers}
     disable = logging.root.manager.disable
-    torch_state = (torch.get_num_threads(), torch.get_float32_matmul_precision(), torch.get_default_dtype())
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    torch_state = (
+        torch.get_num_threads(),
+        torch.get_float32_matmul_precision(),
+        torch.get_default_dtype(),
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    hydra_config, job_runtime = HydraConfig.instance().cfg, JobRuntime.instance().conf
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        sys.argv[:] = argv
+        sys.argv = argv
+        argv[:] = saved_argv
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(environ)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        for logger in [logging.root, *logging.root.manager.loggerDict.values()]:
-            if isinstance(logger, logging.Logger) and logger not in loggers:
-                logger.handlers.clear()  # a logger the command made: its handlers held the command's streams
+        made = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+        for logger in [logging.root, *made]:
+            for handler in logger.handlers:
+                if id(handler) not in handlers_before:
+                    handler.close()  # the command's train.log, tune.log, its console on a captured stream
+            if id(logger) not in known:
+                logger.handlers.clear()
+                logger.level, logger.disabled, logger.propagate = logging.NOTSET, False, True
         for logger, logger_handlers, level, disabled, propagate in logger_state:
             logger.handlers[:] = logger_handlers
-            logger.setLevel(level)
-            logger.disabled, logger.propagate = disabled, propagate
+            logger.level, logger.disabled, logger.propagate = level, disabled, propagate
+        logging.root.manager._clear_cache()
         logging.disable(disable)
-        threads, precision, dtype = torch_state
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        threads, precision, dtype, deterministic = torch_state
         torch.set_num_threads(threads)
         torch.set_float32_matmul_precision(precision)
         torch.set_default_dtype(dtype)
+        torch.use_deterministic_algorithms(deterministic)
         torch.set_flush_denormal(False)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg, JobRuntime.instance().conf = hydra_config, job_runtime
 
 
 def run_in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`python -m module args...` run by runpy in this interpreter; what it prints is captured, what it raises
     becomes an exit status as Python's own would (SystemExit's code or message; a traceback and 1)."""
+    import hydra._internal.utils as hydra_utils
+    from _pytest.outcomes import OutcomeException
+
     stdout, stderr = io.StringIO(), io.StringIO()
-    with _interpreter_state_restored(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        os.environ["HYDRA_FULL_ERROR"] = "0"
+    with (
+        _interpreter_state_restored(),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+        # coverage's tracer makes Hydra think a debugger runs and re-raise what it would print as a user error
+        unittest.mock.patch.object(hydra_utils, "is_under_debugger", lambda: False),
+    ):
+        os.environ.update(HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
         os.chdir(cwd)
         sys.argv[:] = [module, *args]
         try:
@@ -186,6 +220,8 @@ def run_in_process(module: str, args: list[str], cwd: Path) -> subprocess.Comple
             else:
                 print(stop.code, file=sys.stderr)
                 status = 1
+        except (KeyboardInterrupt, OutcomeException):  # the developer's Ctrl-C, pytest's timeout or skip
+            raise
         except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback and status 1
             traceback.print_exc()
             status = 1

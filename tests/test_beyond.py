@@ -54,6 +54,32 @@ def test_resnet_depth_and_width_follow_the_wrn_formula():
     assert deep.embed(torch.rand(2, 1, 28, 28)).shape == (2, 128)
 
 
+def test_a_convolution_stem_feeds_the_patches_and_keeps_the_tokens():
+    plain = PatchTransformer(patch=(7, 7), dim=32, depth=1, heads=2)
+    stemmed = PatchTransformer(patch=(7, 7), dim=32, depth=1, heads=2, stem=8).eval()
+    assert stemmed.features[0].positions.shape == (1, 17, 32)  # 16 patches and the class token, as without a stem
+    assert stemmed(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    # a 3x3 convolution of 8 channels (no bias), its BatchNorm, and a patch embedding reading 8 channels
+    extra = 9 * 8 + 2 * 8 + (8 - 1) * 49 * 32
+    assert sum(p.numel() for p in stemmed.parameters()) == sum(p.numel() for p in plain.parameters()) + extra
+
+
+def test_training_on_the_cpu_uses_the_math_kernel_and_computes_what_the_default_one_does():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    model, x = PatchTransformer(patch=(7, 7), dim=32, depth=2, heads=2, dropout=0.0).train(), torch.rand(4, 1, 28, 28)
+    tokens, encoder, rest = model.features[0], model.features[1], model.features[2:]
+    with profile() as trace:
+        ours = model(x)
+    kernels = {event.name for event in trace.events() if "scaled_dot_product" in event.name}
+    assert kernels and not any("flash" in name for name in kernels), kernels
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        default = model.classifier(rest(torch.nn.TransformerEncoder.forward(encoder, tokens(x))))
+    torch.testing.assert_close(ours, default, rtol=1e-4, atol=1e-5)
+
+
 def test_rows_as_tokens():
     model = PatchTransformer(patch=(1, 28), dim=32, depth=1, heads=2).eval()
     assert model.features[0].positions.shape == (1, 29, 32)  # 28 rows and the class token
@@ -67,6 +93,7 @@ def test_rows_as_tokens():
         (PreActWideResNet, {"widen": 0}, "widen must be >= 1"),
         (PatchTransformer, {"patch": (3, 3)}, "patch must be [height, width], each dividing 28"),
         (PatchTransformer, {"dim": 90, "heads": 4}, "dim=90 must be a multiple of heads=4"),
+        (PatchTransformer, {"stem": -1}, "stem must be an integer >= 0"),
         (StackedLSTM, {"units": (256, 128)}, "units must be a list of 3 positive integers"),
     ],
 )

@@ -156,7 +156,7 @@ def test_export_round_trip(train_cfg, tmp_path, model):
     from fmnist.deploy.export import export
     from fmnist.training.fit import train
 
-    metrics = train(train_cfg(model, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
+    metrics = train(train_cfg(model, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"))
     ckpt = str(tmp_path / metrics["best_checkpoint"])
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts.pt")):
         cfg = compose_train_export(ckpt, fmt, tmp_path)

@@ -251,6 +251,7 @@ def test_interrupted_sweep_lists_the_interrupted_and_never_run_jobs(tmp_path, ti
         f"data.root={tiny_root}",
         *TINY,
         cwd=tmp_path,
+        process=True,  # the callback sends SIGTERM to its own process
     )
     assert result.returncode == 1
     assert last_line(result.stderr) == (

@@ -8,8 +8,6 @@ import ast
 import importlib
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT, compose_train, trained_run_overrides
+from tests.conftest import CONF, ROOT, compose_train, run_cli, trained_run_overrides
 
 try:
     import tomllib
@@ -44,9 +42,8 @@ def test_the_import_contracts_cover_every_sub_package_and_every_command():
 
 
 def test_python_m_fmnist_lists_every_declared_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
+    result = run_cli("fmnist", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
     listed = {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
     declared = {name.removeprefix("fmnist-") for name in SCRIPTS if name != "fmnist"}
     assert "fmnist" in SCRIPTS and declared

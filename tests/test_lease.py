@@ -19,7 +19,7 @@ import pytest
 from benchmarks import lease
 from fmnist.analysis.lease import import_lease
 from fmnist.utils.errors import FmnistError
-from tests.conftest import ROOT, write_tiny_fashion_mnist
+from tests.conftest import ROOT, assert_one_error_line, run_cli, write_tiny_fashion_mnist
 
 LEASE_FILES = {"summary.json", "results.tar.gz", "lease.log"}
 
@@ -131,23 +131,10 @@ def test_import_lease_refuses_what_is_not_a_lease_summary(tmp_path, content):
 
 
 def test_import_lease_command_line_errors_are_one_line(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fmnist.reproduce",
-            "--import-lease",
-            str(tmp_path / "missing.json"),
-            "--docs",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    missing = str(tmp_path / "missing.json")
+    done = run_cli("fmnist.reproduce", "--import-lease", missing, "--docs", str(tmp_path), cwd=ROOT)
     assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "missing.json" in lines[0]
+    assert_one_error_line(done, "missing.json")
     assert not list(tmp_path.iterdir())
 
 

@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from fmnist.utils.config import compose_config
-from tests.conftest import ROOT, free_port, shop_photo
+from tests.conftest import free_port, shop_photo
 
 gradio = pytest.importorskip("gradio", reason="the web page needs pip install -e '.[web]'")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -275,8 +275,3 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
     assert "from the cache" in (tmp_path / "serve.log").read_text()
     if not chromium:
         pytest.skip("the browser check needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
-
-
-def test_the_command_is_listed():
-    result = subprocess.run([sys.executable, "-m", "fmnist"], capture_output=True, text=True, cwd=ROOT)
-    assert "serve" in result.stdout

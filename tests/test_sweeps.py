@@ -26,7 +26,9 @@ def summary_rows(folder):
 def test_multirun_over_two_models_with_each_launcher(tmp_path, tiny_root, launcher):
     extra = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
     extra += ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    result = run_cli("fmnist.train", "-m", "model=cnn,rnn", f"data.root={tiny_root}", *TINY, *extra, cwd=tmp_path)
+    # joblib and submitit start worker processes that outlive a command run in-process
+    args = ("fmnist.train", "-m", "model=cnn,rnn", f"data.root={tiny_root}", *TINY, *extra)
+    result = run_cli(*args, cwd=tmp_path, process=launcher != "basic")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = sweep_dir(tmp_path)
     metrics = sorted(json.loads(p.read_text())["model"] for p in folder.glob("*/metrics.json"))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fmnist.models.base import FashionClassifier
 
@@ -41,6 +42,18 @@ class PatchTokens(nn.Module):
         tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, patches, dim)
         cls = self.cls.expand(tokens.shape[0], -1, -1)  # shape[0], not len(x): an ONNX export keeps the batch dynamic
         return torch.cat([cls, tokens], dim=1) + self.positions
+
+
+class Encoder(nn.TransformerEncoder):
+    """torch's encoder, whose attention trains on the CPU with SDPA's math kernel: at these sizes (16 to 50
+    tokens, heads of 24) the default kernel's backward makes a training step about 3x slower (docs/RESULTS.md).
+    Inference, exports and other devices keep torch's choice."""
+
+    def forward(self, src: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if src.device.type != "cpu" or not torch.is_grad_enabled() or torch.jit.is_tracing():
+            return super().forward(src, *args, **kwargs)
+        with sdpa_kernel(SDPBackend.MATH):
+            return super().forward(src, *args, **kwargs)
 
 
 class ClassToken(nn.Module):
@@ -87,7 +100,7 @@ class PatchTransformer(FashionClassifier):
         self.features = nn.Sequential(
             PatchTokens(patch, dim, stem),
             # no nested tensor: every sequence has the same length, and norm_first layers would warn
-            nn.TransformerEncoder(layer, depth, enable_nested_tensor=False),
+            Encoder(layer, depth, enable_nested_tensor=False),
             ClassToken(),
             nn.LayerNorm(dim),
         )

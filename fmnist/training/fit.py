@@ -412,4 +412,4 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         final = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/macro_f1", "train_seconds") if k in metrics}
         for summary in hparams_summary(hparams_for_tensorboard(cfg, model), final):
             experiment.file_writer.add_summary(summary)
-        experiment.flush()
+        experiment.close()  # Lightning closed it after the test; the reports reopened it (a file and a thread)
