@@ -14,7 +14,7 @@ APT_WAIT := -o DPkg::Lock::Timeout=600
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras speedrun gpu-pack tensorboard lint test test-fast clean
+.PHONY: help install data train sweep tune dashboard reproduce bench bench-keras speedrun gpu-pack tensorboard lint test test-fast coverage clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,7 +75,10 @@ lint: install ## ruff (style, docstrings) and import-linter (the layers), as CI 
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-test: install ## the whole suite on two workers with line coverage of fmnist/ (what CI runs)
+test: install ## the whole suite on two workers, its slowest tests listed (what CI runs)
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
+
+coverage: install ## the whole suite with line coverage of fmnist/ per file (coverage.py's tracer: about 1.5x the time)
 	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term
 
 test-fast: install ## the unit tier for the edit-test loop: no training of a real network, no subprocess
