@@ -32,6 +32,15 @@ REAL_DATA = Path(DEBIAN_DIR)
 N_TRAIN, N_TEST = 400, 120
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and per command it starts): two workers each spinning two OpenMP threads on two
+    # cores slow a training several fold
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 def shop_photo(image: np.ndarray) -> Image.Image:
     """A Fashion-MNIST image as a shop photo: dark garment on white, 200x300, RGB, JPEG-compressed."""
     buffer = io.BytesIO()
