@@ -41,6 +41,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """A test that reads a trained run waits for its training: the slow tier's, wherever it is written."""
+    for item in items:
+        if {"trained_run", "real_bilstm"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def shop_photo(image: np.ndarray) -> Image.Image:
     """A Fashion-MNIST image as a shop photo: dark garment on white, 200x300, RGB, JPEG-compressed."""
     buffer = io.BytesIO()
