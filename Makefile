@@ -82,7 +82,7 @@ coverage: install ## the whole suite with line coverage of fmnist/ per file (cov
 	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term
 
 test-fast: install ## the unit tier for the edit-test loop: no training of a real network, no subprocess
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -n 2 -q
 
 clean: ## delete run outputs and caches (keeps .venv and data/)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
