@@ -8,7 +8,6 @@ projector (embedding, sprite of garments, class and cluster as metadata).
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from fmnist.utils.checks import (
     text,
 )
 from fmnist.utils.errors import FmnistError  # noqa: E402
+from fmnist.utils.files import write_figure, write_json, write_text  # noqa: E402
 
 # torchmetrics builds its contingency table as a sparse tensor and torch warns about that each time.
 warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*")
@@ -172,12 +172,12 @@ def cluster(cfg: DictConfig) -> dict:
         maps[name] = PCA(n_components=2, random_state=cfg.seed).fit_transform(features)
     result["k"] = cfg.k
     result["checkpoint"] = str(cfg.ckpt_path)
-    (output_dir / "clusters.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(output_dir / "clusters.json", result)
     fig = map_figure(maps, assignments, result)
-    fig.savefig(output_dir / "clusters.png", dpi=100)
+    write_figure(fig, output_dir / "clusters.png", dpi=100)
     plt.close(fig)
     text = clusters_markdown(result)
-    (output_dir / "clusters.md").write_text(text)
+    write_text(output_dir / "clusters.md", text)
     print(text)
     if cfg.projector:
         write_projector(output_dir / "projector", embeddings, labels, images, assignments["embedding"])

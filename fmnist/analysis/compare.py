@@ -23,6 +23,7 @@ from fmnist.analysis.study import STUDY  # noqa: E402
 from fmnist.data.idx import CLASS_NAMES  # noqa: E402
 from fmnist.utils.checks import check_new_files  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
+from fmnist.utils.files import write_figure, write_text  # noqa: E402
 
 WEAK_CLASSES = ("T-shirt/top", "Pullover", "Coat", "Shirt")  # the study's hard classes
 STUDY_COLORS = {"cnn": "black", "rnn": "saddlebrown", "bilstm": "purple"}
@@ -262,17 +263,18 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
     for name, make in (("per_class_f1", per_class_f1_figure), ("acc_vs_time", acc_vs_time_figure)):
         if name in images:
             fig = make(rows)
-            fig.savefig(images[name], dpi=110)
+            write_figure(fig, images[name], dpi=110)
             plt.close(fig)
     table = markdown_table(header, cells) if rows else "No run completed its training and test."
     left_out = f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else ""
     captions = {"per_class_f1": "per-class F1", "acc_vs_time": "accuracy vs time"}
     figures = "".join(f"\n\n![{captions[name]}]({path.name})" for name, path in images.items())
-    (out_dir / "comparison.md").write_text(
+    write_text(
+        out_dir / "comparison.md",
         f"# Model comparison\n\n{len(completed(runs))} completed runs of {len(runs) + len(not_run)} from "
-        f"{markdown_text(', '.join(paths))}.\n\n{table}{left_out}{figures}\n"
+        f"{markdown_text(', '.join(paths))}.\n\n{table}{left_out}{figures}\n",
     )
-    (out_dir / "comparison.html").write_text(html_page(header, cells, images, others))
+    write_text(out_dir / "comparison.html", html_page(header, cells, images, others))
     print(table + left_out)
     print(f"wrote {out_dir}/comparison.md, comparison.html" + "".join(f", {p.name}" for p in images.values()))
     return out_dir

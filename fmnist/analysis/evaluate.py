@@ -7,7 +7,6 @@ metrics.json into `eval/` beside the checkpoint, and the figures to TensorBoard 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -27,6 +26,7 @@ from fmnist.utils.checks import (
     text,
 )
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_json, write_text
 
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict:
             writer=writer,
             title=type(model).__name__,
         )
-    (output_dir / "model_summary.md").write_text(keras_summary_markdown(model))
+    write_text(output_dir / "model_summary.md", keras_summary_markdown(model))
     split = cfg.split
     metrics = {
         "checkpoint": str(ckpt),
@@ -92,6 +92,6 @@ def evaluate(cfg: DictConfig) -> dict:
         f"{split}/macro_f1": report["macro avg"]["f1-score"],
         **{f"{split}/f1/{name}": report[name]["f1-score"] for name in datamodule.class_names},
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(output_dir / "metrics.json", metrics)
     print(f"wrote {output_dir}")
     return metrics

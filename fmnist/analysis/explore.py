@@ -17,6 +17,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from fmnist.data.idx import CLASS_NAMES, ensure_raw_files, load_split  # noqa: E402
 from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values  # noqa: E402
+from fmnist.utils.files import write_figure  # noqa: E402
 
 
 def describe(name: str, images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -64,7 +65,7 @@ def explore(cfg: DictConfig) -> Path:
         print(describe(name, images, labels))
     output.mkdir(parents=True, exist_ok=True)
     fig = samples_figure(*splits["training set"], per_class=cfg.samples_per_class)
-    fig.savefig(output / "samples.png", dpi=100)
+    write_figure(fig, output / "samples.png", dpi=100)
     plt.close(fig)
     print(f"wrote {output / 'samples.png'}")
     return output / "samples.png"

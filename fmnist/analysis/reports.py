@@ -4,8 +4,6 @@ most confident mistakes, training curves. Numbers come from torchmetrics, plots 
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from torchmetrics.functional.classification import (  # noqa: E402
 
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.utils.console import say  # noqa: E402
-from fmnist.utils.files import write_atomically  # noqa: E402
+from fmnist.utils.files import write_figure, write_json, write_text  # noqa: E402
 
 
 @torch.inference_mode()
@@ -219,10 +217,9 @@ def write_reports(
     logits, labels, images = predictions(model, loader, device)
     probs = logits.softmax(dim=1)
     report = classification_report(probs, labels, class_names)
-    write_atomically(output_dir / "classification_report.json", (json.dumps(report, indent=2) + "\n").encode())
-    write_atomically(
-        output_dir / "classification_report.md",
-        report_markdown(report, f"Classification report {title}".strip()).encode(),
+    write_json(output_dir / "classification_report.json", report)
+    write_text(
+        output_dir / "classification_report.md", report_markdown(report, f"Classification report {title}".strip())
     )
     say(report_text(report))
     figures = {
@@ -233,9 +230,7 @@ def write_reports(
     if curves:
         figures["curves"] = curves_figure(curves, title)
     for name, fig in figures.items():
-        image = io.BytesIO()
-        fig.savefig(image, format="png", dpi=110)
-        write_atomically(output_dir / f"{name}.png", image.getbuffer())
+        write_figure(fig, output_dir / f"{name}.png", dpi=110)
         if writer is not None:
             writer.add_figure(f"reports/{name}", fig, global_step=step, close=False)
         plt.close(fig)

@@ -16,7 +16,7 @@ from fmnist.analysis.runs import format_count, format_seconds
 from fmnist.analysis.study import STUDY
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_section
+from fmnist.utils.files import write_json, write_section
 
 ROW_KEYS = (
     "model",
@@ -115,4 +115,4 @@ def write_results(rows: list[dict], docs: Path) -> None:
         merged[candidate] = row
     merged = dict(sorted(merged.items(), key=lambda item: (item[1]["model"], item[1]["epochs"], item[0])))
     write_section(docs / "RESULTS.md", "results", results_table(list(merged.values())), "Reproduction results")
-    (docs / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    write_json(docs / "results.json", merged)

@@ -9,6 +9,7 @@ Files are decoded one at a time, with a pixel limit, and classified `batch_size`
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from fmnist.data.idx import CLASS_NAMES
 from fmnist.models.checkpoint import load_model
 from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values, integer, number, text
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_text
 
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
@@ -164,15 +166,16 @@ def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None
     """predictions.json (the list as is) and predictions.csv (one row per file)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a NaN would make the file invalid JSON; predict_files turns it into an error row.
-    (output_dir / "predictions.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    with open(output_dir / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "unsure", "error"]
-        writer.writerow(header)
-        for r in results:
-            cells = [x for t in r.get("top", []) for x in (t["class"], t["prob"])]
-            unsure = "" if "unsure" not in r else str(r["unsure"]).lower()
-            writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), unsure, r.get("error", "")])
+    write_text(output_dir / "predictions.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    header = ["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "unsure", "error"]
+    writer.writerow(header)
+    for r in results:
+        cells = [x for t in r.get("top", []) for x in (t["class"], t["prob"])]
+        unsure = "" if "unsure" not in r else str(r["unsure"]).lower()
+        writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), unsure, r.get("error", "")])
+    write_text(output_dir / "predictions.csv", table.getvalue())
 
 
 def printable(name: str) -> str:

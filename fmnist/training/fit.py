@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import shlex
 import time
 import warnings
@@ -44,7 +43,7 @@ from fmnist.training.resume import (
 )
 from fmnist.training.run_folder import AtomicCheckpointIO, run_folder_lock
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_atomically
+from fmnist.utils.files import write_json
 
 # The splits live in memory as tensors, so loader workers would only add overhead.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -365,7 +364,7 @@ def _write_metrics(trainer: L.Trainer, output_dir: Path, metrics: dict, previous
     """Write metrics.json (process 0, atomically), never poorer than the one it replaces; return what it holds."""
     metrics = never_poorer(metrics, previous)
     if trainer.is_global_zero:
-        write_atomically(output_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 

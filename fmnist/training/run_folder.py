@@ -5,6 +5,7 @@ new run from replacing an earlier run's folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist.training.checks import check_config
 from fmnist.training.resume import LAST_CHECKPOINT, resume_command
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_atomically
+from fmnist.utils.files import open_lock, write_atomically
 
 LOCK_FILE = ".fmnist.lock"
 
@@ -142,13 +144,14 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         return
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = open_lock(path)
     except OSError as error:
+        reason = "it is a link, which fmnist never follows" if error.errno == errno.ELOOP else error.strerror
         raise FmnistError(
-            f"cannot write to the output folder {run_dir}: {error.strerror or error}. "
-            "Fix: choose a writable folder with hydra.run.dir=PATH"
+            f"cannot take the lock {path}: {reason or error}. Fix: choose a writable folder with hydra.run.dir=PATH"
         ) from None
-    try:
+    with lock:  # closing the file releases the lock
+        fd = lock.fileno()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,15 +165,26 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 RUN_MARKERS = ("metrics.json", "checkpoints")  # the results that make a folder a run's
 
 
 def _holds_run(folder: Path) -> bool:
-    return any((folder / marker).exists() for marker in RUN_MARKERS)
+    return any(os.path.lexists(folder / marker) for marker in RUN_MARKERS)
+
+
+def _run_folders(folder: Path, depth: int = 3) -> Iterator[Path]:
+    """The run folders under `folder`, down to `depth` levels (a custom hydra.sweep.subdir may nest them);
+    links are not followed."""
+    if depth == 0 or folder.is_symlink() or not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            if _holds_run(child):
+                yield child
+            else:
+                yield from _run_folders(child, depth - 1)
 
 
 class RunFolderGuard(Callback):
@@ -188,21 +202,23 @@ class RunFolderGuard(Callback):
             raise SystemExit(f"error: {error}") from None
         if config.get("overwrite"):
             return
-        folder = Path(config.hydra.run.dir)
-        if _holds_run(folder):
-            found = ", ".join(marker for marker in RUN_MARKERS if (folder / marker).exists())
-            raise SystemExit(
-                f"error: {folder} holds an earlier run (its {found}), "
-                f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
-                "another hydra.run.dir=PATH, or add overwrite=true to replace it"
-            )
+        HydraConfig.instance().set_config(config)  # as Hydra does next: the folders may read ${hydra:...}
+        for key in ("hydra.run.dir", "output_dir"):  # output_dir= moves the results out of the run folder
+            value = OmegaConf.select(config, key)  # None: output_dir's default, the run folder itself
+            folder = Path(value) if value is not None else None
+            if folder is not None and _holds_run(folder):
+                found = ", ".join(marker for marker in RUN_MARKERS if os.path.lexists(folder / marker))
+                raise SystemExit(
+                    f"error: {folder} holds an earlier run (its {found}), "
+                    f"which a new run would replace. Fix: continue it with `{resume_command(folder)}`, choose "
+                    f"another {key}=PATH, or add overwrite=true to replace it"
+                )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
-        if config.get("overwrite") or subdir != "${hydra.job.num}":
-            return  # e.g. an Optuna search, whose job folders are new on every start
+        if config.get("overwrite"):
+            return
         folder = Path(config.hydra.sweep.dir)
-        taken = sorted(p.name for p in folder.iterdir() if p.is_dir() and _holds_run(p)) if folder.is_dir() else []
+        taken = sorted(str(p.relative_to(folder)) for p in _run_folders(folder))
         if taken:
             shown = ", ".join(taken[:5]) + (", ..." if len(taken) > 5 else "")
             raise SystemExit(

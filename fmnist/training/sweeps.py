@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist.analysis.runs import read_json
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import open_lock, write_json, write_text
 
 SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/macro_f1", "epochs", "train_seconds", "device")
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__name__}"
@@ -132,10 +133,11 @@ def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[
     if not rows:
         return rows
     columns = list(rows[0])
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / "sweep_summary.csv", table.getvalue())
     n = counts(rows)
     title = f"# Sweep summary: {n['completed']} completed, {n['failed']} failed" + "".join(
         f", {n[name]} {name}" for name in ("interrupted", "not run") if n[name]
@@ -149,7 +151,7 @@ def write_summary(sweep_dir: Path, plan: list[list[str]] | None = None) -> list[
             f"- job {r['job']} ({_cell(r['overrides'])}), {r['status'].lower().replace('_', ' ')}: {_cell(r['error'])}"
             for r in others
         ]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    write_text(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")
     return rows
 
 
@@ -222,9 +224,9 @@ class SweepSummary(Callback):
             status.update(status=result.status, error=result.error)
         elif job_return.status == JobStatus.FAILED:
             status["error"] = FailedJob.of(result).error
-        (job_dir / "job_status.json").write_text(json.dumps(status, indent=2) + "\n")
+        write_json(job_dir / "job_status.json", status)
         sweep_dir = Path(config.hydra.sweep.dir)
-        with open(sweep_dir / ".summary.lock", "w") as lock:
+        with open_lock(sweep_dir / ".summary.lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             write_summary(sweep_dir)
         # Ctrl-C stops the sweep, after its summary. Other launchers run jobs in worker processes: there the
@@ -240,7 +242,7 @@ class SweepSummary(Callback):
     def finish(self, sweep_dir: Path, interrupted: bool = False) -> None:
         """The final summary (with the jobs that never ran) and comparison; SystemExit with one line if any job
         did not complete."""
-        with open(sweep_dir / ".summary.lock", "w") as lock:
+        with open_lock(sweep_dir / ".summary.lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             rows = write_summary(sweep_dir, self.plan)
         summary = sweep_dir / "sweep_summary.md"

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import os
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +43,7 @@ from fmnist.tuning.space import contained, search_space
 from fmnist.utils.checks import boolean, check_values, integer, seed_in_range, text
 from fmnist.utils.config import compose_config
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import LogFile, write_text
 
 RULES = {
     "tune.n_trials": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
@@ -232,7 +235,7 @@ class Search:
             params = _checked_params(
                 {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
             )
-            handler = logging.FileHandler(_new_folder(run_dir) / "train.log")
+            handler = LogFile(_new_folder(run_dir) / "train.log")
             handler.setFormatter(TIMED)
             logging.getLogger().addHandler(handler)
             overrides = [*self.trial_overrides(params), f"output_dir={run_dir}", "test=false"]
@@ -266,14 +269,13 @@ class Search:
 
 def _make_folder(folder: Path) -> bool:
     """The study's folder, made if needed (True: made now); one FmnistError when it can't be."""
-    if folder.exists() and not folder.is_dir():
+    if os.path.lexists(folder) and not folder.is_dir():
         raise FmnistError(f"tune.dir={folder} is a file, not a folder. Fix: give a folder")
-    made = not folder.exists()
+    made = not os.path.lexists(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".fmnist_write_test_{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as error:
         raise FmnistError(f"tune.dir={folder} cannot be written: {error.strerror or error}") from None
     return made
@@ -283,9 +285,9 @@ def _write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> N
     """The trial's `.hydra/` as a Hydra run leaves it (config.yaml, hydra.yaml, overrides.yaml): a normal run folder."""
     folder = run_dir / ".hydra"
     folder.mkdir()
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": HydraConfig.get()}), folder / "hydra.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": HydraConfig.get()})))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def _new_folder(folder: Path) -> Path:
@@ -302,7 +304,7 @@ def _setup_logging(log_file: Path) -> None:
     root.setLevel(logging.INFO)
     console = TqdmHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
-    file = logging.FileHandler(log_file)
+    file = LogFile(log_file)
     file.setFormatter(TIMED)
     root.handlers[:] = [console, file]
     for name in ("alembic", "httpx"):
@@ -352,10 +354,11 @@ def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[s
     """study_summary.csv and study_summary.md (every trial, and a count per state); returns the rows."""
     rows = summary_rows(study)
     columns = list(rows[0]) if rows else ["trial", "state", "value"]
-    with open(folder / "study_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(folder / "study_summary.csv", table.getvalue())
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     lines = [
         f"# Study {study.study_name}: {len(rows)} trials, " + ", ".join(f"{n} {s}" for s, n in states.items() if n),
@@ -368,7 +371,7 @@ def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[s
     for r in rows:
         cells = [_cell(k, v) for k, v in r.items()]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    (folder / "study_summary.md").write_text("\n".join(lines) + "\n")
+    write_text(folder / "study_summary.md", "\n".join(lines) + "\n")
     return rows
 
 
@@ -386,7 +389,7 @@ def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.Frozen
         f"{search.metric} {best.value:.4f}, {search.run_dir(best.number)}\n"
         + (f"# Retrain it (and test it) with:\n#   {command}\n" if one_line else "")
     )
-    (search.dir / "best.yaml").write_text(header + OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    write_text(search.dir / "best.yaml", header + OmegaConf.to_yaml(OmegaConf.create(overrides)))
     return best, command
 
 

@@ -6,6 +6,7 @@ Shared by every command (`train` and the commands that read a checkpoint), so th
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,7 +113,7 @@ def pick_device(name: Any) -> torch.device:
 
 def check_output_folder(folder: Path, key: str = "output_dir") -> None:
     """Create `folder` if needed and probe it with a small write, or one FmnistError naming it and `key`."""
-    if folder.exists() and not folder.is_dir():
+    if os.path.lexists(folder) and not folder.is_dir():
         raise FmnistError(f"the output folder {folder} is a file, not a folder. Fix: choose a folder with {key}=PATH")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def check_new_files(paths: Iterable[Path], overwrite: bool, key: str = "output_d
     folders = [p for p in paths if p.is_dir()]
     if folders:
         raise FmnistError(f"{folders[0]} is a folder, where the command writes a file. Fix: choose another {key}=PATH")
-    existing = [p for p in paths if p.exists()]
+    existing = [p for p in paths if os.path.lexists(p)]  # a dangling link is there too: never written through
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of the files it writes)" if len(existing) > 1 else ""
         raise FmnistError(
