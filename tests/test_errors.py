@@ -170,7 +170,7 @@ def _interrupt(*args, **kwargs):
 
 
 def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, monkeypatch, capsys):
-    monkeypatch.setattr(fmnist.data.idx, "FashionMNIST", _interrupt)
+    monkeypatch.setattr(fmnist.data.idx, "_read_idx", _interrupt)
     with pytest.raises(SystemExit) as info:
         load_split(tiny_root, train=True)
     assert info.value.code == 130
@@ -179,7 +179,7 @@ def test_ctrl_c_while_reading_the_data_is_one_line_and_status_130(tiny_root, mon
 
 def test_ctrl_c_while_unpacking_the_data_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     debian = write_tiny_fashion_mnist(tmp_path / "debian", gz=True)
-    monkeypatch.setattr(fmnist.data.idx, "extract_archive", _interrupt)
+    monkeypatch.setattr(fmnist.data.idx, "_copy_idx", _interrupt)
     with pytest.raises(SystemExit) as info:
         ensure_raw_files(tmp_path / "root", search_dirs=[str(debian)])
     assert info.value.code == 130
@@ -202,7 +202,7 @@ def test_cli_ctrl_c_while_the_data_loads_is_one_line_and_status_130(tmp_path, ti
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(60)  # the signal arrives here
 
-        fmnist.data.idx.FashionMNIST = reading
+        fmnist.data.idx._read_idx = reading
         runpy.run_module("fmnist.train", run_name="__main__")
     """)
     )

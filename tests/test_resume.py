@@ -141,10 +141,9 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 6
     assert not (run / "metrics.json").exists()
 
-    # The test's pause callback is no class that resume= builds from a run's config (fmnist/training/trust.py): drop it.
-    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
-    del saved.callbacks["pause"]
-    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    # A resume takes no class from the run's recorded overrides: the test's pause callback goes.
+    recorded = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml") if "callbacks.pause" not in o]
+    OmegaConf.save(OmegaConf.create(recorded), run / ".hydra" / "overrides.yaml")
     process = _cli(f"resume={run}", cwd=tmp_path)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
@@ -182,6 +181,7 @@ def test_ctrl_c_saves_at_the_end_of_the_step_and_gives_the_handler_back(tiny_roo
 def _run_folder(run: Path, checkpoint: bytes | None = None) -> Path:
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     if checkpoint is not None:
         (run / "checkpoints").mkdir()
         (run / "checkpoints" / "last.ckpt").write_bytes(checkpoint)

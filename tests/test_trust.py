@@ -15,9 +15,8 @@ from fmnist.models.base import optimizer_factory
 from fmnist.models.checkpoint import load_model
 from fmnist.models.trust import OPTIMIZERS, checked_hparams
 from fmnist.training.fit import train
-from fmnist.training.trust import check_targets, config_targets
 from fmnist.utils.errors import FmnistError
-from tests.conftest import CONF, assert_error_names, assert_one_error_line, compose_train, run_cli
+from tests.conftest import assert_error_names, assert_one_error_line, compose_train, run_cli
 
 # Class paths that reach code through module attributes, each spelled past an `fmnist.models.` prefix.
 GADGETS = [
@@ -99,22 +98,6 @@ def _targets(node, path=""):
     elif isinstance(node, list):
         for item in node:
             yield from _targets(item, path)
-
-
-def test_every_target_in_conf_is_allowed_so_the_list_cannot_rot():
-    run_configs = [f for f in CONF.rglob("*.yaml") if CONF / "pruner" not in f.parents]  # pruners: fmnist.tune's
-    found = {target for file in run_configs for _, target in _targets(OmegaConf.to_container(OmegaConf.load(file)))}
-    assert found and found <= config_targets()
-    for overrides in (
-        ["model=cnn"],
-        ["model=rnn", "optimizer=adam"],
-        ["model=bilstm_stated", "trainer=ddp_cpu"],
-        ["model=cnn", "callbacks=early_stopping", "optimizer=rmsprop", "trainer=cpu_fast"],
-    ):
-        try:
-            check_targets(compose_train([*overrides, "output_dir=/tmp/x"]), "conf")
-        finally:
-            GlobalHydra.instance().clear()
 
 
 # ---------------------------------------------------------------- hostile checkpoints
@@ -279,24 +262,22 @@ def test_a_checkpoint_never_picks_which_attribute_a_resume_sets(running):
 
 def _run_folder(run: Path, tiny_root: Path, edit) -> Path:
     """A resumable run folder with the real composed config, edited by `edit(config_dict, marker)`."""
+    overrides = [
+        "model=cnn",
+        f"data.root={tiny_root}",
+        "data.search_dirs=[]",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]
     try:
-        cfg = compose_train(
-            [
-                "model=cnn",
-                f"data.root={tiny_root}",
-                "data.search_dirs=[]",
-                f"output_dir={run}",
-                "trainer.accelerator=cpu",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-            ]
-        )
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(compose_train([*overrides, f"output_dir={run}"]), resolve=True)
     finally:
         GlobalHydra.instance().clear()
     edit(config, run / "pwned")
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), run / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
     _save(run / "checkpoints" / "last.ckpt", {})
     return run
 
@@ -321,10 +302,11 @@ def _savetxt(marker: Path) -> dict:
     }
 
 
+# (the key the refusal names, the edit): a resume re-composes the run and compares the file, naming the first key
+# where it differs; a key that conf/ does not have (callbacks.evil) is never read at all.
 HOSTILE_CONFIGS = [
     ("model._target_", lambda c, m: c.update(model=_system(m))),
     ("model.optimizer._target_", lambda c, m: c["model"].update(optimizer=_open(m))),
-    ("callbacks.evil._target_", lambda c, m: c["callbacks"].update(evil={"_target_": "subprocess.Popen", **_popen(m)})),
     ("trainer._target_", lambda c, m: c.update(trainer={"_target_": "builtins.exec", "_args_": [f"open('{m}', 'w')"]})),
     (
         "logger.tensorboard._target_",
@@ -332,19 +314,20 @@ HOSTILE_CONFIGS = [
             _target_="fmnist.models.graphed.torch._dynamo.convert_frame.subprocess.Popen", **_popen(m)
         ),
     ),
-    ("data.search_dirs[0]._target_", lambda c, m: c["data"].update(search_dirs=[_savetxt(m)])),
-    ("trainer.plugins[1]._target_", lambda c, m: c["trainer"].update(plugins=[None, _open(m)])),
+    ("data.search_dirs", lambda c, m: c["data"].update(search_dirs=[_savetxt(m)])),
+    ("trainer.plugins", lambda c, m: c["trainer"].update(plugins=[None, _open(m)])),
     (
         "callbacks.model_checkpoint._target_",
         lambda c, m: c["callbacks"].update(
             model_checkpoint={"_target_": "shutil.copyfile", "src": __file__, "dst": str(m)}
         ),
     ),
+    (None, lambda c, m: c["callbacks"].update(evil={"_target_": "subprocess.Popen", **_popen(m)})),
 ]
 
 
-@pytest.mark.parametrize("key, edit", HOSTILE_CONFIGS, ids=[key for key, _ in HOSTILE_CONFIGS])
-def test_a_run_config_naming_a_class_outside_the_allow_list_is_refused(tiny_root, tmp_path, key, edit):
+@pytest.mark.parametrize("key, edit", HOSTILE_CONFIGS, ids=[str(key) for key, _ in HOSTILE_CONFIGS])
+def test_a_resume_builds_nothing_that_a_run_config_names(tiny_root, tmp_path, key, edit):
     run = _run_folder(tmp_path / "run", tiny_root, edit)
     config = run / ".hydra" / "config.yaml"
     try:
@@ -352,7 +335,10 @@ def test_a_run_config_naming_a_class_outside_the_allow_list_is_refused(tiny_root
             train(compose_train([f"resume={run}"]))
     finally:
         GlobalHydra.instance().clear()
-    assert_error_names(str(info.value), str(config), "refused", key)
+    if key is None:  # the file's extra callback is not even read: the run's fake last.ckpt is what stops it
+        assert_error_names(str(info.value), "last.ckpt", "not a training checkpoint")
+    else:
+        assert_error_names(str(info.value), str(config), "refused", key, "differs")
     assert not (run / "pwned").exists()
 
 
@@ -379,8 +365,8 @@ def test_the_commands_refuse_a_gadget_checkpoint_with_one_line(tmp_path, marker,
 
 @pytest.mark.slow
 def test_train_resume_refuses_a_gadget_run_folder_with_one_line(tiny_root, tmp_path):
-    key, edit = next((key, edit) for key, edit in HOSTILE_CONFIGS if key.startswith("data."))
+    key, edit = next((key, edit) for key, edit in HOSTILE_CONFIGS if key and key.startswith("data."))
     run = _run_folder(tmp_path / "run", tiny_root, edit)
     result = run_cli("fmnist.train", f"resume={run}", cwd=tmp_path, timeout=120)
-    assert_one_error_line(result, "refused", key, "'numpy.savetxt'")
+    assert_one_error_line(result, "refused", key, "differs")
     assert not (run / "pwned").exists()

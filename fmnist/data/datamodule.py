@@ -1,6 +1,6 @@
 """Fashion-MNIST as a LightningDataModule that keeps each split in memory as one uint8 tensor.
 
-torchvision parses the IDX files; batches are sliced from the in-memory tensors (no per-image PIL
+fmnist.data.idx checks and reads the IDX files; batches are sliced from the in-memory tensors (no per-image PIL
 path) and turned into float32 in [0, 1] only after they reach the device.
 """
 

@@ -3,7 +3,9 @@
 A checkpoint names its model class (`fmnist_model`) and optimizer (`hyper_parameters.optimizer._target_`).
 Each name is looked up by string equality in the tables below, never imported as a path, and the values
 handed to a class from a checkpoint are checked against its constructor first: nothing read from a
-file decides what code runs. (A run folder's config: fmnist/training/trust.py.)
+file decides what code runs. Nor how much memory: every integer is bounded by MAX_SIZE, and the network is
+sized on the meta device, against MAX_PARAMETERS, before it is built. (A run folder's config:
+fmnist/training/trust.py.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     if module == "fmnist.models.optim" or not name.startswith("fmnist.")
 }
 OPTIMIZER_NAMES = tuple(f"{module}.{cls.__name__}" for module, classes in _OPTIMIZER_CLASSES.items() for cls in classes)
+
+# The most parameters (and buffer values) a network built from a file may hold: fmnist's largest has about 2.8 million.
+MAX_PARAMETERS = 50_000_000
+# The largest integer a file may hand a model. Each is a size or a count (units, channels, layers, heads, a
+# ratio), 256 at most in fmnist's networks. Sizing on the meta device allocates nothing, but it still builds
+# every layer, so a count must be small before that: 1024 layers take a second or two there.
+MAX_SIZE = 1024
 
 
 def _shown(value: Any) -> str:
@@ -72,6 +81,24 @@ def _number(value: Any) -> bool:
 
 def _integer(value: Any) -> bool:
     return type(value) is int and value > 0
+
+
+def _counts(parameter: inspect.Parameter) -> bool:
+    """Whether a constructor parameter is a size or count: annotated an integer or a list of them."""
+    annotation = parameter.annotation
+    return annotation is int or (typing.get_origin(annotation) is Sequence and typing.get_args(annotation) == (int,))
+
+
+def _oversized(value: Any) -> bool:
+    """Whether `value` is, or lists, an integer beyond MAX_SIZE either way."""
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    return any(type(item) is int and abs(item) > MAX_SIZE for item in items)
+
+
+def _sizes(value: Any) -> bool:
+    """Whether `value` is an integer or a list of them: a size or count, what makes a network large."""
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    return bool(items) and all(type(item) is int for item in items)
 
 
 def _plain(value: Any) -> bool:
@@ -157,4 +184,25 @@ def checked_hparams(cls: type, hparams: Any, source: str | Path) -> dict[str, An
         test, description = _expected(settings[name])
         if not test(value):
             raise FmnistError(f"{prefix}: hyper_parameters.{name} must be {description}, not {_shown(value)}")
+        if _counts(settings[name]) and _oversized(value):
+            raise FmnistError(
+                f"{source} is refused: its {cls.__name__}'s hyper_parameters.{name}={_shown(value)} is beyond "
+                f"{MAX_SIZE}, the largest size or count fmnist builds a network with from a file"
+            )
     return hparams
+
+
+def checked_size(cls: type[torch.nn.Module], hparams: dict[str, Any], source: str | Path) -> int:
+    """The parameters and buffer values of `cls(**hparams)` (hparams from checked_hparams), counted on the meta
+    device, where nothing is allocated; one FmnistError above MAX_PARAMETERS. A bad value raises the
+    constructor's TypeError or ValueError."""
+    with torch.device("meta"):
+        network = cls(**hparams)
+    count = sum(tensor.numel() for tensor in (*network.parameters(), *network.buffers()))
+    if count > MAX_PARAMETERS:
+        sizes = " ".join(f"{name}={_shown(value)}" for name, value in hparams.items() if _sizes(value))
+        raise FmnistError(
+            f"{source} is refused: its {cls.__name__} (hyper_parameters {sizes or 'as given'}) would hold "
+            f"{count:,} parameters, beyond the {MAX_PARAMETERS:,} fmnist builds a network with from a file"
+        )
+    return count

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import re
 import shlex
 import zipfile
 from collections.abc import Callable
@@ -25,16 +24,17 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.training.callbacks import FIT_KEYS
-from fmnist.training.trust import check_targets, current_targets
+from fmnist.utils.config import compose_run
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_atomically
+from fmnist.utils.files import read_yaml, write_text
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # What a resume may change: how long it goes on and how it runs, never what it computes.
@@ -107,12 +107,13 @@ class Resume:
 
 
 def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resume:
-    """The run in `cfg.resume`: its config passed through `check`, its `last.ckpt` and what is left to do.
+    """The run in `cfg.resume`, re-composed: fmnist's own conf/ with the overrides the run recorded (checked by
+    `recorded_overrides`) and this command's, passed through `check` as a new run's config is; its `last.ckpt`
+    and what is left to do. The run's saved `config.yaml` is only compared (`compare_saved`), never used.
 
     Command-line overrides other than RESUMABLE_KEYS are refused; the allowed ones are applied and,
-    by `Resume.record_overrides` once the run goes on, recorded in the run's `.hydra/config.yaml` and
-    `overrides.yaml`, so that a later resume keeps them. A finished run is reported in one line and left
-    as it is.
+    by `Resume.record_overrides` once the run goes on, recorded in the run's `.hydra/overrides.yaml` (and
+    `config.yaml`), so that a later resume keeps them. A finished run is reported in one line and left as it is.
     """
     run = Path(cfg.resume)
     config_file, checkpoint_path = run_files(run)
@@ -123,23 +124,17 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
             f"resume={run} continues that run with its own config: {' '.join(refused)} "
             f"cannot change on resume (only {', '.join(RESUMABLE_KEYS)} can)"
         )
-    saved = _load_run_config(config_file)
-    check_run_config(saved, config_file)  # before anything is resolved or built from it
-    if OmegaConf.select(saved, "model.lr_schedule", default=False) is True and any(
+    overrides_file = config_file.with_name("overrides.yaml")
+    recorded = recorded_overrides(overrides_file)
+    composed, resolved = recompose([*recorded, *overrides], run)
+    compare_saved(config_file, composed, resolved, skip=[override_key(o) for o in overrides])
+    if OmegaConf.select(resolved, "model.lr_schedule", default=False) is True and any(
         override_key(o) == "trainer.max_epochs" for o in overrides
     ):
         raise FmnistError(
             f"resume={run} has a learning-rate schedule laid out for its own trainer.max_epochs: "
             "trainer.max_epochs cannot change on resume for it (train a new run instead)"
         )
-    for override in overrides:
-        OmegaConf.update(saved, override_key(override), OmegaConf.select(cfg, override_key(override)), force_add=True)
-    resolved = saved.copy()
-    resolved.output_dir = str(run)  # wherever the folder is now
-    resolved.resume = None
-    _resolve_as_in_run(resolved, config_file.with_name("hydra.yaml"))
-    check_targets(resolved, config_file)  # before anything is built from it
-    current_targets(resolved)  # a run from before fmnist's sub-packages names some classes where they were
     check(resolved)
     checkpoint = read_checkpoint(checkpoint_path, run)
     previous = read_metrics(run / "metrics.json")
@@ -154,10 +149,8 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     def record() -> None:
         if not overrides:
             return
-        write_atomically(config_file, OmegaConf.to_yaml(saved).encode())
-        overrides_file = config_file.with_name("overrides.yaml")
-        recorded = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        write_atomically(overrides_file, OmegaConf.to_yaml(OmegaConf.create(recorded + overrides)).encode())
+        write_text(config_file, OmegaConf.to_yaml(composed))
+        write_text(overrides_file, yaml.safe_dump([*read_yaml(overrides_file), *overrides]))
 
     rank_zero_info(
         f"resuming {run} from {checkpoint_path}"
@@ -317,107 +310,126 @@ def never_poorer(metrics: dict, previous: dict | None) -> dict:
     return {**metrics, **carried}
 
 
-# A run's config is a file: its interpolations may only read other keys and the run's Hydra choices
-# (`${oc.env:...}` would copy secrets into metrics.json, `${oc.create:...}` build objects), and whatever it
-# writes stays in the run folder.
-RESOLVERS = ("hydra", "oc.select")
-PATH_KEYS = ("dirpath", "output_dir", "save_dir", "default_root_dir", "root_dir", "log_dir")
-NAME_KEYS = ("filename", "name", "version", "sub_dir", "prefix")
-_RESOLVER = re.compile(r"\$\{\s*([^}\s:]+)\s*:")
+# A recorded override never says where files go or which class is built: the resume sets the folders itself.
+DROPPED = ("output_dir", "resume", "overwrite")  # set by the resume (a search's trials record output_dir)
+PATH_NAMES = ("dirpath", "filename", "save_dir", "default_root_dir", "root_dir", "log_dir", "output_dir", "sub_dir")
 
 
-def _load_run_config(path: Path) -> DictConfig:
-    """A run's saved YAML as a DictConfig, or one FmnistError naming the file."""
-    try:
-        config = OmegaConf.load(path)
-    except Exception as error:  # noqa: BLE001 - any unreadable YAML gets the same message
-        reason = " ".join(str(error).split())[:200]
-        raise FmnistError(f"{path} is not a readable run config ({reason}). Fix: start a new run") from None
-    if not isinstance(config, DictConfig):
-        raise FmnistError(
-            f"{path} is not a run config: it holds a {type(config).__name__}, not a mapping. Fix: start a new run"
-        )
-    return config
+def recorded_overrides(path: Path) -> list[str]:
+    """The overrides a run was made (and resumed) with, from its `.hydra/overrides.yaml`: a list of plain
+    overrides, parsed by Hydra's own parser. Those the resume sets itself (DROPPED, `hydra.*`) are left out; one
+    that names a `_target_`, reads an interpolation or resolver, sets where files go (PATH_NAMES, a logger's
+    name or version) or sweeps is refused with one FmnistError naming it."""
 
-
-def _inside(value: str, run: Path) -> bool:
-    """Whether a path from a run's config is `${output_dir}[/...]` or a plain path inside the run folder."""
-    if ".." in Path(value).parts:
-        return False
-    if value.startswith("${output_dir}"):
-        return True
-    return "${" not in value and Path(value).resolve().is_relative_to(run.resolve())
-
-
-def check_run_config(saved: DictConfig, source: Path) -> None:
-    """Refuse, with one FmnistError naming the key, a run config (as saved, unresolved) that uses a resolver
-    other than RESOLVERS or makes a callback, logger or the trainer write outside `${output_dir}`."""
-
-    def refuse(where: str, value: Any, why: str) -> None:
-        raise FmnistError(
-            f"{source} is refused: {where}={str(value)[:200]!r} {why}. Fix: start a new run, "
-            "or restore that entry as fmnist.train wrote it"
+    def refuse(text: Any, why: str) -> FmnistError:
+        return FmnistError(
+            f"{path} is refused: {str(text)[:200]!r} {why}. Fix: start a new run, or restore the file as "
+            "fmnist.train wrote it"
         )
 
-    def walk(node: Any, where: str, writer: bool) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                path = f"{where}.{key}" if where else str(key)
-                if writer and isinstance(value, str) and key in PATH_KEYS and not _inside(value, run):
-                    refuse(path, value, "is not inside the run folder (${output_dir}): a resumed run writes only there")
-                if (
-                    writer
-                    and isinstance(value, str)
-                    and key in NAME_KEYS
-                    and ("/" in value or "\\" in value or ".." in value)
-                ):
-                    refuse(path, value, "is a path, not a name: a resumed run writes only in its own folder")
-                walk(value, path, writer or (not where and key in ("callbacks", "logger", "trainer")))
-        elif isinstance(node, list):
-            for index, item in enumerate(node):
-                walk(item, f"{where}[{index}]", writer)
-        elif isinstance(node, str):
-            for resolver in _RESOLVER.findall(node):
-                if resolver not in RESOLVERS:
-                    refuse(
-                        where,
-                        node,
-                        f"uses the resolver {resolver}: a run's config may only read other keys "
-                        f"and {', '.join(RESOLVERS)}",
-                    )
+    if not path.is_file():
+        raise FmnistError(
+            f"resume={path.parent.parent}: not a run folder that fmnist can resume (it has no {path.name}, "
+            "which holds the run's overrides)"
+        )
+    recorded = read_yaml(path, max_bytes=64 << 10)
+    if recorded is None:
+        recorded = []
+    if not isinstance(recorded, list) or not all(isinstance(text, str) for text in recorded):
+        raise refuse(recorded, "is not a list of overrides")
+    kept = []
+    for text in recorded:
+        if "${" in text:
+            raise refuse(text, "reads an interpolation or a resolver")
+        try:
+            (override,) = OverridesParser.create().parse_overrides([text])
+        except Exception as error:  # noqa: BLE001 - Hydra's grammar refuses it
+            raise refuse(text, f"is not an override ({' '.join(str(error).split())[:120]})") from None
+        key = override.key_or_group
+        parts = key.split(".")
+        if key in DROPPED or parts[0] == "hydra":
+            continue
+        if "_target_" in parts or any(part.startswith("_") and part.endswith("_") for part in parts):
+            raise refuse(text, "names a class or a Hydra directive")
+        if parts[-1] in PATH_NAMES or (parts[0] == "logger" and parts[-1] in ("name", "version", "prefix")):
+            raise refuse(text, "sets where files go, which a resume never takes from a file")
+        if override.is_sweep_override():
+            raise refuse(text, "is a sweep, not one run's value")
+        kept.append(text)
+    return kept
 
-    run = source.parent.parent  # <run>/.hydra/config.yaml
-    walk(OmegaConf.to_container(saved, resolve=False), "", False)
 
-
-def _resolve_as_in_run(cfg: DictConfig, hydra_file: Path) -> None:
-    """Resolve `cfg` in place, `${hydra:runtime.choices...}` (e.g. the model's name) from the run's own
-    `hydra.yaml`: only its config-group choices are read from it, as plain strings."""
-    choices: dict[str, str | None] = {}
-    if hydra_file.is_file():
-        saved = OmegaConf.to_container(_load_run_config(hydra_file), resolve=False)
-        runtime = saved.get("hydra", {}).get("runtime", {}) if isinstance(saved.get("hydra"), dict) else {}
-        raw = runtime.get("choices", {}) if isinstance(runtime, dict) else {}
-        for group, choice in raw.items() if isinstance(raw, dict) else ():
-            if choice is not None and (not isinstance(choice, str) or "${" in choice):
-                raise FmnistError(
-                    f"{hydra_file} is refused: hydra.runtime.choices.{group}={str(choice)[:200]!r} "
-                    "is not a plain config name. Fix: start a new run"
-                )
-            choices[str(group)] = choice
+def recompose(overrides: list[str], run: Path) -> tuple[DictConfig, DictConfig]:
+    """fmnist's conf/ composed with `overrides` for the run folder `run`: (as composed, resolved), with
+    `${hydra:...}` read from that composition, Hydra's global state left as it was."""
+    composed, hydra = compose_run(overrides)
+    with open_dict(composed):
+        composed.output_dir = str(run)  # wherever the folder is now
+        composed.resume = None
+    resolved = composed.copy()
     instance = HydraConfig.instance()
     current = instance.cfg
-    # what HydraConfig.get() and `${hydra:...}` read: the run's choices and folder, nothing else of the file
-    instance.cfg = OmegaConf.create({"hydra": {"runtime": {"choices": choices, "output_dir": cfg.output_dir}}})
+    instance.cfg = OmegaConf.create({"hydra": OmegaConf.to_container(hydra, resolve=False)})
     try:
-        OmegaConf.resolve(cfg)
-    except Exception as error:  # noqa: BLE001 - e.g. a key that names nothing, a loop of interpolations
+        with open_dict(instance.cfg):
+            instance.cfg.hydra.runtime.output_dir = str(run)
+        OmegaConf.resolve(resolved)
+    except Exception as error:  # noqa: BLE001 - e.g. a recorded override of a key conf/ no longer has
         reason = " ".join(str(error).split())[:300]
-        raise FmnistError(
-            f"{hydra_file.with_name('config.yaml')} cannot be resolved ({reason}). Fix: start a new run"
-        ) from None
+        raise FmnistError(f"resume={run}: its overrides no longer compose ({reason})") from None
     finally:
         instance.cfg = current
+    return composed, resolved
+
+
+# Where classes lived before fmnist/ was laid out in sub-packages, as the configs of earlier runs name them.
+MOVED_TARGETS = {
+    "fmnist.callbacks.KerasModelSummary": "fmnist.training.callbacks.KerasModelSummary",
+    "fmnist.callbacks.RunCheckpoint": "fmnist.training.run_folder.RunCheckpoint",
+    "fmnist.callbacks.StopOnNonFiniteLoss": "fmnist.training.callbacks.StopOnNonFiniteLoss",
+    "fmnist.resume.SaveOnInterrupt": "fmnist.training.callbacks.SaveOnInterrupt",
+    "fmnist.resume.RandomState": "fmnist.training.callbacks.RandomState",
+    "fmnist.optim.KerasRMSprop": "fmnist.models.optim.KerasRMSprop",
+    "fmnist.optim.KerasAdam": "fmnist.models.optim.KerasAdam",
+    "lightning.pytorch.callbacks.ModelCheckpoint": "fmnist.training.run_folder.RunCheckpoint",
+}
+NOT_COMPARED = ("output_dir", "resume")
+
+
+def compare_saved(config_file: Path, composed: DictConfig, resolved: DictConfig, skip: list[str]) -> None:
+    """Refuse, with one FmnistError naming the key, a run whose saved `config.yaml` holds a value that differs
+    from what the re-composition gives (as composed, or resolved): a file edited since, or a run of an fmnist
+    whose conf/ computed something else. Keys only one side has are a version's additions and pass; `skip` are
+    this command's overrides. The file is read as plain data (no aliases) and never resolved."""
+    saved = read_yaml(config_file)
+    if not isinstance(saved, dict):
+        raise FmnistError(f"{config_file} is refused: it is not a run's config (a mapping). Fix: start a new run")
+    plain = OmegaConf.to_container(composed, resolve=False)
+    final = OmegaConf.to_container(resolved, resolve=False)
+
+    def walk(old: Any, new: Any, done: Any, where: str) -> None:
+        if where in skip or where in NOT_COMPARED:
+            return
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in [key for key in old if key in new]:
+                below = done.get(key) if isinstance(done, dict) else None
+                walk(old[key], new[key], below, f"{where}.{key}" if where else str(key))
+            return
+        if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+            for index, (a, b) in enumerate(zip(old, new, strict=True)):
+                walk(a, b, done[index] if isinstance(done, list) and index < len(done) else None, f"{where}[{index}]")
+            return
+        if where.endswith("_target_") and isinstance(old, str):
+            old = MOVED_TARGETS.get(old, old)
+        if old != new and old != done:
+            raise FmnistError(
+                f"{config_file} is refused: {where}={str(old)[:120]!r} differs from what fmnist's conf/ gives "
+                f"for the run's overrides ({str(new)[:120]!r}); a resume re-composes the run and uses nothing "
+                "from that file. Fix: restore the file, resume with the fmnist version that made the run, or "
+                "start a new run"
+            )
+
+    walk(saved, plain, final, "")
 
 
 def hydra_value(text: str, key: str = "ckpt_path") -> str:

@@ -24,3 +24,21 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def compose_run(overrides: list[str], config_name: str = "train") -> tuple[DictConfig, DictConfig]:
+    """conf/ composed with `overrides`, unresolved: (the task's config, its `hydra` node). Hydra's global state
+    (GlobalHydra, HydraConfig) is left as it was, so this works inside a running command too."""
+    hydra = GlobalHydra.instance()
+    current = HydraConfig.instance().cfg
+    try:
+        if hydra.is_initialized():
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        HydraConfig.instance().cfg = current
+    with open_dict(cfg):
+        node = cfg.pop("hydra")
+    return cfg, node

@@ -16,9 +16,12 @@ import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import yaml
 
 from fmnist.utils.errors import FmnistError
 
@@ -94,6 +97,12 @@ def write_atomically(path: str | os.PathLike, data: bytes | memoryview, then: st
         file.write(data)
 
 
+def place_file(made: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a file that fmnist has just written whole (`made`, e.g. in a staging folder of the same disk) to
+    `target`, replacing a link there rather than following it. OSError as from os.replace."""
+    os.replace(made, target)
+
+
 def write_text(path: str | os.PathLike, text: str, then: str = "") -> None:
     """`write_atomically` for text (UTF-8)."""
     write_atomically(path, text.encode(), then)
@@ -126,6 +135,39 @@ class LogFile(logging.FileHandler):
     def _open(self):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a 3 KB "billion laughs" cannot expand."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases are not read here", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | os.PathLike, max_bytes: int = 1 << 20) -> Any:
+    """The plain data of a YAML file written by fmnist (safe loader, no aliases, at most `max_bytes`), or one
+    FmnistError naming the file: only a regular file is read, never through a link."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FmnistError(f"{path} is not a regular file")
+            data = file.read(max_bytes + 1)
+    except OSError as error:
+        reason = "it is a link, which fmnist never follows" if error.errno == errno.ELOOP else error.strerror
+        raise FmnistError(f"cannot read {path}: {reason or error}") from None
+    if len(data) > max_bytes:
+        raise FmnistError(f"{path} is over {max_bytes >> 10} KiB: not a file fmnist wrote")
+    try:
+        return yaml.load(data, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise FmnistError(f"{path} is not readable YAML (nested too deeply)") from None
+    except yaml.YAMLError as error:
+        raise FmnistError(f"{path} is not readable YAML ({' '.join(str(error).split())[:200]})") from None
 
 
 def write_section(page: Path, name: str, body: str, title: str) -> None:
