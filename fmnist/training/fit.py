@@ -30,8 +30,11 @@ from fmnist.training.checks import check_config, check_output_dir, check_splits
 from fmnist.training.console import RunConsole, describe_device, log
 from fmnist.training.progress import EpochProgressBar
 from fmnist.training.resume import (
+    RESTORE_ERRORS,
+    FirstStepDone,
     Resume,
     check_weights,
+    damaged_state,
     hydra_value,
     metrics_describe,
     never_poorer,
@@ -142,6 +145,8 @@ def _fit_and_test(
     timer = EpochTimer()
     # The timer goes first so that its epoch ends before checkpoints are written.
     callbacks = [timer] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + extra
+    first_step = FirstStepDone()
+    callbacks.append(first_step)
     callbacks.append(RunConsole(str(cfg.get("name") or "")))  # the plan, the time estimate, a line per epoch
     if cfg.trainer.get("enable_progress_bar") is not False:
         callbacks.append(EpochProgressBar())  # epochs counted from 1, as Keras and the study do
@@ -184,6 +189,10 @@ def _fit_and_test(
         stopped: BaseException | None = None
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None, weights_only=True)
+        except RESTORE_ERRORS as error:  # a resume's first step not done: the state last.ckpt restored is bad
+            if resume is None or first_step.done:
+                raise
+            raise damaged_state(resume, error) from None
         except TrainingDiverged as error:
             diverged = error
         except stops as error:

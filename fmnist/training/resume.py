@@ -201,6 +201,29 @@ def read_checkpoint(path: Path, run: Path) -> dict:
     return checkpoint
 
 
+class FirstStepDone(L.Callback):
+    """Whether a resumed fit got through its first training step: until then, any failure comes from the
+    training state that last.ckpt restored (`damaged_state`)."""
+
+    done = False
+
+    def on_train_batch_end(self, *args) -> None:
+        self.done = True
+
+
+RESTORE_ERRORS = (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def damaged_state(resume: Resume, error: BaseException) -> FmnistError:
+    """One line for a last.ckpt whose training state (callbacks, optimizer, loops) could not be restored."""
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    return FmnistError(
+        f"resume={resume.cfg.output_dir}: {resume.path} holds a training state that cannot be restored "
+        f"({type(error).__name__}: {reason}). Fix: copy one of the run's checkpoints/epoch_NNN.ckpt over it "
+        "to resume from the end of that epoch"
+    )
+
+
 def check_weights(resume: Resume, model: L.LightningModule) -> None:
     """Refuse a last.ckpt whose weights are not those of the run's model (another class, another size)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -248,12 +271,13 @@ def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given:
 
     The fit is over when last.ckpt has reached trainer.max_epochs (Lightning's own test), or when
     metrics.json, written when a fit ends, describes last.ckpt (early stopping, max_time) or a
-    divergence; it goes on anyway when this command raises trainer.max_epochs or sets trainer.max_time.
+    divergence; it goes on anyway when this command raises trainer.max_epochs, or sets trainer.max_time for a run
+    with epochs left (a finished run is never fitted again: its train_seconds stay).
     """
     epochs = _get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed")
     limit = _max_epochs(cfg)
     reached = limit != -1 and epochs >= limit
-    if ("trainer.max_epochs" in given and not reached) or "trainer.max_time" in given:
+    if not reached and ("trainer.max_epochs" in given or "trainer.max_time" in given):
         return "fit", ""
     describes = metrics_describe(previous, checkpoint)
     if not (reached or describes):
