@@ -59,8 +59,8 @@ def _writes_a_file(node: ast.Call, buffers: set[str]) -> bool:
         return True
     if name in ("replace", "rename") and len(node.args) == 1 and not node.keywords:  # Path.replace(target)
         return True
-    if name in ("savefig", "save") and owner in ("fig", "figure", "plt", "torch"):
-        target = node.args[1] if name == "save" and len(node.args) > 1 else node.args[0] if node.args else None
+    if name in ("savefig", "save") and owner not in ("OmegaConf", "np"):  # figures, torch.save, PIL images
+        target = node.args[1] if owner == "torch" and len(node.args) > 1 else node.args[0] if node.args else None
         return not (isinstance(target, ast.Name) and target.id in buffers)
     return False
 

@@ -6,6 +6,11 @@ image the network saw, the top-3 classes (a bar chart), the nearest catalogue it
 changes. Requests that wait in Gradio's queue are classified together (`max_batch_size`). Tab "Catalogue
 groups": the k-means clusters of the catalogue's embedding on a 2-D map, thumbnails per cluster, NMI/ARI/purity.
 The same functions are the app's HTTP API (`/classify`), which `gradio_client` calls.
+
+Bounds: a request body is at most `max_file_size` (and a multipart's few headers; FastAPI's `max_body_size`),
+an image at most `max_pixels` (from its header, before decoding); a request whose data Gradio can't prepare gets
+its own `error: ...` line; each refusal is one log line, without the request's data or a traceback. Uploads and
+thumbnails are kept within `upload_quota` (and `MAX_KEPT_FILES`): after each upload the oldest go.
 """
 
 from __future__ import annotations
@@ -16,21 +21,30 @@ import re
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
+import inspect  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import stat  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import anyio  # noqa: E402
+import fastapi  # noqa: E402
 import gradio as gr  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gradio.exceptions import InvalidPathError  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from PIL import Image  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from fmnist.analysis.cluster import map_figure  # noqa: E402
 from fmnist.deploy.predict import MAX_PIXELS, NOT_A_NUMBER, UNSURE, load_image  # noqa: E402
@@ -47,14 +61,26 @@ from fmnist.utils.checks import (  # noqa: E402
     text,
 )
 from fmnist.utils.errors import FmnistError  # noqa: E402
-from fmnist.web.catalog import Catalog, build_catalog, class_name  # noqa: E402
+from fmnist.utils.files import write_atomically  # noqa: E402
+from fmnist.web.catalog import Catalog, build_catalog, class_name, printable  # noqa: E402
+
+SIZE = re.compile(r"\s*([1-9]\d*)\s*(b|kb|mb|gb)\s*", re.IGNORECASE)
+UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}  # Gradio's own: 10mb is 10 MiB
 
 
 def file_size(value) -> bool:
     """A size Gradio's `max_file_size` takes: a number of bytes, or digits and b, kb, mb or gb."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value >= 1
-    return isinstance(value, str) and re.fullmatch(r"\s*[1-9]\d*\s*(b|kb|mb|gb)\s*", value, re.IGNORECASE) is not None
+    return isinstance(value, str) and SIZE.fullmatch(value) is not None
+
+
+def size_bytes(value: int | str) -> int:
+    """A size that `file_size` accepts, in bytes."""
+    if isinstance(value, int):
+        return value
+    digits, unit = SIZE.fullmatch(value).groups()
+    return int(digits) * UNITS[unit.lower()]
 
 
 RULES = {
@@ -67,6 +93,7 @@ RULES = {
     "seed": (integer, "an integer", seed_in_range, SEED_RANGE, False),
     "min_confidence": (number, "a number", lambda v: 0 <= v <= 1, "a number from 0 to 1", False),
     "max_file_size": (file_size, "a size", None, "a size such as 10mb, 500kb or a number of bytes", False),
+    "upload_quota": (file_size, "a size", None, "a size such as 500mb, 2gb or a number of bytes", False),
     "max_pixels": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (an upload's pixels)", False),
     "max_batch_size": (integer, "an integer", lambda v: v >= 1, "an integer >= 1", False),
     "cache": (boolean, "true or false", None, "true or false", False),
@@ -76,6 +103,112 @@ RULES = {
 THUMBNAIL = 112  # pixels a side for a 28x28 image on the page (4x, nearest: the pixels stay visible)
 EXAMPLE_CLASSES = ("Trouser", "Sneaker", "Bag", "Dress", "Ankle boot")
 NO_FILE = "error: no file: upload a photo or pick an example"
+MULTIPART_ROOM = 64 << 10  # bytes a request body may hold beyond its file: the multipart's boundaries and headers
+MAX_KEPT_FILES = 4096  # uploads and thumbnails kept at most, whatever their size
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What `classify` gets for a request whose data Gradio could not prepare: the short reason."""
+
+    reason: str
+
+
+def refusal(error: Exception) -> str:
+    """Why Gradio could not prepare a request's data, in a few words and without the data (huge, or hostile)."""
+    if isinstance(error, InvalidPathError):
+        return "its file was not uploaded to this page: upload it first"
+    if isinstance(error, ValidationError):
+        return "its data is not a file upload"
+    return f"its data is unusable ({type(error).__name__})"
+
+
+class Page(gr.Blocks):
+    """The app's Blocks. A request whose data Gradio refuses before `classify` (a file not uploaded here, data
+    that is no file) gets its own error line and one log line, without its data or a traceback, and never fails
+    the other requests of its batch; one with the wrong number of values gets one short error and one log line
+    (Gradio's queue zips a batch's values before the app sees them: such a request fails its batch)."""
+
+    async def process_api(self, block_fn, inputs, *args, **kwargs):
+        fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        columns = inputs if isinstance(inputs, list) else []
+        lengths = {len(c) for c in columns if isinstance(c, list | tuple)}
+        if fn.batch and (len(columns) != len(fn.inputs) or len(lengths) != 1 or lengths == {0}):
+            reason = f"its data is not {len(fn.inputs)} value(s) per request"
+            print(f"refused a request: {reason}", flush=True)
+            raise gr.Error(reason, print_exception=False)
+        return await super().process_api(block_fn, inputs, *args, **kwargs)
+
+    async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
+        try:
+            return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - Gradio's own errors print a traceback that holds the data
+            reason = refusal(error)
+            print(f"refused a request: {reason}", flush=True)
+            if not block_fn.batch:  # Gradio's own functions (the examples' loader)
+                raise gr.Error(reason, print_exception=False) from None
+            return [Refused(reason)] * len(block_fn.inputs)  # classify's: the request's own error line
+
+
+@dataclass
+class Quota:
+    """The folders of uploads and thumbnails, kept to the newest files within `max_bytes` and `max_files`;
+    the files in `keep` (the examples and the page's own images, there at launch) are never removed."""
+
+    folders: list[Path]
+    max_bytes: int
+    max_files: int = MAX_KEPT_FILES
+    keep: set[str] = field(default_factory=set)
+
+    def files(self) -> list[tuple[float, int, str]]:
+        """(modification time, size, path) of every regular file in the folders that is not kept."""
+        found = []
+        for folder in self.folders:
+            for root, _, names in os.walk(folder):
+                for name in names:
+                    path = os.path.join(root, name)
+                    with contextlib.suppress(OSError):
+                        info = os.lstat(path)
+                        if stat.S_ISREG(info.st_mode) and path not in self.keep:
+                            found.append((info.st_mtime, info.st_size, path))
+        return found
+
+    def prune(self) -> int:
+        """Remove the oldest files beyond the quota (and Gradio's folder of each, once empty); returns how many."""
+        roots, total, removed = {str(folder) for folder in self.folders}, 0, 0
+        for count, (_, size, path) in enumerate(sorted(self.files(), reverse=True), 1):
+            total += size
+            if count > self.max_files or total > self.max_bytes:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed += 1
+                    if os.path.dirname(path) not in roots:
+                        os.rmdir(os.path.dirname(path))  # only an empty one goes
+        return removed
+
+
+class Guard:
+    """ASGI middleware of the page: one log line per request refused as too large (413), without its data; after
+    each upload, the quota's oldest files go."""
+
+    def __init__(self, app, quota: Quota, max_file_size: int):
+        self.app, self.quota, self.max_file_size = app, quota, max_file_size
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def logged(message):
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                path, limit = printable(scope["path"][:100]), f"{self.max_file_size:,}"
+                print(f"refused a request to {path}: too large (uploads up to {limit} bytes)", flush=True)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged)
+        finally:
+            if scope["method"] == "POST" and scope["path"].endswith("/upload"):
+                await anyio.to_thread.run_sync(self.quota.prune)
 
 
 def thumbnail(image: np.ndarray | torch.Tensor, size: int = THUMBNAIL) -> Image.Image:
@@ -97,10 +230,10 @@ class Thumbnails:
     def path(self, image: torch.Tensor, size: int = THUMBNAIL) -> str:
         pixels = image.to(torch.uint8).contiguous().numpy()
         target = self.folder / f"{hashlib.sha256(pixels.tobytes()).hexdigest()[:24]}_{size}.png"
-        if not target.exists():
-            partial = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-            thumbnail(pixels, size).save(partial, "PNG")
-            os.replace(partial, target)
+        if not os.path.lexists(target):
+            image = io.BytesIO()
+            thumbnail(pixels, size).save(image, "PNG")
+            write_atomically(target, image.getbuffer())
         return str(target)
 
 
@@ -122,14 +255,16 @@ class Classifier:
         self.thumbnails = Thumbnails(folder)
 
     @torch.inference_mode()
-    def classify(self, paths: list[str | None]) -> tuple[list, list, list, list]:
+    def classify(self, paths: list[str | Refused | None]) -> tuple[list, list, list, list]:
         """For each upload: (the image the network saw, {class: probability} of the top 3, the nearest catalogue
-        items as (thumbnail, caption), a line of text). An unusable file keeps the page as it was (`gr.skip`)
-        and gets its `error: ...` line."""
+        items as (thumbnail, caption), a line of text). An unusable file or a refused request keeps the page as
+        it was (`gr.skip`) and gets its `error: ...` line."""
         seen, labels, galleries, lines = [], [], [], []
         images, slots = [], []
         for path in paths:
             try:
+                if isinstance(path, Refused):
+                    raise ValueError(path.reason)
                 if not path:
                     raise ValueError(NO_FILE.removeprefix("error: "))
                 images.append(load_image(Path(path), self.max_pixels))
@@ -138,7 +273,7 @@ class Classifier:
                 seen.append(gr.skip())
                 labels.append(gr.skip())
                 galleries.append(gr.skip())
-                lines.append(f"error: {reason}")
+                lines.append(f"error: {printable(reason)}")
                 continue
             slots.append(len(seen))
             seen.append(None)
@@ -201,7 +336,9 @@ def write_examples(catalog: Catalog, folder: Path) -> list[str]:
         if len(found):
             path = folder / f"{name.lower().replace(' ', '_')}.jpg"
             image = Image.fromarray(255 - catalog.images[found[0]].numpy()).resize((200, 300)).convert("RGB")
-            image.save(path, "JPEG", quality=90)
+            photo = io.BytesIO()
+            image.save(photo, "JPEG", quality=90)
+            write_atomically(path, photo.getbuffer())
             paths.append(str(path))
     return paths
 
@@ -209,7 +346,7 @@ def write_examples(catalog: Catalog, folder: Path) -> list[str]:
 def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) -> gr.Blocks:
     """The page: a tab to classify a photo, a tab of the catalogue's groups."""
     catalog = classifier.catalog
-    with gr.Blocks(title="fmnist: classify and group garments") as app:
+    with Page(title="fmnist: classify and group garments") as app:
         gr.Markdown(
             "# fmnist: what is this garment, and what looks like it?\n"
             "Upload a photo (PNG, JPEG, WebP, ...; any size, colour or gray, dark-on-light shop photos too). "
@@ -276,32 +413,47 @@ def _interrupt(signum, frame) -> None:
 def serve(cfg: DictConfig, block: bool = True):
     """Load the model, build (or load) the catalogue, and serve the page; returns the app (`block=False`: at once)."""
     check_values(cfg, RULES)
+    max_file_size, upload_quota = size_bytes(cfg.max_file_size), size_bytes(cfg.upload_quota)
+    if upload_quota < max_file_size:
+        raise FmnistError(
+            f"upload_quota={cfg.upload_quota} is out of range: must hold one upload (max_file_size={cfg.max_file_size})"
+        )
+    if "max_body_size" not in inspect.signature(fastapi.FastAPI).parameters:  # older ones take it silently, unused
+        raise FmnistError("this FastAPI cannot cap the size of a request. Fix: pip install -U fastapi")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     device = pick_device(cfg.device)
     check_port(cfg.host, cfg.port)
     model = load_model(cfg.ckpt_path)
     if cfg.catalog is not None and not Path(cfg.catalog).is_dir():
-        raise FmnistError(f"catalog={cfg.catalog} is not a folder: give a folder of images (or catalog=null)")
+        raise FmnistError(
+            f"catalog={printable(cfg.catalog)} is not a folder: give a folder of images (or catalog=null)"
+        )
     catalog = build_catalog(model, cfg, device)
     folder = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))  # examples, thumbnails, uploads: removed at exit
     atexit.register(shutil.rmtree, folder, True)
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(folder / "uploads"))  # Gradio's copies of uploads and outputs
-    classifier = Classifier(model, catalog, device, cfg.neighbours, cfg.min_confidence, folder, cfg.max_pixels)
+    uploads, thumbnails = folder / "uploads", folder / "thumbnails"
+    thumbnails.mkdir()
+    os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # Gradio's copies of uploads and outputs: ours, so pruned by ours
+    classifier = Classifier(model, catalog, device, cfg.neighbours, cfg.min_confidence, thumbnails, cfg.max_pixels)
     app = build_app(classifier, write_examples(catalog, folder), cfg.max_batch_size)
+    quota = Quota([uploads, thumbnails], upload_quota)
+    max_body_size = max_file_size + MULTIPART_ROOM
     try:
         app.queue().launch(
             server_name=cfg.host,
             server_port=cfg.port,
-            max_file_size=cfg.max_file_size,
+            max_file_size=max_file_size,
+            app_kwargs={"max_body_size": max_body_size, "middleware": [Middleware(Guard, quota, max_file_size)]},
             prevent_thread_lock=True,
             quiet=True,
             footer_links=["api"],
         )
     except OSError as error:  # the port was taken while the catalogue was built
         raise FmnistError(f"cannot serve on {cfg.host}:{cfg.port} ({error}). Fix: another port=") from None
+    quota.keep = {path for _, _, path in quota.files()}  # the examples and the catalogue tab's images
     print(
-        f"serving {cfg.ckpt_path} on http://{cfg.host}:{cfg.port} (uploads up to {cfg.max_file_size} and "
-        f"{cfg.max_pixels:,} pixels); Ctrl-C stops it"
+        f"serving {printable(cfg.ckpt_path)} on http://{cfg.host}:{cfg.port} (uploads up to {cfg.max_file_size} "
+        f"and {cfg.max_pixels:,} pixels, {cfg.upload_quota} kept); Ctrl-C stops it"
     )
     if block:  # SIGTERM stops the server as Ctrl-C does: Gradio closes and the temporary folder goes
         signal.signal(signal.SIGTERM, _interrupt)

@@ -3,13 +3,15 @@
 Built once at start-up from the test set or a folder of images (prepared as `fmnist.predict` prepares a
 photo), with `fmnist.cluster`'s k-means and scores, and cached beside the checkpoint under a key made of
 the checkpoint's and the catalogue files' bytes, so that a restart loads it instead of rebuilding it. A cache
-file is read with `torch.load(weights_only=True)` and checked part by part; one that fails is rebuilt.
+file is read with `torch.load(weights_only=True)` and checked part by part; one that fails is rebuilt; one is
+written with `write_atomically` (a temporary file of its own, renamed: no planted link redirects it). A file name
+or text read from disk is printed through `printable`: one line stays one line.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,15 @@ from fmnist.analysis.reports import predictions
 from fmnist.data.idx import CLASS_NAMES, RAW_FILES, raw_folder
 from fmnist.deploy.predict import list_inputs, load_image
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_atomically
 
 CACHE_FOLDER = "serve_cache"  # beside the checkpoint
 CACHE_VERSION = 1  # raised when what a cache file holds changes
+
+
+def printable(text: object) -> str:
+    """`text` on one line: control, format and other unprintable characters written as escapes (\\n, \\x1b, \\u202e)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Catalog:
 def _digest(*parts: bytes | str) -> str:
     hasher = hashlib.sha256()
     for part in parts:
-        hasher.update(part.encode() if isinstance(part, str) else part)
+        hasher.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)  # a name's bytes
         hasher.update(b"\0")
     return hasher.hexdigest()[:20]
 
@@ -153,7 +161,7 @@ def _embed_folder(model, files: list[Path], device: torch.device, batch_size: in
         images.append((x[:, 0] * 255).round().to(torch.uint8).cpu())
         names += [str(p) for p in kept]
     for line in skipped[:5]:
-        print(f"skipped {line}")
+        print(f"skipped {printable(line)}")
     if len(skipped) > 5:
         print(f"skipped {len(skipped) - 5} more files that are not images")
     if not names:
@@ -186,11 +194,11 @@ def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
         try:
             state = _checked_state(torch.load(cache, map_location="cpu", weights_only=True), width)
             catalog = Catalog.from_state(state)
-            print(f"catalogue: {len(catalog.names):,} items from the cache {cache}")
+            print(f"catalogue: {len(catalog.names):,} items from the cache {printable(cache)}")
             return catalog
         except Exception as error:  # noqa: BLE001 - a damaged or foreign cache is rebuilt, never trusted
             reason = f"{type(error).__name__}: {str(error)[:120]}"
-            print(f"the cache {cache} is unreadable ({reason}): building the catalogue again")
+            print(f"the cache {printable(cache)} is unreadable ({printable(reason)}): building the catalogue again")
     start = time.perf_counter()
     if cfg.catalog is None:
         embeddings, classes, images, names = _embed_test_set(model, datamodule, device)
@@ -219,14 +227,13 @@ def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
     )
     print(f"catalogue: {len(names):,} items embedded and clustered in {time.perf_counter() - start:.1f} s")
     if cfg.cache:
-        try:
-            cache.parent.mkdir(exist_ok=True)
-            partial = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp")  # two servers may build it at once
-            torch.save(catalog.to_state(), partial)
-            partial.replace(cache)  # a file of fmnist's own, named by its key: never someone else's
-            print(f"cached in {cache}")
-        except OSError as error:
-            print(f"the catalogue is not cached ({error.strerror}): the next start builds it again")
+        state = io.BytesIO()
+        torch.save(catalog.to_state(), state)
+        try:  # two servers may build it at once: each writes a temporary file of its own
+            write_atomically(cache, state.getbuffer())
+            print(f"cached in {printable(cache)}")
+        except FmnistError as error:
+            print(f"the catalogue is not cached ({printable(error)}); the next start builds it again")
     return catalog
 
 
