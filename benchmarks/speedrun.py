@@ -40,7 +40,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fmnist.analysis.results import write_results  # noqa: E402
+from fmnist.analysis.results import read_results, write_results  # noqa: E402
+from fmnist.analysis.runs import read_bytes  # noqa: E402
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
@@ -49,8 +50,27 @@ from fmnist.training.checks import check_config  # noqa: E402
 from fmnist.training.fit import build_model, train  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
+from fmnist.utils.files import write_json  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+MAX_SEEDS = 1000
+MAX_SAVED_BYTES = 1 << 20  # a tier's --json file is a few KB
+
+
+class Refused(SystemExit):
+    """Exit status 2 for a bad option or input file; str() is its one `error: ...` line, which main prints."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(status)
+        self.line = f"error: {' '.join(message.split())[:500]}"
+
+    def __str__(self) -> str:
+        return self.line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise Refused(message)
 
 
 def _sync(device: torch.device) -> None:
@@ -215,24 +235,52 @@ def whitening_seconds(model: torch.nn.Module, images: torch.Tensor, device: torc
 def add_saved_row(path: Path, docs: Path) -> None:
     """Write the docs/ row of a tier measured earlier (its `--json` file): the row's figures, nothing else."""
     try:
-        if path.stat().st_size > 1 << 20:
-            raise ValueError("over 1 MiB")
-        row = results_row(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as error:
-        sys.exit(f"error: --results-from {path}: not a tier's --json file ({error})")
+        row = results_row(json.loads(read_bytes(path, MAX_SAVED_BYTES)))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, ArithmeticError, RecursionError) as error:
+        raise Refused(f"--results-from {path}: not a tier's --json file ({str(error)[:200]})") from None
     try:
         write_results([row], docs)
     except (OSError, FmnistError) as error:
-        sys.exit(f"error: --docs {docs}: {error}")
+        raise Refused(f"--docs {docs}: {error}") from None
     print(f"{docs}/results.json and RESULTS.md: the row of {path} added")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """(mean, std); NaN for no values (every seed failed)."""
+    if not values:
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def check_options(args) -> None:
+    """Refuse bad options before any data is read or any seed is trained."""
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise Refused(f"--seeds must be from 1 to {MAX_SEEDS}, not {args.seeds}")
+    if not 0 <= args.first_seed <= 2**32 - args.seeds:
+        raise Refused(f"--first-seed: the seeds {args.first_seed}.. must lie in 0..{2**32 - 1}")
+    if args.json is not None:
+        if args.json.exists() and not args.json.is_file():
+            raise Refused(f"--json {args.json}: not a file")
+        if any(folder.exists() and not folder.is_dir() for folder in args.json.parents):
+            raise Refused(f"--json {args.json}: its folder is a file")
+    if args.results:
+        try:
+            read_results(args.docs / "results.json")
+        except FmnistError as error:
+            raise Refused(f"--docs {args.docs}: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command; a bad option or input file ends it with one `error: ...` line and exit status 2."""
+    try:
+        run(argv)
+    except Refused as refused:
+        print(refused, file=sys.stderr)
+        raise
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="speedrun", help="the tier's config: speedrun, speedrun_94, ...")
     parser.add_argument(
         "--trainer", default="cpu_fast", help="cpu_fast, cpu_bf16 (a CPU with AVX512-BF16 or AMX) or gpu_fast"
@@ -263,12 +311,11 @@ def main() -> None:
         "--results-from", type=Path, help="add the row of a run's --json file to docs/ instead of running the tier"
     )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where --results writes (default: docs/)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.results_from:
         add_saved_row(args.results_from, args.docs)
         return
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+    check_options(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = args.override + args.recipe
@@ -277,12 +324,16 @@ def main() -> None:
                 [f"experiment={args.experiment}", f"trainer={args.trainer}", f"output_dir={tmp}"] + recipe
             )
             check_config(cfg)  # the checks a run makes, before any data is read
-            target = float(cfg.tier)
+            try:
+                target = float(cfg.tier)
+            except (TypeError, ValueError):
+                raise FmnistError(f"tier={cfg.tier}: must be a number (the accuracy the tier aims at)") from None
             model = build_model(cfg.model)  # its whitening settings, with the constructor's defaults
             datamodule = hydra.utils.instantiate(cfg.data, device_resident=False)
             datamodule.setup("fit")
-        except (HydraException, OmegaConfBaseException, FmnistError, ValueError) as error:
-            sys.exit(f"error: {' '.join(str(error).split())[:300]} (the tier's config with {recipe or 'no overrides'})")
+        except (HydraException, OmegaConfBaseException, FmnistError, ValueError, TypeError, OSError) as error:
+            message = f"{' '.join(str(error).split())[:300]} (the tier's config with {recipe or 'no overrides'})"
+            raise Refused(message) from None
         test_images, test_labels = datamodule.test_set.images, datamodule.test_set.labels
         device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
         whitened = getattr(model, "whitened", False)
@@ -329,9 +380,11 @@ def main() -> None:
             result[name], result[f"{name}_std"] = mean_std([r[name] for r in rows])
         result["at_target"] = sum(r["acc_tta"] >= target for r in rows) / len(rows)
         result["train_seconds"], result["train_seconds_std"] = mean_std([r["train_seconds"] for r in timed])
-        result["train_seconds_median"] = statistics.median(r["train_seconds"] for r in timed)  # this VM has bursts
+        # also the median: this VM has bursts
+        result["train_seconds_median"] = statistics.median(r["train_seconds"] for r in timed) if timed else math.nan
         result["first_seed_train_seconds"] = rows[0]["train_seconds"]
-        result["test_seconds_tta"] = statistics.median(r["seconds_tta"] for r in rows if "error" not in r)
+        tested = [r["seconds_tta"] for r in rows if "error" not in r]
+        result["test_seconds_tta"] = statistics.median(tested) if tested else math.nan
         if args.cnn_epoch:
             result["cnn_epoch_seconds"] = cnn_epoch_seconds(args.trainer, Path(tmp) / "cnn", args.override)
             result["cnn_epochs"] = result["train_seconds_median"] / result["cnn_epoch_seconds"]
@@ -357,12 +410,16 @@ def main() -> None:
             f"plain PyTorch loop: {result['plain_seconds']:.2f} s; "
             f"Lightning / plain = {result['lightning_over_plain']:.3f}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.results:
-        write_results([results_row(result)], args.docs)
-        print(f"{args.docs}/results.json and RESULTS.md: the tier's row added")
+    try:
+        if args.json:
+            write_json(args.json, result)
+        if args.results:
+            write_results([results_row(result)], args.docs)
+            print(f"{args.docs}/results.json and RESULTS.md: the tier's row added")
+    except FmnistError as error:
+        raise Refused(str(error), status=1) from None
+    except ValueError as error:  # results_row: e.g. every seed failed, so there are no figures
+        raise Refused(f"--results: the tier's row is not written ({error})", status=1) from None
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = find_runs(folders)
         if not runs:
             raise FmnistError(f"no runs with metrics.json in {', '.join(folders)}")
+        left_out = [r for r in runs if r["state"] != "completed"]
+        for run in left_out[:20]:  # each note is one line (fmnist.analysis.runs)
+            print(f"left out: {run['run_dir']}: {run['state']}{': ' + run['note'] if run['note'] else ''}")
+        if len(left_out) > 20:
+            print(f"left out: {len(left_out) - 20} more runs")
         rows = aggregate(runs)
         write_results(rows, Path(args.docs))
         print(results_table(rows))

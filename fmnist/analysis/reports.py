@@ -4,6 +4,10 @@ most confident mistakes, training curves. Numbers come from torchmetrics, plots 
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,21 +163,83 @@ def events_dir(tensorboard_dir: str | Path) -> Path | None:
     return named[0] if len(named) == 1 else None
 
 
+CURVE_TAGS = ("train/acc", "val/acc", "train/loss", "val/loss")
+EVENTS_MAX_BYTES = 1 << 30  # a run's event file is a few MB: a larger one is not read
+RECORD_READ_MAX = 1 << 20  # a scalar's record is ~100 bytes: a longer one (an image) is stepped over, unread
+CURVE_MAX_POINTS = 100_000  # per curve: one point per epoch
+
+
+def _event_records(file, size: int):
+    """(data, data crc) of each TFRecord of an open event file of `size` bytes, or None for a record too long
+    to be a scalar's (stepped over). ValueError where the file is cut short or a record's length is damaged:
+    no length is trusted beyond its checksum, the bytes left in the file and RECORD_READ_MAX."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    while header := file.read(12):  # uint64 length, uint32 masked crc of the length
+        if len(header) < 12:
+            raise ValueError("cut short in a record's header")
+        length, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc:
+            raise ValueError("a record's length fails its checksum")
+        if length + 4 > size - file.tell():
+            raise ValueError(f"a record announces {length:,} bytes, more than the file holds")
+        if length > RECORD_READ_MAX:
+            file.seek(length + 4, os.SEEK_CUR)
+            yield None
+            continue
+        data, footer = file.read(length), file.read(4)
+        if len(data) < length or len(footer) < 4:
+            raise ValueError("cut short in a record")
+        yield data, struct.unpack("<I", footer)[0]
+
+
+def _read_event_file(path: Path, curves: dict[str, list[float]]) -> str:
+    """Add the curves' points of one event file to `curves`; '' or why the file was not read to its end."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file"
+        if info.st_size > EVENTS_MAX_BYTES:
+            return f"is over {EVENTS_MAX_BYTES >> 30} GiB, more than a run writes"
+        try:
+            for record in _event_records(file, info.st_size):
+                if record is None:
+                    continue
+                try:
+                    event = Event.FromString(record[0])
+                except DecodeError:
+                    return "holds a record that is not an event"
+                points = [v for v in event.summary.value if v.tag in CURVE_TAGS and v.HasField("simple_value")]
+                if points and masked_crc32c(record[0]) != record[1]:
+                    return "holds a record that fails its checksum"
+                for value in points:
+                    if len(curves[value.tag]) >= CURVE_MAX_POINTS:
+                        return f"holds over {CURVE_MAX_POINTS:,} points of {value.tag}"
+                    curves[value.tag].append(value.simple_value)
+        except (OSError, ValueError) as error:
+            return str(error)
+    return ""
+
+
 def read_curves(tensorboard_dir: str | Path) -> dict[str, list[float]]:
-    """Per-epoch train/val accuracy and loss as logged to TensorBoard by a training run."""
-    import logging
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs each file it opens
-    accumulator = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    tags = set(accumulator.Tags().get("scalars", []))
-    return {
-        tag: [event.value for event in accumulator.Scalars(tag)]
-        for tag in ("train/acc", "val/acc", "train/loss", "val/loss")
-        if tag in tags
-    }
+    """Per-epoch train/val accuracy and loss as logged to TensorBoard by a training run: the scalars of its
+    event files in name order (as TensorBoard reads them). A damaged file is read up to the damage, with a note."""
+    folder = Path(tensorboard_dir)
+    files = [folder] if not folder.is_dir() else sorted(p for p in folder.iterdir() if "tfevents" in p.name)
+    curves: dict[str, list[float]] = defaultdict(list)
+    for path in files:
+        problem = _read_event_file(path, curves)
+        if problem:
+            say(f"note: the event file {path} {problem}: its curves are left out from there")
+    return {tag: curves[tag] for tag in CURVE_TAGS if curves[tag]}
 
 
 def curves_figure(curves: dict[str, list[float]], title: str = ""):

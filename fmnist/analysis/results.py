@@ -7,12 +7,12 @@ results.json are kept, so the table grows run by run.
 from __future__ import annotations
 
 import functools
-import json
+import math
 from pathlib import Path
 
 import yaml
 
-from fmnist.analysis.runs import format_count, format_seconds
+from fmnist.analysis.runs import format_count, format_seconds, parse_json, read_bytes
 from fmnist.analysis.study import STUDY
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
@@ -32,6 +32,52 @@ ROW_KEYS = (
     "optimizer",
     "params_total_keras",
 )
+MAX_RESULTS_BYTES = 16 << 20  # docs/results.json holds tens of rows of a few hundred bytes
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What the table and the merge need of each key of a row (NaN is a row's "not measured" for F1 and time).
+ROW_CHECKS = {
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "recipe": (lambda v: isinstance(v, str), "a string"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "epochs": (_integer, "an integer"),
+    "seeds": (lambda v: isinstance(v, list), "a list"),
+    "test_acc_mean": (lambda v: _real(v) and math.isfinite(v), "a finite number"),
+    "test_acc_std": (lambda v: _real(v) and math.isfinite(v), "a finite number"),
+    "macro_f1_mean": (_real, "a number"),
+    "train_seconds_mean": (_real, "a number"),
+    "batch_size": (lambda v: v is None or _integer(v), "an integer or null"),
+    "params_total_keras": (lambda v: v is None or _integer(v), "an integer or null"),
+    "optimizer": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+}
+
+
+def row_problem(row) -> str:
+    """What makes `row` no results row (its first missing key or key of a wrong type, in a few words), or ''."""
+    if not isinstance(row, dict):
+        return "is not a mapping"
+    missing = [key for key in ROW_KEYS if key not in row]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, (ok, what) in ROW_CHECKS.items():
+        if key in row and not ok(row[key]):
+            return f"has {key}={' '.join(repr(row[key])[:200].split())[:60]} (must be {what})"
+    return ""
+
+
+def _cell(value) -> str:
+    """Text of a row as one cell of a Markdown table: one line, printable, its `|` escaped."""
+    text = "".join(c for c in " ".join(str(value)[:1000].split()) if c.isprintable())
+    return text[:300].replace("|", "\\|")
 
 
 @functools.cache
@@ -54,15 +100,16 @@ def results_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         study = STUDY.get(row["model"], {})
+        model, variant, device = _cell(row["model"]), _cell(row["recipe"]), _cell(row["device"])
         recipe = recipe_epochs(row["model"])
         epochs = f"{row['epochs']}" + (f" of {recipe} (reduced)" if recipe and row["epochs"] < recipe else "")
         reference = (
             f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "(beyond the study)"
         )
         lines.append(
-            f"| {row['model']} | {row['recipe']} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
+            f"| {model} | {variant} | {epochs} | {len(row['seeds'])} | {row['test_acc_mean']:.4f} ± "
             f"{row['test_acc_std']:.4f} | {row['macro_f1_mean']:.4f} | {format_count(row['params_total_keras'])} | "
-            f"{format_seconds(row['train_seconds_mean'])} | {row['device']} | {reference} |"
+            f"{format_seconds(row['train_seconds_mean'])} | {device} | {reference} |"
         )
     return "\n".join(lines)
 
@@ -80,16 +127,26 @@ def results_json(rows: list[dict]) -> dict:
     return out
 
 
-def _earlier_rows(path: Path) -> dict:
-    """The rows of an earlier results.json, or {} when there is none; a damaged one is one FmnistError."""
+def read_results(path: Path) -> dict:
+    """The rows of an earlier results.json, or {} when there is none; a damaged one (or row) is one FmnistError."""
     if not path.is_file():
         return {}
     try:
-        rows = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FmnistError(f"{path} cannot be read ({error}): fix or remove it, its rows are kept otherwise") from None
-    if not isinstance(rows, dict) or not all(isinstance(r, dict) and set(ROW_KEYS) <= r.keys() for r in rows.values()):
+        rows, problem = parse_json(read_bytes(path, MAX_RESULTS_BYTES))
+    except OSError as error:
+        rows, problem = None, f"cannot be read ({error.strerror or error})"
+    except ValueError as error:
+        rows, problem = None, str(error)
+    if problem:
+        raise FmnistError(f"{path} {problem}: fix or remove it, its rows are kept otherwise")
+    if not isinstance(rows, dict):
         raise FmnistError(f"{path} is not a results file of fmnist.reproduce: fix or remove it")
+    for key, row in rows.items():
+        problem = row_problem(row)
+        if problem:
+            raise FmnistError(
+                f"{path}: its row {' '.join(key.split())[:60]!r} {problem}: fix or remove that row (nothing written)"
+            )
     return rows
 
 
@@ -102,7 +159,11 @@ def _identity(row: dict) -> tuple:
 def write_results(rows: list[dict], docs: Path) -> None:
     """Add the rows to docs/results.json (each replacing the earlier row of its model, epochs, recipe and kind of
     device) and write the whole table into docs/RESULTS.md between its markers."""
-    merged = _earlier_rows(docs / "results.json")
+    merged = read_results(docs / "results.json")
+    for row in rows:
+        problem = row_problem(row)
+        if problem:
+            raise FmnistError(f"a new results row {problem}: nothing was written")
     for key, row in results_json(rows).items():
         same = _identity(row)
         # a re-measurement replaces the earlier row of the same model, epochs, recipe and kind of device, whatever

@@ -15,41 +15,76 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import stat
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import read_yaml
 
 TRAINING_KEYS = ("model", "epochs")  # in the metrics.json of fmnist.train, not in fmnist.evaluate's
+MAX_JSON_BYTES = 16 << 20  # a run's metrics.json or job_status.json is a few KB
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_json(path: Path) -> tuple[Any, str]:
-    """(the parsed file, "") or (None, why it could not be read)."""
+def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; OSError, or ValueError saying why it is not read
+    (a FIFO or device is refused without blocking on it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("is not a regular file")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"is over {max_bytes >> 20} MiB: not a file fmnist wrote")
+    return data
+
+
+def parse_json(data: bytes) -> tuple[Any, str]:
+    """(the parsed JSON, "") or (None, why it is not JSON)."""
     try:
-        return json.loads(path.read_text()), ""
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, UnicodeDecodeError) as error:
-        return None, f"cannot be read ({getattr(error, 'strerror', None) or error})"
+        return json.loads(data), ""
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
     except json.JSONDecodeError as error:
         return None, f"is not valid JSON ({error.msg}, line {error.lineno}): truncated or edited"
+    except RecursionError:
+        return None, "is not valid JSON (nested too deeply)"
+    except ValueError as error:  # e.g. an integer of over 4,300 digits
+        return None, f"is not valid JSON ({' '.join(str(error).split(':')[0].split())[:80]})"
+
+
+def read_json(path: Path) -> tuple[Any, str]:
+    """(the parsed file, "") or (None, why it could not be read); at most MAX_JSON_BYTES are read."""
+    try:
+        data = read_bytes(path, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except ValueError as error:
+        return None, str(error)
+    return parse_json(data)
 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())  # plain values only: nothing in the file is run
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return read_yaml(path)  # plain values only, within 1 MiB, no aliases: nothing in the file is run
+    except FmnistError:
         return None
+
+
+def _short(value: Any) -> str:
+    """A value of a damaged file in a note: one line, at most 60 characters."""
+    return " ".join(str(value).split())[:60]
 
 
 def _training_config(folder: Path) -> dict | None:
@@ -98,7 +133,9 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
         return "unreadable", f"metrics.json has {wrong}: edited or damaged"
     tested = _number(metrics.get("test/acc"))
     if metrics.get("status") == "diverged":
-        where = f"diverged in epoch {metrics.get('diverged_epoch')}, step {metrics.get('diverged_step')}"
+        where = (
+            f"diverged in epoch {_short(metrics.get('diverged_epoch'))}, step {_short(metrics.get('diverged_step'))}"
+        )
         return "diverged", where + (
             f"; its best checkpoint tested {metrics['test/acc']:.4f}"
             if tested
@@ -110,9 +147,9 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
             f"trained {epochs} epoch{'' if epochs == 1 else 's'}, not tested (test=false, or stopped while testing)"
         )
     if not tested:
-        return "unreadable", f"test/acc is {metrics['test/acc']!r}, not a number"
+        return "unreadable", f"test/acc is {_short(repr(metrics['test/acc']))}, not a number"
     if metrics.get("status", "completed") != "completed":
-        return "unreadable", f"unknown status {metrics.get('status')!r}"
+        return "unreadable", f"unknown status {_short(repr(metrics.get('status')))}"
     wrong = _wrong_type(metrics, numbers=True)
     if wrong:
         return "unreadable", f"metrics.json has {wrong}: edited or damaged"
@@ -122,7 +159,7 @@ def metrics_state(metrics: dict) -> tuple[str, str]:
 def _state_without_metrics(folder: Path) -> tuple[str, str]:
     job, _ = read_json(folder / "job_status.json")  # written for each sweep job by fmnist/training/sweeps.py
     if isinstance(job, dict) and job.get("status") in ("FAILED", "INTERRUPTED"):
-        return job["status"].lower(), str(job.get("error", ""))
+        return job["status"].lower(), " ".join(str(job.get("error", "")).split())[:300]
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "interrupted", (
             f"stopped before it finished; continue it with `python -m fmnist.train resume={shlex.quote(str(folder))}`"
