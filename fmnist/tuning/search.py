@@ -6,12 +6,15 @@ parameters Optuna draws from the search space (fmnist/tuning/space.py), and trai
 trial leaves a run folder (`trial_NNNN/`: metrics.json, checkpoints, TensorBoard, train.log), pruned ones
 too. The study lives in any SQLAlchemy storage (a SQLite file in the study's folder by default): running the
 command again continues it, and several commands (workers) on one storage share it, each trial numbered
-once by the storage. The end: study_summary.md/.csv, best.yaml and the command that retrains the best trial.
+once by the storage. The search sees only the stored trials of its search space (`OwnTrials`): another space's
+trial, or one written by hand, is ignored, or refuses the study where Optuna cannot hold both. The end:
+study_summary.md/.csv, best.yaml and the command that retrains the best trial.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import logging
@@ -24,13 +27,18 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import hydra
 import optuna
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from omegaconf.errors import OmegaConfBaseException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
+from optuna.storages._cached_storage import _CachedStorage
 from optuna_integration import PyTorchLightningPruningCallback
 from sqlalchemy.engine import make_url
 
@@ -39,7 +47,7 @@ from fmnist.training.console import TqdmHandler, route_lightning_logs
 from fmnist.training.fit import train
 from fmnist.training.resume import hydra_value, override_key
 from fmnist.training.sweeps import test_once
-from fmnist.tuning.space import contained, search_space
+from fmnist.tuning.space import contained, mismatch, search_space
 from fmnist.utils.checks import boolean, check_values, integer, seed_in_range, text
 from fmnist.utils.config import compose_config
 from fmnist.utils.errors import FmnistError
@@ -101,33 +109,127 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def shown_url(url: str) -> str:
-    """A storage URL as it may be printed: no password, in the user part or in the query."""
+def _parsed(url: str):
+    """SQLAlchemy's reading of a URL; None where it has none, or where its user part may end at another @ than
+    SQLAlchemy's (a raw @ in a password: `user:p@ss@host` would be read as password `p`, host `ss@host`)."""
     try:
         parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError, or a ValueError of a port
+        return None
+    has_user = parsed.username is not None or parsed.password is not None or "@" in (parsed.host or "")
+    return None if has_user and url.count("@") > 1 else parsed
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed: no password, in the user part or in the query."""
+    parsed = _parsed(url)
+    if parsed is not None:
         return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL: only what follows its last @
-        return url.rsplit("@", 1)[-1]
+    # no reading to trust: no part of the user part, which may run to the last @, nor of the query
+    head, at, tail = url.rpartition("@")
+    tail = "..." if "?" in head else tail.split("?", 1)[0]  # an @ in the query: what follows it is the query's
+    if at and "://" in head:
+        return f"{head.split('://', 1)[0]}://***@{tail}"
+    return tail
 
 
 def _secret_free(text: str, url: str) -> str:
     """`text` (a driver's message) without the URL's password or user part."""
-    try:
-        parsed = make_url(url)
-        secrets = [parsed.password, parsed.query.get("password")]
-    except Exception:  # noqa: BLE001 - a malformed URL: everything before its last @ may be secret
-        secrets = [url.rsplit("@", 1)[0]] if "@" in url else []
-    for secret in secrets:
-        if isinstance(secret, str) and secret:
-            text = text.replace(secret, "***")
+    parsed = _parsed(url)
+    if parsed is not None:
+        raw = url.split("://", 1)[-1].rsplit("@", 1)[0].partition(":")[2] if "@" in url else ""
+        secrets = [parsed.password, parsed.query.get("password"), raw]
+    else:  # everything before the last @ may be secret, a query's password too, and the pieces SQLAlchemy split off
+        userinfo = url.split("://", 1)[-1].rsplit("@", 1)[0] if "@" in url else ""
+        passwords = [userinfo.partition(":")[2], *parse_qs(url.partition("?")[2]).get("password", [])]
+        pieces = [p for s in (userinfo, *passwords) for p in s.replace(":", "@").split("@") if len(p) >= 3]
+        secrets = [userinfo, *passwords, *pieces]
+    for secret in sorted((s for s in secrets if isinstance(s, str) and s), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
-def open_study(settings: DictConfig, storage_url: str, study_name: str) -> optuna.Study:
+def _scrubbed(text: str, ours: list[str]) -> str:
+    """`text` (an error about the search's overrides) without the password of a tune.storage= among them."""
+    for override in ours:
+        key, _, value = override.partition("=")
+        url = value.strip("'\"")
+        if key.lstrip("+~") == "tune.storage" and url:
+            text = _secret_free(text.replace(value, shown_url(url)).replace(url, shown_url(url)), url)
+    return text
+
+
+def _check_url(url: str) -> None:
+    """Refuse, before connecting, a URL that SQLAlchemy can't read or may read with a piece of a password as host."""
+    shown = shown_url(url)
+    if _parsed(url) is not None:
+        return
+    if url.count("@") > 1:
+        raise FmnistError(
+            f"tune.storage={shown}: more than one @ in it, so where its password ends is unclear. Fix: write each @ "
+            "of a user name, password or database name as %40"
+        )
+    raise FmnistError(
+        f"tune.storage={shown} is not a SQLAlchemy URL, e.g. sqlite:///path/optuna.db or "
+        "postgresql://user:password@host:5432/db (an @ : / of a password written %40 %3A %2F)"
+    )
+
+
+class StorageUnreadable(FmnistError):
+    """The study's trials can't be read (a row Optuna can't parse): the search stops, not trial by trial."""
+
+
+class OwnTrials(_CachedStorage):
+    """Optuna's cached RDB storage as the search sees it: only the trials of its search space.
+
+    Optuna's sampler and pruner, its queue of enqueued trials, the best trial and the summary all read the trials
+    through `get_all_trials`, so a trial of another space, or one written by hand, is ignored by all of them.
+    `ignored` says which and why (refused: Optuna's storage would refuse this space's parameters beside it).
+    """
+
+    def __init__(self, backend: optuna.storages.RDBStorage, space: dict[str, BaseDistribution], url: str):
+        super().__init__(backend)
+        self.space = space
+        self.scrub = lambda text: _secret_free(text, url)
+        self.ignored: dict[int, tuple[str, bool]] = {}  # trial number: (why, refused)
+        self._verdicts: dict[int, bool] = {}  # a finished trial's, by trial id: it won't change
+
+    def _own(self, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial._trial_id in self._verdicts:
+            return self._verdicts[trial._trial_id]
+        problem = mismatch(trial, self.space)
+        if problem is not None:
+            self.ignored[trial.number] = problem
+        if trial.state.is_finished():
+            self._verdicts[trial._trial_id] = problem is None
+        return problem is None
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        own = [t for t in self.every_trial(study_id, states) if self._own(t)]
+        return copy.deepcopy(own) if deepcopy else own
+
+    def every_trial(self, study_id: int, states=None) -> list[optuna.trial.FrozenTrial]:
+        """All the study's trials, those ignored too."""
+        try:
+            return super().get_all_trials(study_id, deepcopy=False, states=states)
+        except Exception as error:  # noqa: BLE001 - Optuna reads them all at once: one bad row, none can be read
+            reason = self.scrub(" ".join(f"{type(error).__name__}: {error}".split()))[:200]
+            raise StorageUnreadable(
+                f"the study's trials cannot be read from its storage ({reason}): a trial written there by hand or "
+                "by another program? Fix: a new study (another tune.dir=, and another tune.study_name= on a shared "
+                "tune.storage)"
+            ) from None
+
+    def get_best_trial(self, study_id: int) -> optuna.trial.FrozenTrial:
+        return BaseStorage.get_best_trial(self, study_id)  # from get_all_trials (the cached one asks the database)
+
+
+def open_study(settings: DictConfig, storage_url: str, study_name: str, space: dict) -> optuna.Study:
     """The study (created, or loaded when it exists); one FmnistError for a storage that can't be used."""
+    _check_url(storage_url)
     shown = shown_url(storage_url)
     try:
-        storage = _rdb_storage(_storage_url(storage_url))
+        storage = OwnTrials(_rdb_storage(_storage_url(storage_url)), space, storage_url)
         return optuna.create_study(
             storage=storage,
             study_name=study_name,
@@ -200,6 +302,7 @@ class Search:
                 ) from None
             raise FmnistError(f"{where} cannot be read: {str(error).splitlines()[0][:300]}") from None
         self.space = search_space(space.get("search_space", space), probe, where)  # composed under its group's key
+        self.where = where
         fixed = sorted({override_key(o) for o in base} & set(self.space))
         if fixed:
             raise FmnistError(
@@ -207,6 +310,9 @@ class Search:
                 "each trial's. Fix: leave it out, or search another space with tune.search_space=NAME"
             )
         self.metric = str(settings.tune.metric)
+        self.reported: set[int] = set()  # ignored trials already told
+        self.finished: list[optuna.trial.FrozenTrial] = []  # this command's trials
+        self.refusal: str | None = None
 
     def run_dir(self, number: int) -> Path:
         """A trial's folder: from its number, never from what the storage says."""
@@ -214,7 +320,7 @@ class Search:
 
     def check_folder(self, study: optuna.Study) -> None:
         """Refuse a study folder holding trial folders that are not this study's (another study's, a deleted one's)."""
-        own = {self.run_dir(t.number).name for t in study.get_trials(deepcopy=False)}
+        own = {self.run_dir(t.number).name for t in study._storage.every_trial(study._study_id)}
         foreign = sorted(p.name for p in self.dir.glob("trial_*") if p.name not in own)
         if foreign:
             raise FmnistError(
@@ -222,6 +328,33 @@ class Search:
                 f"{', ...' if len(foreign) > 3 else ''}), which this study's trials would collide with. "
                 "Fix: another tune.dir=, or the tune.storage and tune.study_name that made them"
             )
+
+    def check_trials(self, study: optuna.Study, tell: bool = True) -> str | None:
+        """Read the storage's trials: one line for those newly ignored (`tell`); the refusal, once a trial makes the
+        study one whose trials cannot go on (Optuna's storage refuses this space's parameter beside another kind)."""
+        study.get_trials(deepcopy=False)
+        storage: OwnTrials = study._storage
+        new = sorted(set(storage.ignored) - self.reported)
+        if new and tell:
+            self.reported.update(new)
+            told = "; ".join(f"trial {n}: {storage.ignored[n][0]}" for n in new[:3])
+            more = f"; and {len(new) - 3} more" if len(new) > 3 else ""
+            log.warning(f"ignored {len(new)} trials of the study that are not of {self.where} ({told}{more})")
+        refused = next((n for n in sorted(storage.ignored) if storage.ignored[n][1]), None)
+        if refused is not None and self.refusal is None:
+            self.refusal = (
+                f"study {study.study_name}: trial {refused}'s {storage.ignored[refused][0]}; Optuna keeps one kind "
+                "of each parameter in a study, so this search space's trials cannot go on in it. Fix: a new study "
+                f"(another tune.dir=, and another tune.study_name= on a shared tune.storage), or delete trial {refused}"
+            )
+        return self.refusal
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """The trial's line; the search stops once the study is refused."""
+        self.finished.append(trial)
+        _trial_line(study, trial)
+        if self.check_trials(study):
+            study.stop()
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
         return [*self.base, *(_override(k, v) for k, v in params.items())]
@@ -232,9 +365,15 @@ class Search:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))  # for the summary: workers may start in other folders
         handler: logging.Handler | None = None
         try:
-            params = _checked_params(
-                {key: _suggest(trial, key, d) for key, d in self.space.items()}, self.space, f"trial {trial.number}"
-            )
+            try:
+                suggested = {key: _suggest(trial, key, d) for key, d in self.space.items()}
+            except ValueError:  # Optuna's storage refuses a parameter beside another kind of it (another trial's)
+                if self.check_trials(trial.study):
+                    trial.set_user_attr("error", "the storage refuses its parameters: see the command's error")
+                    trial.study.stop()
+                    return math.nan
+                raise
+            params = _checked_params(suggested, self.space, f"trial {trial.number}")
             handler = LogFile(_new_folder(run_dir) / "train.log")
             handler.setFormatter(TIMED)
             logging.getLogger().addHandler(handler)
@@ -243,7 +382,7 @@ class Search:
             _write_run_config(run_dir, cfg, overrides)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
             metrics = train(cfg, callbacks=[pruning], stops=(optuna.TrialPruned,), next_steps_line=False)
-        except (optuna.TrialPruned, KeyboardInterrupt):
+        except (optuna.TrialPruned, KeyboardInterrupt, StorageUnreadable):
             raise
         except SIGTERMException as error:  # a SystemExit, which Optuna would leave RUNNING: it marks this one FAIL
             trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
@@ -326,7 +465,7 @@ def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def summary_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every trial of the study (every worker's), in number order."""
+    """Every trial of the study (every worker's; not those ignored), in number order."""
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         rows.append(
@@ -365,6 +504,12 @@ def write_summary(study: optuna.Study, folder: Path, metric: str) -> list[dict[s
         "",
         f"value: {metric} (maximised)",
         "",
+    ]
+    ignored = getattr(study._storage, "ignored", {})
+    if ignored:
+        told = "; ".join(f"trial {n}: {why}" for n, (why, _) in sorted(ignored.items())[:20])
+        lines += [f"Ignored, not of this search space: {told}{'; ...' if len(ignored) > 20 else ''}", ""]
+    lines += [
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
     ]
@@ -393,22 +538,41 @@ def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.Frozen
     return best, command
 
 
+def _settings(ours: list[str]) -> DictConfig:
+    """conf/tune.yaml with the search's overrides, checked; its errors never show a storage URL's password."""
+    try:
+        settings = _compose(ours, config_name="tune")
+        unknown = sorted({f"tune.{k}" for k in settings.tune} - set(RULES)) + sorted(set(settings) - {"tune", "pruner"})
+        if unknown:
+            raise FmnistError(f"{', '.join(unknown)}: not a setting of fmnist.tune (conf/tune.yaml lists them)")
+        check_values(settings, RULES)
+        return settings
+    except FmnistError as error:
+        parser = OverridesParser.create()
+        for override in ours:  # Hydra's grammar errors may not say which override: the first it can't read
+            try:
+                parser.parse_overrides([override])
+            except Exception:  # noqa: BLE001 - Hydra's OverrideParseException and ANTLR's
+                raise FmnistError(_scrubbed(f"{override}: {error}", ours)) from None
+        raise FmnistError(_scrubbed(str(error), ours)) from None
+    except OmegaConfBaseException as error:  # e.g. an interpolation of a value that does not resolve
+        raise FmnistError(_scrubbed(" ".join(str(error).split())[:400], ours)) from None
+
+
 def tune(args: list[str]) -> dict[str, Any]:
     """Run the search the command line describes; return what it found (the summary's rows and the best)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # fmnist prints one line per trial, with its error
     ours, base = split_args(args)
-    settings = _compose(ours, config_name="tune")
-    unknown = sorted({f"tune.{k}" for k in settings.tune} - set(RULES)) + sorted(set(settings) - {"tune", "pruner"})
-    if unknown:
-        raise FmnistError(f"{', '.join(unknown)}: not a setting of fmnist.tune (conf/tune.yaml lists them)")
-    check_values(settings, RULES)
+    settings = _settings(ours)
     search = Search(settings, base)
     study_name = settings.tune.study_name or f"fmnist_{search.model}"
     made = _make_folder(search.dir)
     storage = settings.tune.storage or f"sqlite:///{(search.dir / 'optuna.db').resolve()}"
     try:
-        study = open_study(settings, storage, study_name)
+        study = open_study(settings, storage, study_name, search.space)
         search.check_folder(study)
+        if search.check_trials(study, tell=False):
+            raise FmnistError(search.refusal)
     except FmnistError:
         if made:
             with contextlib.suppress(OSError):
@@ -420,12 +584,15 @@ def tune(args: list[str]) -> dict[str, Any]:
         f"study {study_name} ({earlier} trials so far) in {shown_url(storage)}: {settings.tune.n_trials} trials of "
         f"{search.model} over {', '.join(search.space)}; pruner {type(study.pruner).__name__}; folder {search.dir}"
     )
+    search.check_trials(study)  # the trials ignored so far: told once
     start = time.perf_counter()
     interrupted = False
     try:
-        study.optimize(search.objective, n_trials=settings.tune.n_trials, callbacks=[_trial_line], gc_after_trial=True)
+        n_trials = settings.tune.n_trials
+        study.optimize(search.objective, n_trials=n_trials, callbacks=[search.after_trial], gc_after_trial=True)
     except (KeyboardInterrupt, SIGTERMException):
         interrupted = True
+    search.check_trials(study)
     rows = write_summary(study, search.dir, search.metric)
     log.info(f"{len(rows)} trials in the study; this command: {time.perf_counter() - start:.1f} s")
     log.info(f"study summary: {search.dir / 'study_summary.md'}")
@@ -437,12 +604,21 @@ def tune(args: list[str]) -> dict[str, Any]:
         log.info(f"best: trial {best.number}, {search.metric} {best.value:.4f} ({search.dir / 'best.yaml'})")
         log.info(f"retrain it: {command}")
         best_dir = search.run_dir(best.number)
-        if settings.tune.test_best and not interrupted and (best_dir / "metrics.json").is_file():
+        if settings.tune.test_best and not interrupted and not search.refusal and (best_dir / "metrics.json").is_file():
             base_cfg = _compose([*search.trial_overrides(best.params), "output_dir=."])
             result["test"] = test_once(base_cfg.data, best_dir, f"best trial {best.number}")
     if interrupted:
         raise FmnistError(
             f"interrupted: the study keeps its {len(rows)} trials; run the same command again to continue it"
+        )
+    if search.refusal:
+        raise FmnistError(search.refusal)
+    failed = [t for t in search.finished if t.state == optuna.trial.TrialState.FAIL]
+    if search.finished and len(failed) == len(search.finished):
+        why = " ".join(str(failed[0].user_attrs.get("error", "")).split())[:200]
+        raise FmnistError(
+            f"all {len(failed)} trials of this command failed (trial {failed[0].number}: {why or 'no error recorded'})"
+            f": see {search.dir / 'study_summary.md'}"
         )
     if not found:
         raise FmnistError(f"no trial completed: see {search.dir / 'study_summary.md'}")

@@ -2,17 +2,26 @@
 
 The config keeps Hydra's sweep syntax, read by Hydra's own override parser: `choice(a, b, ...)` (categorical),
 `interval(low, high)` (float, or int when both ends are integers), `range(start, stop, step)` (int or float
-steps), `tag(log, interval(...))` for a log scale. Every key must name a key of the trials' config.
+steps), `tag(log, interval(...))` for a log scale. Every key must name a key of the trials' config. `mismatch` tells
+whether a trial found in the study's storage is one of this space's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
+from optuna.trial import FrozenTrial, TrialState
 
 from fmnist.utils.errors import FmnistError
 
@@ -78,3 +87,43 @@ def contained(distribution: BaseDistribution, value: Any) -> bool:
         return bool(distribution._contains(distribution.to_internal_repr(value)))
     except (TypeError, ValueError):
         return False
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A value read from a storage, for one line of text: printable, short."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def mismatch(trial: FrozenTrial, space: dict[str, BaseDistribution]) -> tuple[str, bool] | None:
+    """Why a trial in the study's storage is not one of this space's, and whether Optuna's storage refuses the space
+    beside it (a key stored with another kind, log scale or choices); None for one of the space's trials."""
+    for key, stored in trial.distributions.items():
+        if key in space:
+            try:
+                check_distribution_compatibility(stored, space[key])
+            except ValueError:
+                why = f"{brief(key)} is {brief(stored, 120)}, where the search space has {brief(space[key], 120)}"
+                return why, True
+    params = trial.params
+    if trial.state == TrialState.WAITING:  # an enqueued trial: the parameters it would be given
+        params = trial.system_attrs.get("fixed_params", {})
+        if not isinstance(params, dict):
+            return "its enqueued parameters are not a mapping", False
+    unknown = sorted(map(str, set(params) - set(space)))
+    if unknown:
+        return f"{', '.join(brief(k) for k in unknown[:3])}: not a key of the search space", False
+    for key, value in params.items():
+        if not contained(space[key], value):
+            return f"{brief(key)}={brief(value)} is outside the search space", False
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and set(params) != set(space):
+        return f"it has no {', '.join(sorted(set(space) - set(params)))}", False
+    if trial.state == TrialState.COMPLETE and not (isinstance(trial.value, float) and math.isfinite(trial.value)):
+        return f"its value {brief(trial.value)} is not a finite number", False
+    try:
+        constrained = bool(trial.constraints)
+    except Exception:  # noqa: BLE001 - a malformed constraints attribute
+        constrained = True
+    if constrained:
+        return "it has constraints, which fmnist.tune never sets", False
+    return None
