@@ -47,7 +47,8 @@ from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E
 from fmnist.models.checkpoint import load_model  # noqa: E402
 from fmnist.models.summary import keras_param_counts  # noqa: E402
 from fmnist.training.checks import check_config  # noqa: E402
-from fmnist.training.fit import build_model, train  # noqa: E402
+from fmnist.training.fit import train  # noqa: E402
+from fmnist.training.setup import build_model  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
 from fmnist.utils.files import write_json  # noqa: E402

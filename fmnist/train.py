@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from fmnist.runs.folder import interrupted_message
+from fmnist.runs.resume import cli_args
 from fmnist.training.console import route_lightning_logs, to_log_file
 from fmnist.training.fit import train
-from fmnist.training.resume import cli_args, interrupted_message
 from fmnist.training.sweeps import FailedJob
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError

@@ -287,12 +287,12 @@ def test_results_rows_accumulate_and_label_a_new_models_reduced_run(tmp_path):
     assert "| lstm | KerasAdam lr=0.001, batch 64 | 2 of 20 (reduced) | 3 | 0.8600 ± 0.0010 |" in table
     assert "| rnn | SGD lr=0.01, batch 65 | 25 | 3 | 0.8800" in table and "(beyond the study)" in table
     (tmp_path / "results.json").write_text("{")
-    with pytest.raises(FmnistError, match="results.json cannot be read"):
+    with pytest.raises(FmnistError, match="results.json"):
         write_results([row("lstm", 2, 0.86)], tmp_path)
 
 
 def test_the_last_lines_give_the_tta_figure_next_to_the_plain_one(tmp_path):
-    from fmnist.training.fit import next_steps
+    from fmnist.training.report import next_steps
 
     metrics = {"test/acc": 0.9, "best_checkpoint": "checkpoints/epoch_001.ckpt"}
     assert "test accuracy: 0.9000 (best checkpoint" in next_steps(tmp_path, metrics)

@@ -150,7 +150,7 @@ def test_debug_tiny_is_a_quick_cpu_run_that_the_command_line_still_overrides():
 # ---------------------------------------------------------------- old run folders
 
 OLD_TARGETS = {
-    "fmnist.training.run_folder.RunCheckpoint": "fmnist.callbacks.RunCheckpoint",
+    "fmnist.runs.folder.RunCheckpoint": "fmnist.callbacks.RunCheckpoint",
     "fmnist.training.callbacks.KerasModelSummary": "fmnist.callbacks.KerasModelSummary",
     "fmnist.training.callbacks.StopOnNonFiniteLoss": "fmnist.callbacks.StopOnNonFiniteLoss",
     "fmnist.training.callbacks.SaveOnInterrupt": "fmnist.resume.SaveOnInterrupt",

@@ -26,9 +26,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fmnist.analysis.reports import events_dir
 from fmnist.models import SimpleRNN
+from fmnist.runs.folder import LOCK_FILE, AtomicCheckpointIO, interrupted_message, resume_command, run_folder_lock
+from fmnist.runs.resume import cli_args
 from fmnist.training.fit import train
-from fmnist.training.resume import cli_args, interrupted_message, resume_command
-from fmnist.training.run_folder import LOCK_FILE, AtomicCheckpointIO, run_folder_lock
 from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, assert_error_names, assert_one_error_line, compose_train, run_cli
 
@@ -94,12 +94,14 @@ def _train(overrides: list[str]) -> dict:
 
 
 def _train_in(run: Path, overrides: list[str]) -> dict:
-    """`_train` into `run` with the `.hydra/config.yaml` that `python -m fmnist.train hydra.run.dir=RUN` leaves
-    there (without the tests' own callbacks), so that it can be resumed."""
-    cfg = compose_train([*(o for o in overrides if not o.startswith("+callbacks.")), f"output_dir={run}"])
+    """`_train` into `run` with the `.hydra/` (config.yaml, overrides.yaml) that `python -m fmnist.train
+    hydra.run.dir=RUN` leaves there (without the tests' own callbacks), so that it can be resumed."""
+    recorded = [o for o in overrides if not o.startswith("+callbacks.")]
+    cfg = compose_train([*recorded, f"output_dir={run}"])
     GlobalHydra.instance().clear()
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(recorded), run / ".hydra" / "overrides.yaml")
     return _train([*overrides, f"output_dir={run}"])
 
 
@@ -302,7 +304,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_pid_and_freed_when_its_proces
         [
             sys.executable,
             "-c",
-            "import sys, time; from fmnist.training.run_folder import run_folder_lock\n"
+            "import sys, time; from fmnist.runs.folder import run_folder_lock\n"
             "with run_folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)",
             str(run),
         ],

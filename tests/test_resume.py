@@ -17,8 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
+from fmnist.runs.resume import cli_args
 from fmnist.training.fit import train
-from fmnist.training.resume import cli_args
 from fmnist.utils.errors import FmnistError
 from tests.conftest import ROOT, assert_error_names, compose_train
 

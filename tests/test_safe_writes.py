@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.training.run_folder import run_folder_lock
+from fmnist.runs.folder import run_folder_lock
 from fmnist.utils.checks import check_new_files
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import LogFile, open_lock, write_atomically, write_json, write_text

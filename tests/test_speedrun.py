@@ -17,7 +17,8 @@ from fmnist.models.base import triangular_schedule
 from fmnist.models.checkpoint import load_model
 from fmnist.models.speednet import whitening_filters
 from fmnist.models.summary import keras_param_counts
-from fmnist.training.fit import set_tf32, train
+from fmnist.training.fit import train
+from fmnist.training.setup import set_tf32
 from fmnist.utils.errors import FmnistError
 from tests.conftest import compose_train, run_cli
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import stat
 import statistics
 from collections import defaultdict
@@ -24,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fmnist.runs.folder import resume_command
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import read_yaml
 
@@ -161,9 +161,7 @@ def _state_without_metrics(folder: Path) -> tuple[str, str]:
     if isinstance(job, dict) and job.get("status") in ("FAILED", "INTERRUPTED"):
         return job["status"].lower(), " ".join(str(job.get("error", "")).split())[:300]
     if (folder / "checkpoints" / "last.ckpt").is_file():
-        return "interrupted", (
-            f"stopped before it finished; continue it with `python -m fmnist.train resume={shlex.quote(str(folder))}`"
-        )
+        return "interrupted", (f"stopped before it finished; continue it with `{resume_command(folder)}`")
     return "unfinished", "no metrics.json: still running, or stopped before its first checkpoint"
 
 

@@ -4,8 +4,8 @@ A checkpoint names its model class (`fmnist_model`) and optimizer (`hyper_parame
 Each name is looked up by string equality in the tables below, never imported as a path, and the values
 handed to a class from a checkpoint are checked against its constructor first: nothing read from a
 file decides what code runs. Nor how much memory: every integer is bounded by MAX_SIZE, and the network is
-sized on the meta device, against MAX_PARAMETERS, before it is built. (A run folder's config:
-fmnist/training/trust.py.)
+sized on the meta device, against MAX_PARAMETERS, before it is built. (A run folder: fmnist/runs/resume.py
+re-composes it from fmnist's own conf/ and builds nothing its files name.)
 """
 
 from __future__ import annotations

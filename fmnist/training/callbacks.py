@@ -18,12 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fmnist.models.summary import keras_summary_markdown
+from fmnist.runs.metrics import FIT_KEY, FIT_KEYS, SHARE_KEY
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_atomically
-
-# The fit-time figures of metrics.json, also kept in every checkpoint (`fmnist_fit`): a run stopped
-# while testing is finished from its checkpoint without losing them.
-FIT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
 class TestedEMA(EMAWeightAveraging):
@@ -80,10 +77,8 @@ class EpochTimer(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # Saved after the epoch's figures are logged: the last epoch's, as metrics.json has them.
-        checkpoint["fmnist_fit"] = {
-            key: float(value) for key, value in trainer.callback_metrics.items() if key in FIT_KEYS
-        }
-        checkpoint["fmnist_epoch_share"] = epoch_share(trainer, trainer.datamodule)
+        checkpoint[FIT_KEY] = {key: float(value) for key, value in trainer.callback_metrics.items() if key in FIT_KEYS}
+        checkpoint[SHARE_KEY] = epoch_share(trainer, trainer.datamodule)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._loaded is not None:

@@ -45,11 +45,10 @@ from sqlalchemy.engine import make_url
 from fmnist.training.checks import check_config
 from fmnist.training.console import TqdmHandler, route_lightning_logs
 from fmnist.training.fit import train
-from fmnist.training.resume import hydra_value, override_key
 from fmnist.training.sweeps import test_once
 from fmnist.tuning.space import contained, mismatch, search_space
 from fmnist.utils.checks import boolean, check_values, integer, seed_in_range, text
-from fmnist.utils.config import compose_config
+from fmnist.utils.config import compose_config, hydra_value, override_key
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import LogFile, write_text
 

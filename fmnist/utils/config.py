@@ -7,6 +7,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Quote, QuotedString
 from omegaconf import DictConfig, open_dict
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # absolute: the commands run as scripts or modules alike
@@ -42,3 +44,23 @@ def compose_run(overrides: list[str], config_name: str = "train") -> tuple[DictC
     with open_dict(cfg):
         node = cfg.pop("hydra")
     return cfg, node
+
+
+def override_key(override: str) -> str:
+    """The key of a command-line override: `+a.b=1`, `~a.b` and `a.b=1` are all `a.b`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def hydra_value(text: str, key: str = "ckpt_path") -> str:
+    """`text` as the value of an override `key=...`, quoted for Hydra's grammar when it needs it (spaces,
+    quotes, `=`, commas, `${`, ...); shell quoting comes on top."""
+    plain = "${" not in text
+    if plain:
+        try:
+            plain = OverridesParser.create().parse_overrides([f"{key}={text}"])[0].value() == text
+        except Exception:  # noqa: BLE001 - Hydra's grammar refuses it unquoted
+            plain = False
+    if plain:
+        return text
+    text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
+    return QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()

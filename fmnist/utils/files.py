@@ -3,8 +3,8 @@
 Every file a command writes goes through `atomic_writer` (or `write_atomically`, `write_text`, `write_json`,
 `write_figure`, which use it): a new file created exclusively in the target's folder, fsync, rename over the
 target. A link at the target is replaced, never followed, and a folder that is a link is refused (a planted
-`checkpoints -> ../other` cannot send a write elsewhere). Locks open through `open_lock`, which follows no link
-either. "Already exists" means `os.path.lexists`: a dangling link exists.
+`checkpoints` link to another run's folder cannot send a write there). Locks open through `open_lock`, which
+follows no link either. "Already exists" means `os.path.lexists`: a dangling link exists.
 """
 
 from __future__ import annotations

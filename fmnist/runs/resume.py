@@ -12,11 +12,8 @@ finishes its test, and no key of its metrics.json disappears (`never_poorer`).
 
 from __future__ import annotations
 
-import json
-import math
+import enum
 import pickle
-import shlex
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,44 +24,26 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Quote, QuotedString
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist.training.callbacks import FIT_KEYS
-from fmnist.utils.config import compose_run
+from fmnist.runs.folder import run_files
+from fmnist.runs.metrics import MODEL_KEY, dig, is_count, metrics_describe, read_metrics
+from fmnist.utils.config import compose_run, override_key
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import read_yaml, write_text
 
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # What a resume may change: how long it goes on and how it runs, never what it computes.
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_time", "trainer.enable_progress_bar", "torch_threads", "test")
 
 
-def override_key(override: str) -> str:
-    """The key of a command-line override: `+a.b=1`, `~a.b` and `a.b=1` are all `a.b`."""
-    return override.split("=", 1)[0].lstrip("+~")
+class Plan(enum.Enum):
+    """What is left of a run: train on, finish (the fit is over: test and write metrics.json from what the run
+    saved), or nothing (finished)."""
 
-
-def run_files(run_dir: str | Path) -> tuple[Path, Path]:
-    """The `.hydra/config.yaml` and `checkpoints/last.ckpt` of a run folder, or one clear FmnistError."""
-    run = Path(run_dir)
-    config, checkpoint = run / ".hydra" / "config.yaml", run / LAST_CHECKPOINT
-    if not run.is_dir():
-        raise FmnistError(f"resume={run_dir}: no such folder")
-    if not config.is_file():
-        raise FmnistError(f"resume={run_dir}: not a training run folder (it has no .hydra/config.yaml)")
-    if not checkpoint.is_file():
-        raise FmnistError(
-            f"resume={run_dir}: nothing to resume, {checkpoint} does not exist "
-            "(the run stopped before its first checkpoint: start it again)"
-        )
-    if not zipfile.is_zipfile(checkpoint):  # e.g. cut short by a kill while it was written
-        raise FmnistError(
-            f"resume={run_dir}: {checkpoint} is damaged. Fix: copy one of the run's "
-            "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch"
-        )
-    return config, checkpoint
+    FIT = "fit"
+    FINISH = "finish"
+    FINISHED = "finished"
 
 
 def cli_args(argv: list[str]) -> list[str]:
@@ -91,14 +70,13 @@ def cli_args(argv: list[str]) -> list[str]:
 @dataclass
 class Resume:
     """A run to resume: its config, its last.ckpt (`path`, read into `checkpoint`), its metrics.json
-    (`previous`, None when absent or unreadable) and what is left to do (`plan`): "fit" (train on),
-    "finish" (fit is over: test and write metrics.json from what the run saved) or "finished"."""
+    (`previous`, None when absent or unreadable) and what is left to do (`plan`)."""
 
     cfg: DictConfig
     path: Path
     checkpoint: dict
     previous: dict | None
-    plan: str
+    plan: Plan
     _record: Callable[[], None] = lambda: None
 
     def record_overrides(self) -> None:
@@ -139,7 +117,7 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     checkpoint = read_checkpoint(checkpoint_path, run)
     previous = read_metrics(run / "metrics.json")
     plan, done = resume_plan(resolved, checkpoint, previous, {override_key(o) for o in overrides})
-    if plan == "finished":
+    if plan is Plan.FINISHED:
         rank_zero_info(
             f"resume={run}: the run is finished ({done}) and its metrics.json is complete; nothing "
             "was changed. To train it further, raise trainer.max_epochs"
@@ -155,19 +133,9 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     rank_zero_info(
         f"resuming {run} from {checkpoint_path}"
         + (f" with {' '.join(overrides)}" if overrides else "")
-        + (f" to finish it ({done}): testing and writing metrics.json" if plan == "finish" else "")
+        + (f" to finish it ({done}): testing and writing metrics.json" if plan is Plan.FINISH else "")
     )
     return Resume(resolved, checkpoint_path, checkpoint, previous, plan, record)
-
-
-def _get(tree: Any, *keys: str) -> Any:
-    for key in keys:
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_checkpoint(path: Path, run: Path) -> dict:
@@ -191,8 +159,8 @@ def read_checkpoint(path: Path, run: Path) -> dict:
     if not (
         isinstance(checkpoint, dict)
         and isinstance(checkpoint.get("state_dict"), dict)
-        and _count(checkpoint.get("global_step"))
-        and _count(_get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed"))
+        and is_count(checkpoint.get("global_step"))
+        and is_count(dig(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed"))
     ):
         raise FmnistError(
             f"resume={run}: {path} is not a training checkpoint of fmnist (it lacks Lightning's "
@@ -233,22 +201,13 @@ def check_weights(resume: Resume, model: L.LightningModule) -> None:
         if isinstance(value, torch.Tensor)
     }
     if found != expected:
-        saved = resume.checkpoint.get("fmnist_model")
+        saved = resume.checkpoint.get(MODEL_KEY)
         holds = f" (it holds {str(saved).rsplit('.', 1)[-1][:60]} weights)" if isinstance(saved, str) else ""
         raise FmnistError(
             f"resume={resume.cfg.output_dir}: {resume.path} does not match the run's "
             f"{type(model).__name__}{holds}. Fix: copy one of the run's own "
             "checkpoints/epoch_NNN.ckpt over it to resume from the end of that epoch"
         )
-
-
-def read_metrics(path: Path) -> dict | None:
-    """A run's metrics.json, or None when it is absent or not a JSON object (cut short, say)."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
 
 
 def _max_epochs(cfg: DictConfig) -> int:
@@ -259,29 +218,22 @@ def _max_epochs(cfg: DictConfig) -> int:
     return max_epochs
 
 
-def metrics_describe(previous: dict | None, checkpoint: dict) -> bool:
-    """Whether a run's metrics.json (written when a fit ends) describes the state its last.ckpt holds."""
-    return previous is not None and (
-        previous.get("steps") == checkpoint["global_step"] or previous.get("status") == "diverged"
-    )  # last.ckpt: the last good epoch
-
-
-def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given: set[str]) -> tuple[str, str]:
-    """What is left of a run ("fit", "finish" or "finished") and, when its fit is over, how it ended.
+def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given: set[str]) -> tuple[Plan, str]:
+    """What is left of a run and, when its fit is over, how it ended.
 
     The fit is over when last.ckpt has reached trainer.max_epochs (Lightning's own test), or when
     metrics.json, written when a fit ends, describes last.ckpt (early stopping, max_time) or a
     divergence; it goes on anyway when this command raises trainer.max_epochs, or sets trainer.max_time for a run
     with epochs left (a finished run is never fitted again: its train_seconds stay).
     """
-    epochs = _get(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed")
+    epochs = dig(checkpoint, "loops", "fit_loop", "epoch_progress", "current", "processed")
     limit = _max_epochs(cfg)
     reached = limit != -1 and epochs >= limit
     if not reached and ("trainer.max_epochs" in given or "trainer.max_time" in given):
-        return "fit", ""
+        return Plan.FIT, ""
     describes = metrics_describe(previous, checkpoint)
     if not (reached or describes):
-        return "fit", ""
+        return Plan.FIT, ""
     status = previous.get("status") if describes else None
     done = (
         f"{status} at epoch {previous.get('diverged_epoch')}"
@@ -290,48 +242,8 @@ def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given:
     )
     tested = describes and "test/acc" in previous and "test_checkpoint" not in previous
     if not describes or (cfg.get("test", True) and not tested):
-        return "finish", done
-    return "finished", done
-
-
-def saved_fit(resume: Resume) -> tuple[dict[str, float], list[float]]:
-    """The fit-time figures (FIT_KEYS) and `epoch_seconds` that a run's last.ckpt holds."""
-    checkpoint = resume.checkpoint
-    figures = checkpoint.get("fmnist_fit")
-    fit = {
-        key: float(value)
-        for key, value in (figures.items() if isinstance(figures, dict) else ())
-        if key in FIT_KEYS and isinstance(value, float)
-    }
-    best = _get(checkpoint, "fmnist_running", "val_acc_best", "max_value")  # checkpoints before fmnist_fit
-    if "val/acc_best" not in fit and isinstance(best, torch.Tensor) and best.numel() == 1 and best.isfinite():
-        fit["val/acc_best"] = best.item()
-    seconds = _get(checkpoint, "callbacks", "EpochTimer", "epoch_seconds")
-    numbers = isinstance(seconds, list) and all(isinstance(s, (int, float)) and math.isfinite(s) for s in seconds)
-    return fit, [float(s) for s in seconds] if numbers else []
-
-
-def saved_epoch_share(resume: Resume) -> dict[str, int]:
-    """`epoch_images` and `train_images` as the run's last.ckpt holds them (plain integers only)."""
-    share = resume.checkpoint.get("fmnist_epoch_share")
-    share = share if isinstance(share, dict) else {}
-    return {key: share[key] for key in ("epoch_images", "train_images") if type(share.get(key)) is int}
-
-
-# What a resume may drop from metrics.json: it belongs to a state of the run that the new one replaces.
-NOT_CARRIED = ("test_checkpoint", "diverged_epoch", "diverged_step", "error")
-
-
-def never_poorer(metrics: dict, previous: dict | None) -> dict:
-    """`metrics` with every key of the run's previous metrics.json that it lacks (a resume never makes
-    metrics.json poorer). Test results carried from an earlier best checkpoint name it in `test_checkpoint`."""
-    if not previous:
-        return metrics
-    carried = {key: value for key, value in previous.items() if key not in metrics and key not in NOT_CARRIED}
-    tested_on = previous.get("test_checkpoint", previous.get("best_checkpoint"))
-    if any(key.startswith("test/") for key in carried) and tested_on != metrics.get("best_checkpoint"):
-        metrics = {**metrics, "test_checkpoint": tested_on}
-    return {**metrics, **carried}
+        return Plan.FINISH, done
+    return Plan.FINISHED, done
 
 
 # A recorded override never says where files go or which class is built: the resume sets the folders itself.
@@ -409,13 +321,14 @@ def recompose(overrides: list[str], run: Path) -> tuple[DictConfig, DictConfig]:
 # Where classes lived before fmnist/ was laid out in sub-packages, as the configs of earlier runs name them.
 MOVED_TARGETS = {
     "fmnist.callbacks.KerasModelSummary": "fmnist.training.callbacks.KerasModelSummary",
-    "fmnist.callbacks.RunCheckpoint": "fmnist.training.run_folder.RunCheckpoint",
+    "fmnist.callbacks.RunCheckpoint": "fmnist.runs.folder.RunCheckpoint",
     "fmnist.callbacks.StopOnNonFiniteLoss": "fmnist.training.callbacks.StopOnNonFiniteLoss",
     "fmnist.resume.SaveOnInterrupt": "fmnist.training.callbacks.SaveOnInterrupt",
     "fmnist.resume.RandomState": "fmnist.training.callbacks.RandomState",
     "fmnist.optim.KerasRMSprop": "fmnist.models.optim.KerasRMSprop",
     "fmnist.optim.KerasAdam": "fmnist.models.optim.KerasAdam",
-    "lightning.pytorch.callbacks.ModelCheckpoint": "fmnist.training.run_folder.RunCheckpoint",
+    "lightning.pytorch.callbacks.ModelCheckpoint": "fmnist.runs.folder.RunCheckpoint",
+    "fmnist.training.run_folder.RunCheckpoint": "fmnist.runs.folder.RunCheckpoint",
 }
 NOT_COMPARED = ("output_dir", "resume")
 
@@ -454,32 +367,3 @@ def compare_saved(config_file: Path, composed: DictConfig, resolved: DictConfig,
             )
 
     walk(saved, plain, final, "")
-
-
-def hydra_value(text: str, key: str = "ckpt_path") -> str:
-    """`text` as the value of an override `key=...`, quoted for Hydra's grammar when it needs it (spaces,
-    quotes, `=`, commas, `${`, ...); shell quoting comes on top."""
-    plain = "${" not in text
-    if plain:
-        try:
-            plain = OverridesParser.create().parse_overrides([f"{key}={text}"])[0].value() == text
-        except Exception:  # noqa: BLE001 - Hydra's grammar refuses it unquoted
-            plain = False
-    if plain:
-        return text
-    text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
-    return QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()
-
-
-def resume_command(run_dir: str | Path) -> str:
-    """`python -m fmnist.train resume=RUN_DIR`, quoted for Hydra's override grammar and then for the
-    shell, so that it works when pasted whatever the folder's name."""
-    return f"python -m fmnist.train {shlex.quote('resume=' + hydra_value(str(run_dir), 'resume'))}"
-
-
-def interrupted_message(run_dir: str | Path) -> str:
-    """The one line printed when a run is stopped by Ctrl-C or SIGTERM."""
-    checkpoint = Path(run_dir) / LAST_CHECKPOINT
-    if not checkpoint.is_file():
-        return "interrupted before the first checkpoint: nothing to resume"
-    return f"interrupted: the run is saved in {checkpoint}; continue it with `{resume_command(run_dir)}`"
