@@ -133,3 +133,15 @@ def test_a_resume_re_composes_and_goes_on(finished, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["model"] == "rnn"
     assert "trainer.max_epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_recorded_data_root_is_read_never_unpacked_into(finished, tmp_path, tiny_root):
+    run = _copy(finished, tmp_path)
+    overrides = run / ".hydra" / "overrides.yaml"
+    elsewhere = tmp_path / "elsewhere"
+    overrides.write_text(overrides.read_text().replace(f"data.root={tiny_root}", f"data.root={elsewhere}"))
+    result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert_one_error_line(result, "data.root", str(elsewhere))
+    assert not elsewhere.exists()
+    result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", f"data.root={tiny_root}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -27,14 +27,22 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmnist.data.idx import RAW_FILES, raw_folder
 from fmnist.runs.folder import run_files
 from fmnist.runs.metrics import MODEL_KEY, dig, is_count, metrics_describe, read_metrics
-from fmnist.utils.config import compose_run, override_key
+from fmnist.utils.config import compose_run, hydra_value, override_key
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import read_yaml, write_text
 
 # What a resume may change: how long it goes on and how it runs, never what it computes.
-RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.max_time", "trainer.enable_progress_bar", "torch_threads", "test")
+RESUMABLE_KEYS = (
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "trainer.enable_progress_bar",
+    "torch_threads",
+    "test",
+    "data.root",  # where the same data is: this command's to say, never the run folder's
+)
 
 
 class Plan(enum.Enum):
@@ -106,6 +114,15 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
     recorded = recorded_overrides(overrides_file)
     composed, resolved = recompose([*recorded, *overrides], run)
     compare_saved(config_file, composed, resolved, skip=[override_key(o) for o in overrides])
+    root = resolved.data.root
+    roots = [[o for o in given if override_key(o) == "data.root"] for given in (recorded, overrides)]
+    from_file = bool(roots[0]) and not roots[1]  # the command line's data.root wins
+    if from_file and not all((raw_folder(root) / name).is_file() for name in RAW_FILES):
+        raise FmnistError(  # the file may say where the data is read from, never where it is unpacked to
+            f"resume={run}: the run's data.root={str(root)[:200]!r} does not hold the four Fashion-MNIST files, and "
+            "a resume never unpacks data where a run folder's file says. Fix: give it on the command line, "
+            f"`resume=... data.root={hydra_value(str(root), 'data.root')}`"
+        )
     if OmegaConf.select(resolved, "model.lr_schedule", default=False) is True and any(
         override_key(o) == "trainer.max_epochs" for o in overrides
     ):
