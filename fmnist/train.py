@@ -23,7 +23,7 @@ from fmnist.runs.resume import cli_args
 from fmnist.training.console import route_lightning_logs, to_log_file
 from fmnist.training.fit import train
 from fmnist.training.sweeps import FailedJob
-from fmnist.utils.config import CONF_DIR
+from fmnist.utils.config import CONF_DIR, check_choices
 from fmnist.utils.errors import FmnistError
 
 
@@ -61,6 +61,7 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
 def cli() -> None:
     """The console script: `resume=RUN_DIR` brings the run's own overrides, then Hydra composes."""
     try:
+        check_choices(sys.argv[1:])
         sys.argv = cli_args(sys.argv)
     except FmnistError as error:
         raise SystemExit(f"error: {error}") from None

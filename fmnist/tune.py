@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from fmnist.utils.config import check_choices
 from fmnist.utils.errors import FmnistError
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     except ModuleNotFoundError as error:
         raise SystemExit(f"error: the search needs {error.name}. Fix: pip install -e '.[sweeps]'") from None
     try:
+        check_choices(args)
         tune(args)
     except FmnistError as error:
         raise SystemExit(f"error: {error}") from None

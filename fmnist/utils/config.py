@@ -11,6 +11,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
 from omegaconf import DictConfig, open_dict
 
+from fmnist.utils.errors import FmnistError
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # absolute: the commands run as scripts or modules alike
 
 
@@ -64,3 +66,25 @@ def hydra_value(text: str, key: str = "ckpt_path") -> str:
         return text
     text = text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
     return QuotedString(text=text, quote=Quote.single if '"' in text else Quote.double).with_quotes()
+
+
+def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
+    """Refuse, with one FmnistError naming the override and the choices, a `group=NAME` whose group is a folder
+    of conf/ without NAME.yaml (Hydra's own report of it is many lines). Other arguments are Hydra's to judge."""
+    root = Path(config_dir)
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except Exception:  # noqa: BLE001 - a grammar error is Hydra's to report
+            continue
+        group = override.key_or_group
+        folder = root / group.replace(".", "/")
+        if group.split(".")[0] == "hydra" or override.is_delete() or not folder.is_dir():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if value is not None and not (folder / f"{value}.yaml").is_file():
+                choices = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+                raise FmnistError(f"{arg}: conf/{group}/ has no {value}.yaml. Fix: choose one of {choices}")
