@@ -81,7 +81,7 @@ def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
             continue
         group = override.key_or_group
         folder = root / group.replace(".", "/")
-        if group.split(".")[0] == "hydra" or override.is_delete() or not folder.is_dir():
+        if group.split(".")[0].split("/")[0] == "hydra" or override.is_delete() or not folder.is_dir():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
