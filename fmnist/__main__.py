@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fmnist.utils.console import quiet_pipe
+
 # command: what it does (each is `python -m fmnist.<command>` and the console script `fmnist-<command>`)
 COMMANDS = {
     "train": "train a network with its recipe: model=cnn|rnn|bilstm|lstm|gru|attention|resnet [key=value ...]",
@@ -17,6 +19,7 @@ COMMANDS = {
 }
 
 
+@quiet_pipe
 def main() -> None:
     """Print the commands."""
     print("fmnist commands (python -m fmnist.<command> or fmnist-<command>; add --help for options):")

@@ -9,9 +9,11 @@ import argparse
 import sys
 
 from fmnist.analysis.compare import compare
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import FmnistError
 
 
+@quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     """Compare the runs given on the command line; return the exit status (0, or 2 after printing the error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

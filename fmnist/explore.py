@@ -10,9 +10,11 @@ from omegaconf import DictConfig
 
 from fmnist.analysis.explore import explore
 from fmnist.utils.config import CONF_DIR
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import exit_on_error
 
 
+@quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explore")
 def main(cfg: DictConfig) -> None:
     """Compose conf/explore.yaml with the command line, then run `explore` (logic: fmnist/analysis/explore.py)."""

@@ -10,9 +10,11 @@ from omegaconf import DictConfig
 
 from fmnist.deploy.export import export
 from fmnist.utils.config import CONF_DIR
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import exit_on_error
 
 
+@quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     """Compose conf/export.yaml with the command line, then run `export` (logic: fmnist/deploy/export.py)."""

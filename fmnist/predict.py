@@ -10,9 +10,11 @@ from omegaconf import DictConfig
 
 from fmnist.deploy.predict import predict
 from fmnist.utils.config import CONF_DIR
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import exit_on_error
 
 
+@quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Compose conf/predict.yaml with the command line, then run `predict` (logic: fmnist/deploy/predict.py)."""

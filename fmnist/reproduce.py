@@ -20,9 +20,11 @@ from pathlib import Path
 from fmnist.analysis.lease import import_lease
 from fmnist.analysis.results import results_table, write_results
 from fmnist.analysis.runs import aggregate, find_runs
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import FmnistError
 
 
+@quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     """Train and tabulate, only tabulate, or import a lease; return the exit status (0, 2 or the multirun's)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

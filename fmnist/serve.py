@@ -9,9 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 from fmnist.utils.config import CONF_DIR
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import exit_on_error
 
 
+@quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
     """Compose conf/serve.yaml with the command line, then run `serve` (logic: fmnist/web/app.py)."""

@@ -24,6 +24,7 @@ from fmnist.training.console import route_lightning_logs, to_log_file
 from fmnist.training.fit import train
 from fmnist.training.sweeps import FailedJob
 from fmnist.utils.config import CONF_DIR, check_choices
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import FmnistError
 
 
@@ -58,6 +59,7 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
     return value if isinstance(value, float) and math.isfinite(value) else None
 
 
+@quiet_pipe
 def cli() -> None:
     """The console script: `resume=RUN_DIR` brings the run's own overrides, then Hydra composes."""
     try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import sys
 
 from fmnist.utils.config import check_choices
+from fmnist.utils.console import quiet_pipe
 from fmnist.utils.errors import FmnistError
 
 
+@quiet_pipe
 def main() -> None:
     """Run the search of the command line; every problem ends it with one `error: ...` line."""
     args = sys.argv[1:]

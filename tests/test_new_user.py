@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import assert_one_error_line, run_cli
+from tests.conftest import ROOT, assert_one_error_line, run_cli
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.mark.parametrize(
@@ -20,3 +26,11 @@ def test_an_unknown_config_choice_is_one_line_naming_the_choices(tmp_path, comma
     result = run_cli(command, override, cwd=tmp_path)
     assert_one_error_line(result, override, named)
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("command", ["fmnist.train", "fmnist.evaluate"])
+def test_help_into_a_closed_pipe_ends_quietly(tmp_path, command):
+    # `true` exits at once without reading: every write of the command meets a closed pipe
+    shell = f"{sys.executable} -m {command} --help | true"
+    result = subprocess.run(shell, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
+    assert "Error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
