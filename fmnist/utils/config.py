@@ -85,6 +85,6 @@ def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
-            if value is not None and not (folder / f"{value}.yaml").is_file():
+            if isinstance(value, str) and not (folder / f"{value}.yaml").is_file():  # logger={} sets a value
                 choices = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
                 raise FmnistError(f"{arg}: conf/{group}/ has no {value}.yaml. Fix: choose one of {choices}")
