@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fmnist.analysis.results import epochs_label  # noqa: E402
 from fmnist.analysis.runs import aggregate, completed, find_runs, format_count, format_seconds  # noqa: E402
 from fmnist.analysis.study import STUDY  # noqa: E402
 from fmnist.data.idx import CLASS_NAMES  # noqa: E402
@@ -42,7 +43,7 @@ def study_references(rows: list[dict]):
 
 def _label(row: dict) -> str:
     """A legend label; a `$` in a run's name is shown as is, not read as matplotlib mathtext."""
-    return f"{row['model']} ({row['epochs']} ep, {row['recipe']})".replace("$", r"\$")
+    return f"{row['model']} ({epochs_label(str(row['model']), row['epochs'])} ep, {row['recipe']})".replace("$", r"\$")
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -71,7 +72,7 @@ def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                 f"{row['macro_f1_mean']:.4f}{std('macro_f1_std')}",
                 *[f"{row['class_f1'].get(c, float('nan')):.3f}" for c in CLASS_NAMES],
                 _count(row["params_total_keras"]),
-                str(row["epochs"]),
+                epochs_label(str(row["model"]), row["epochs"]),
                 format_seconds(row["train_seconds_mean"]),
                 row["device"],
             ]

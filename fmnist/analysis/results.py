@@ -91,6 +91,12 @@ def recipe_epochs(model: str) -> int | None:
     return epochs if isinstance(epochs, int) else None
 
 
+def epochs_label(model: str, epochs: int) -> str:
+    """`epochs`, and "of N (reduced)" when that is fewer than the model's full recipe."""
+    recipe = recipe_epochs(model)
+    return f"{epochs}" + (f" of {recipe} (reduced)" if recipe and epochs < recipe else "")
+
+
 def results_table(rows: list[dict]) -> str:
     """Markdown: each measured (model, epochs) row next to the study's figures."""
     lines = [
@@ -101,8 +107,7 @@ def results_table(rows: list[dict]) -> str:
     for row in rows:
         study = STUDY.get(row["model"], {})
         model, variant, device = _cell(row["model"]), _cell(row["recipe"]), _cell(row["device"])
-        recipe = recipe_epochs(row["model"])
-        epochs = f"{row['epochs']}" + (f" of {recipe} (reduced)" if recipe and row["epochs"] < recipe else "")
+        epochs = epochs_label(row["model"], row["epochs"])
         reference = (
             f"{study['test_acc']:.3f}, {format_seconds(study['train_seconds'])}" if study else "(beyond the study)"
         )
