@@ -34,3 +34,22 @@ def test_help_into_a_closed_pipe_ends_quietly(tmp_path, command):
     shell = f"{sys.executable} -m {command} --help | true"
     result = subprocess.run(shell, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
     assert "Error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, folder", [(["model=rnn"], "outputs/rnn/"), (["experiment=speedrun"], "outputs/speedrun/")]
+)
+def test_a_run_folder_is_named_as_the_run_is(overrides, folder):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from fmnist.utils.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert OmegaConf.select(cfg, "hydra.run.dir").startswith(folder)
+    finally:
+        HydraConfig.instance().cfg = None
