@@ -43,7 +43,8 @@ def main(cfg: DictConfig) -> float | FailedJob | None:
         message = interrupted_message(cfg.resume or cfg.output_dir)
         if multirun:
             return FailedJob("INTERRUPTED", message.removeprefix("interrupted: "))
-        raise SystemExit(message) from None
+        to_log_file(message, logging.WARNING)  # the resume command, in train.log too
+        raise SystemExit(f"\n{message}") from None  # on a line of its own, after the progress bar
     except FmnistError as error:
         if multirun:
             logging.getLogger("fmnist.train").error(f"job failed: {error}")

@@ -137,6 +137,8 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
         str(run / "checkpoints" / "last.ckpt"),
         f"python -m fmnist.train resume={run}",
     )
+    assert "stopping after this step" in stderr  # acknowledged when it came, before the step ended
+    assert f"python -m fmnist.train resume={run}" in (run / "train.log").read_text()  # the log keeps the command
     # The signal came during step 18, in the second epoch: saved at its end.
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 6
     assert not (run / "metrics.json").exists()

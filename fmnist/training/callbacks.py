@@ -6,6 +6,7 @@ folder) and their atomic writes."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -211,6 +212,9 @@ class SaveOnInterrupt(L.Callback):
     def _on_signal(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested:  # at once: on the fast path the step ends with its chunk of batches
+            sys.stderr.write("\nstopping after this step, then saving last.ckpt (Ctrl-C again: stop without saving)\n")
+            sys.stderr.flush()
         self.requested = True
 
     def _raise_flag(self, trainer, up: bool) -> None:
