@@ -53,3 +53,32 @@ def test_a_run_folder_is_named_as_the_run_is(overrides, folder):
         assert OmegaConf.select(cfg, "hydra.run.dir").startswith(folder)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_predict_says_when_some_inputs_failed_and_names_an_empty_file(tmp_path):
+    import torch
+    from PIL import Image
+
+    from fmnist.models import SimpleRNN
+
+    model = SimpleRNN()  # untrained: what it answers does not matter here
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "fmnist_model": "SimpleRNN"},
+        tmp_path / "model.ckpt",
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shirt = Image.new("L", (56, 56), 255)
+    shirt.paste(40, (12, 8, 44, 50))  # a dark garment on white, as a shop photo
+    shirt.save(photos / "shirt.png")
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "notes.png").write_text("not an image")
+    args = ["ckpt_path=model.ckpt", "inputs=photos"]
+    result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 3")
+    rows = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "empty (0 bytes)" in rows and "shirt.png" in rows
+    (photos / "empty.png").unlink()
+    (photos / "notes.png").unlink()
+    assert run_cli("fmnist.predict", *args, "output_dir=out2", cwd=tmp_path).returncode == 0

@@ -99,6 +99,8 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     decoded at the smallest scale of at least 1024 pixels a side that its format offers (the garment ends up
     28x28 anyway)."""
     try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels, below Pillow's, decides
             image = Image.open(path, formats=FORMATS)
