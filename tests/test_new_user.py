@@ -55,17 +55,20 @@ def test_a_run_folder_is_named_as_the_run_is(overrides, folder):
         HydraConfig.instance().cfg = None
 
 
-def test_predict_says_when_some_inputs_failed_and_names_an_empty_file(tmp_path):
+def _untrained_checkpoint(path):
     import torch
-    from PIL import Image
 
     from fmnist.models import SimpleRNN
 
     model = SimpleRNN()  # untrained: what it answers does not matter here
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "fmnist_model": "SimpleRNN"},
-        tmp_path / "model.ckpt",
-    )
+    state = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "fmnist_model": "SimpleRNN"}
+    torch.save(state, path)
+
+
+def test_predict_says_when_some_inputs_failed_and_names_an_empty_file(tmp_path):
+    from PIL import Image
+
+    _untrained_checkpoint(tmp_path / "model.ckpt")
     photos = tmp_path / "photos"
     photos.mkdir()
     shirt = Image.new("L", (56, 56), 255)
@@ -82,3 +85,18 @@ def test_predict_says_when_some_inputs_failed_and_names_an_empty_file(tmp_path):
     (photos / "empty.png").unlink()
     (photos / "notes.png").unlink()
     assert run_cli("fmnist.predict", *args, "output_dir=out2", cwd=tmp_path).returncode == 0
+
+
+def test_export_says_what_the_exported_model_expects(tmp_path):
+    import json
+
+    from fmnist.data.idx import CLASS_NAMES
+
+    _untrained_checkpoint(tmp_path / "model.ckpt")
+    args = ["ckpt_path=model.ckpt", "format=torchscript", "data.search_dirs=[]", f"data.root={tmp_path / 'no'}"]
+    result = run_cli("fmnist.export", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = json.loads((tmp_path / "model.ts.pt.json").read_text())
+    assert card["input"]["shape"] == ["batch", 1, 28, 28] and card["input"]["range"] == [0.0, 1.0]
+    assert card["output"]["name"] == "logits" and card["classes"] == list(CLASS_NAMES)
+    assert "model.ts.pt.json" in result.stdout and "[0, 1]" in result.stdout

@@ -53,7 +53,9 @@ def _writes_a_file(node: ast.Call, buffers: set[str]) -> bool:
     if not isinstance(func, ast.Attribute):
         return False
     name, owner = func.attr, func.value.id if isinstance(func.value, ast.Name) else ""
-    if owner == "os" and name == "open":  # reading is fine; creating or writing is files.py's
+    if owner == "os" and name == "open":  # reading is fine, and os.devnull; creating or writing is files.py's
+        if node.args and ast.unparse(node.args[0]) == "os.devnull":
+            return False
         return any(flag in ast.unparse(node) for flag in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"))
     if name in MODULE_CALLS.get(owner, ()) or name in PATH_METHODS:
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -19,9 +20,11 @@ import torch
 from omegaconf import DictConfig
 
 from fmnist.data.datamodule import to_unit_float
+from fmnist.data.idx import CLASS_NAMES
 from fmnist.models.checkpoint import load_model
 from fmnist.utils.checks import DATA_RULES, boolean, check_new_files, check_output_folder, check_values, number, text
 from fmnist.utils.errors import FmnistError
+from fmnist.utils.files import write_atomically, write_json
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
 RULES = {
@@ -91,19 +94,23 @@ def export(cfg: DictConfig) -> dict:
         raise FmnistError(
             f"{path} is the checkpoint being exported: the export would replace it. Fix: choose another output=PATH"
         )
+    card = path.with_name(path.name + ".json")
     check_output_folder(path.parent, key="output")
-    check_new_files([path], cfg.overwrite, key="output")
+    check_new_files([path, card], cfg.overwrite, key="output")
     images = check_batch(cfg)
     with torch.inference_mode():
         expected = model(images)
-    if cfg.format == "onnx":
-        export_onnx(model, images[:2], path)
-        got = run_onnx(path, images)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.to_torchscript(str(path), method="trace", example_inputs=images[:2])
-            got = torch.jit.load(str(path))(images).detach()
+    with tempfile.TemporaryDirectory() as folder:  # the exporters write by path: a new file of their own
+        made = Path(folder) / path.name
+        if cfg.format == "onnx":
+            export_onnx(model, images[:2], made)
+            got = run_onnx(made, images)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.to_torchscript(str(made), method="trace", example_inputs=images[:2])
+                got = torch.jit.load(str(made))(images).detach()
+        write_atomically(path, made.read_bytes())
     difference = float((got - expected).abs().max())
     check = {
         "file": str(path),
@@ -116,4 +123,31 @@ def export(cfg: DictConfig) -> dict:
     print(json.dumps(check, indent=2))
     if not check["ok"]:
         raise FmnistError(f"the exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}")
+    write_json(card, model_card(model, path, cfg.format))
+    print(f"wrote {card}: {EXPECTS}")
     return check
+
+
+EXPECTS = (
+    "input 'images' float32 (batch, 1, 28, 28) in [0, 1], a light garment on a dark background as in Fashion-MNIST; "
+    "output 'logits' (batch, 10) in the classes' order, softmax gives probabilities"
+)
+
+
+def model_card(model: torch.nn.Module, path: Path, format: str) -> dict:
+    """What the exported file expects and gives, written beside it as `<file>.json`."""
+    return {
+        "file": path.name,
+        "format": format,
+        "model": type(model).__name__,
+        "input": {
+            "name": "images",
+            "dtype": "float32",
+            "shape": ["batch", 1, 28, 28],
+            "range": [0.0, 1.0],
+            "polarity": "light garment on a dark background (Fashion-MNIST); invert a shop photo",
+        },
+        "output": {"name": "logits", "shape": ["batch", 10], "note": "logits: softmax gives probabilities"},
+        "classes": list(CLASS_NAMES),
+        "preprocess": "python -m fmnist.predict prepares photos the same way (grayscale, invert, crop, 28x28)",
+    }
