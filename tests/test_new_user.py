@@ -100,3 +100,25 @@ def test_export_says_what_the_exported_model_expects(tmp_path):
     assert card["input"]["shape"] == ["batch", 1, 28, 28] and card["input"]["range"] == [0.0, 1.0]
     assert card["output"]["name"] == "logits" and card["classes"] == list(CLASS_NAMES)
     assert "model.ts.pt.json" in result.stdout and "[0, 1]" in result.stdout
+
+
+def test_evaluate_draws_the_curves_up_to_the_evaluated_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    import fmnist.analysis.reports as reports
+    from fmnist.models.checkpoint import load_model
+
+    _untrained_checkpoint(tmp_path / "model.ckpt")
+    state = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    torch.save({**state, "epoch": 1}, tmp_path / "epoch_002.ckpt")  # Lightning's epoch index: the second
+    model = load_model(tmp_path / "epoch_002.ckpt")
+    assert model.epochs_trained == 2
+    drawn = {}
+    monkeypatch.setattr(reports, "read_curves", lambda folder: {"val/acc": [0.5, 0.6, 0.7, 0.8]})
+    monkeypatch.setattr(reports, "curves_figure", lambda curves, title: drawn.update(curves) or reports.plt.figure())
+    images, labels = torch.zeros(4, 1, 28, 28), torch.arange(4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=4)
+    (tmp_path / "tb").mkdir()
+    names = [f"class {i}" for i in range(10)]
+    reports.write_reports(model, loader, names, tmp_path / "eval", tensorboard_dir=tmp_path / "tb", epochs=2)
+    assert drawn == {"val/acc": [0.5, 0.6]}

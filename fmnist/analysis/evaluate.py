@@ -80,6 +80,7 @@ def evaluate(cfg: DictConfig) -> dict:
             tensorboard_dir=run_tensorboard,
             writer=writer,
             title=type(model).__name__,
+            epochs=model.epochs_trained,
         )
     write_text(output_dir / "model_summary.md", keras_summary_markdown(model))
     split = cfg.split

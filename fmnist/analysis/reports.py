@@ -272,11 +272,12 @@ def write_reports(
     writer=None,
     step: int = 0,
     title: str = "",
+    epochs: int | None = None,
 ) -> dict:
     """Predict over `loader` and write the report files; log the figures to `writer` if given.
 
     Returns (classification report, mean cross-entropy). Also writes `curves.png` when
-    `tensorboard_dir` holds curves.
+    `tensorboard_dir` holds curves: their first `epochs` when given (the evaluated checkpoint's).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,8 @@ def write_reports(
     }
     curves = read_curves(tensorboard_dir) if tensorboard_dir and Path(tensorboard_dir).exists() else {}
     if curves:
+        if epochs:  # a checkpoint of an earlier epoch: its curves end there
+            curves = {name: values[:epochs] for name, values in curves.items()}
         figures["curves"] = curves_figure(curves, title)
     for name, fig in figures.items():
         write_figure(fig, output_dir / f"{name}.png", dpi=110)

@@ -137,4 +137,6 @@ def _load_model(path: Path) -> FashionClassifier:
             raise
         detail = " ".join(str(error).split())[:300]
         raise FmnistError(f"{path} does not match {cls.__name__}: {detail}") from None
+    epoch = checkpoint.get("epoch")
+    model.epochs_trained = epoch + 1 if type(epoch) is int and epoch >= 0 else None  # Lightning counts from 0
     return model.eval()

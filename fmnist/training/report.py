@@ -106,7 +106,7 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         datamodule.class_names,
         cfg.output_dir,
         device=trainer.strategy.root_device,
-        title=str(metrics["model"]) + (f" ({part})" if (part := partial_epochs(metrics)) else ""),
+        title=type(model).__name__ + (f" ({part})" if (part := partial_epochs(metrics)) else ""),  # as evaluate's
         tensorboard_dir=tensorboard.log_dir if tensorboard else None,
         writer=tensorboard.experiment if tensorboard else None,
         step=epochs,  # the report images at the run's last epoch, like its test figures
