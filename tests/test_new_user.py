@@ -122,3 +122,18 @@ def test_evaluate_draws_the_curves_up_to_the_evaluated_checkpoint(tmp_path, monk
     names = [f"class {i}" for i in range(10)]
     reports.write_reports(model, loader, names, tmp_path / "eval", tensorboard_dir=tmp_path / "tb", epochs=2)
     assert drawn == {"val/acc": [0.5, 0.6]}
+
+
+def test_tensorboard_hparams_lead_with_what_the_run_chose():
+    from omegaconf import OmegaConf
+
+    from fmnist.models import CNN, SpeedNet
+    from fmnist.training.report import hparams_for_tensorboard
+
+    cfg = OmegaConf.create({"name": "cnn", "seed": 1, "data": {"batch_size": 100, "val_fraction": 0.1}})
+    cfg.trainer = {"max_epochs": 3}
+    params = hparams_for_tensorboard(cfg, CNN(optimizer={"_target_": "torch.optim.SGD", "lr": 0.1}))
+    assert list(params)[:4] == ["model", "seed", "batch_size", "max_epochs"] and params["optimizer/lr"] == 0.1
+    assert not {"label_smoothing", "lr_schedule", "lr_triangle"} & set(params)  # a CNN run never chose them
+    speedrun = SpeedNet(optimizer={"_target_": "torch.optim.SGD", "lr": 0.2}, label_smoothing=0.2)
+    assert hparams_for_tensorboard(cfg, speedrun)["label_smoothing"] == 0.2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,24 @@ def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[s
     }
     for key, value in model.hparams["optimizer"].items():
         params[f"optimizer/{key.strip('_')}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    for key, value in model.hparams.items():
-        if key != "optimizer":
+    defaults = _defaults(type(model))
+    for key, value in model.hparams.items():  # only what this run set: a column per choice, not per option
+        default = defaults.get(key, inspect.Parameter.empty)
+        same = value == default or (isinstance(default, tuple) and list(default) == list(value or ()))
+        if key != "optimizer" and not same:
             params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of each constructor argument of `cls` and of the base classes it hands keywords to."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            for parameter in inspect.signature(klass.__init__).parameters.values():
+                if parameter.default is not inspect.Parameter.empty:
+                    found.setdefault(parameter.name, parameter.default)
+    return found
 
 
 def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule, metrics: dict) -> None:
