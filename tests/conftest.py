@@ -323,3 +323,36 @@ def no_data_access(monkeypatch):
         for module in modules:
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, touched)
+
+
+def completed_metrics(**changes) -> dict:
+    """A completed run's metrics.json as fmnist.train writes it (the keys a comparison reads), with `changes`."""
+    metrics = {
+        "model": "cnn",
+        "status": "completed",
+        "seed": 1,
+        "device": "cpu",
+        "epochs": 1,
+        "batch_size": 100,
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001},
+        "test/acc": 0.8,
+        "test/macro_f1": 0.79,
+        "test/f1/Shirt": 0.5,
+        "train_seconds": 3.0,
+        "params_total_keras": 1234,
+    }
+    return {**metrics, **changes}
+
+
+def tiny_run_args(tiny_root: Path) -> list[str]:
+    """A one-epoch SimpleRNN run of the real command on the tiny data, without TensorBoard."""
+    return ["model=rnn", "debug=tiny", f"data.root={tiny_root}", "data.search_dirs=[]", "logger={}"]
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory, tiny_root) -> Path:
+    """One finished run of the real command (with its .hydra/), to copy and tamper with."""
+    folder = tmp_path_factory.mktemp("finished_tiny_run")
+    result = run_cli("fmnist.train", *tiny_run_args(tiny_root), f"hydra.run.dir={folder / 'run'}", cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder / "run"

@@ -24,7 +24,7 @@ from fmnist.compare import main as compare_main
 from fmnist.data.datamodule import EpochShuffle
 from fmnist.training.sweeps import job_rows
 from fmnist.utils.errors import FmnistError
-from tests.conftest import N_TRAIN, ROOT, compose_train, run_cli
+from tests.conftest import N_TRAIN, ROOT, completed_metrics, compose_train, run_cli
 
 TINY = ["data.search_dirs=[]", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "torch_threads=1"]
 N_TRAIN_SPLIT = N_TRAIN - N_TRAIN // 10
@@ -337,25 +337,6 @@ def test_ddp_ranks_see_disjoint_shards_in_a_new_order_each_epoch(tmp_path, tiny_
 # ---- outside review: edited metrics.json values, replaced comparisons, raw HTML in names -------------------
 
 
-def _completed_metrics(**changes) -> dict:
-    """A completed run's metrics.json as fmnist.train writes it (the keys a comparison reads), with `changes`."""
-    metrics = {
-        "model": "cnn",
-        "status": "completed",
-        "seed": 1,
-        "device": "cpu",
-        "epochs": 1,
-        "batch_size": 100,
-        "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001},
-        "test/acc": 0.8,
-        "test/macro_f1": 0.79,
-        "test/f1/Shirt": 0.5,
-        "train_seconds": 3.0,
-        "params_total_keras": 1234,
-    }
-    return {**metrics, **changes}
-
-
 @pytest.mark.slow  # draws the comparison figures for each case
 @pytest.mark.parametrize(
     "changes, note",
@@ -373,7 +354,7 @@ def _completed_metrics(**changes) -> dict:
     ],
 )
 def test_compare_lists_a_run_with_edited_metrics_values_as_unreadable(tmp_path, changes, note):
-    for name, metrics in (("good", _completed_metrics()), ("edited", _completed_metrics(**changes))):
+    for name, metrics in (("good", completed_metrics()), ("edited", completed_metrics(**changes))):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "metrics.json").write_text(json.dumps(metrics))
     runs = {Path(r["run_dir"]).name: r for r in find_runs([tmp_path / "runs"])}
@@ -389,14 +370,14 @@ def test_reproduce_collect_shows_a_missing_parameter_count_as_a_question_mark(tm
     from fmnist.reproduce import main as reproduce_main
 
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps(_completed_metrics(params_total_keras=None)))
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(completed_metrics(params_total_keras=None)))
     assert reproduce_main(["--collect", str(tmp_path / "run"), "--docs", str(tmp_path / "docs")]) == 0
     assert "| 0.7900 | ? |" in (tmp_path / "docs" / "RESULTS.md").read_text()
 
 
 def test_compare_never_replaces_an_earlier_comparison_without_overwrite(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps(_completed_metrics()))
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(completed_metrics()))
     out = tmp_path / "out"
     out.mkdir()
     (out / "comparison.md").write_text("kept")
@@ -415,7 +396,7 @@ def test_comparison_and_sweep_summary_markdown_carry_no_raw_html_from_names(tmp_
 
     name = "<img src=x onerror=alert(1)> & co"
     (tmp_path / "runs" / "0").mkdir(parents=True)
-    (tmp_path / "runs" / "0" / "metrics.json").write_text(json.dumps(_completed_metrics(model=name)))
+    (tmp_path / "runs" / "0" / "metrics.json").write_text(json.dumps(completed_metrics(model=name)))
     (tmp_path / "runs" / "0" / "job_status.json").write_text(
         json.dumps({"job": 0, "status": "COMPLETED", "overrides": [f"+name={name}"]})
     )

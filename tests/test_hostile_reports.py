@@ -21,22 +21,9 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from fmnist.analysis import reports
 from fmnist.reproduce import main as reproduce
-from tests.conftest import ROOT
+from tests.conftest import ROOT, completed_metrics
 
-COMPLETED = {
-    "model": "cnn",
-    "status": "completed",
-    "seed": 1,
-    "device": "cpu",
-    "epochs": 1,
-    "batch_size": 100,
-    "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.001},
-    "test/acc": 0.8,
-    "test/macro_f1": 0.79,
-    "test/f1/Shirt": 0.5,
-    "train_seconds": 3.0,
-    "params_total_keras": 1234,
-}
+COMPLETED = completed_metrics()
 ROW = {
     "model": "cnn",
     "recipe": "Adam lr=0.001, batch 100",

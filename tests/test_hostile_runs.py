@@ -14,19 +14,6 @@ import torch
 from tests.conftest import assert_one_error_line, run_cli
 
 
-def _tiny(tiny_root: Path) -> list[str]:
-    return ["model=rnn", "debug=tiny", f"data.root={tiny_root}", "data.search_dirs=[]", "logger={}"]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_root) -> Path:
-    """A finished one-epoch run of the real command, to copy and tamper with."""
-    folder = tmp_path_factory.mktemp("finished")
-    result = run_cli("fmnist.train", *_tiny(tiny_root), f"hydra.run.dir={folder / 'run'}", cwd=folder)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return folder / "run"
-
-
 def _copy(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -54,8 +41,8 @@ CRAFTED_STATES = {
 
 
 @pytest.mark.parametrize("edit", CRAFTED_STATES.values(), ids=CRAFTED_STATES)
-def test_a_crafted_training_state_is_one_line_and_changes_nothing(finished, tmp_path, edit):
-    run = _copy(finished, tmp_path)
+def test_a_crafted_training_state_is_one_line_and_changes_nothing(finished_tiny_run, tmp_path, edit):
+    run = _copy(finished_tiny_run, tmp_path)
     _edit_checkpoint(run, edit)
     before = (run / "metrics.json").read_bytes()
     result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
@@ -63,8 +50,8 @@ def test_a_crafted_training_state_is_one_line_and_changes_nothing(finished, tmp_
     assert (run / "metrics.json").read_bytes() == before
 
 
-def test_max_time_on_a_finished_run_keeps_its_train_seconds(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+def test_max_time_on_a_finished_run_keeps_its_train_seconds(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     before = json.loads((run / "metrics.json").read_text())
     result = run_cli("fmnist.train", f"resume={run}", "trainer.max_time=00:00:10:00", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -84,8 +71,8 @@ RECORDED = {
 
 
 @pytest.mark.parametrize("override, named", RECORDED.values(), ids=RECORDED)
-def test_a_recorded_override_never_names_a_class_a_resolver_or_a_place(finished, tmp_path, override, named):
-    run = _copy(finished, tmp_path)
+def test_a_recorded_override_never_names_a_class_a_resolver_or_a_place(finished_tiny_run, tmp_path, override, named):
+    run = _copy(finished_tiny_run, tmp_path)
     overrides = run / ".hydra" / "overrides.yaml"
     overrides.write_text(overrides.read_text() + f"- '{override}'\n")
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -95,8 +82,8 @@ def test_a_recorded_override_never_names_a_class_a_resolver_or_a_place(finished,
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_an_alias_bomb_and_a_malformed_overrides_file_are_one_line(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+def test_an_alias_bomb_and_a_malformed_overrides_file_are_one_line(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
         for i in range(20)
@@ -112,8 +99,8 @@ def test_an_alias_bomb_and_a_malformed_overrides_file_are_one_line(finished, tmp
     assert config.read_text() == saved  # nothing was rewritten before the refusal
 
 
-def test_an_edited_run_config_is_refused_not_used(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+def test_an_edited_run_config_is_refused_not_used(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     config = run / ".hydra" / "config.yaml"
     text = config.read_text()
     assert "dirpath: ${output_dir}/checkpoints" in text
@@ -125,8 +112,8 @@ def test_an_edited_run_config_is_refused_not_used(finished, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_a_resume_re_composes_and_goes_on(finished, tmp_path):
-    run = _copy(finished, tmp_path)
+def test_a_resume_re_composes_and_goes_on(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     (run / ".hydra" / "hydra.yaml").write_text("hydra: {runtime: {choices: {model: ${oc.env:HOME}}}}\n")  # unread
     result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", "test=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -135,8 +122,8 @@ def test_a_resume_re_composes_and_goes_on(finished, tmp_path):
     assert "trainer.max_epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_a_recorded_data_root_is_read_never_unpacked_into(finished, tmp_path, tiny_root):
-    run = _copy(finished, tmp_path)
+def test_a_recorded_data_root_is_read_never_unpacked_into(finished_tiny_run, tmp_path, tiny_root):
+    run = _copy(finished_tiny_run, tmp_path)
     overrides = run / ".hydra" / "overrides.yaml"
     elsewhere = tmp_path / "elsewhere"
     overrides.write_text(overrides.read_text().replace(f"data.root={tiny_root}", f"data.root={elsewhere}"))

@@ -11,21 +11,7 @@ from pathlib import Path
 import pytest
 
 from fmnist.utils.files import write_atomically
-from tests.conftest import run_cli
-
-
-def _tiny_run(tiny_root: Path) -> list[str]:
-    """A one-epoch SimpleRNN run on the tiny data, without TensorBoard."""
-    return ["model=rnn", "debug=tiny", f"data.root={tiny_root}", "data.search_dirs=[]", "logger={}"]
-
-
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, tiny_root) -> Path:
-    """One finished run of the real command (with its .hydra/), to copy and tamper with."""
-    folder = tmp_path_factory.mktemp("cli_run")
-    result = run_cli("fmnist.train", *_tiny_run(tiny_root), f"hydra.run.dir={folder / 'run'}", cwd=folder)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return folder / "run"
+from tests.conftest import run_cli, tiny_run_args
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -60,8 +46,10 @@ def _one_error_line(result, *needles: str) -> str:
         ("filename: epoch_{epoch:03d}", "filename: ../../epoch_{epoch:03d}", "callbacks.model_checkpoint.filename"),
     ],
 )
-def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(cli_run, tmp_path, old, new, named):
-    run = _copy(cli_run, tmp_path)
+def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(
+    finished_tiny_run, tmp_path, old, new, named
+):
+    run = _copy(finished_tiny_run, tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "last.ckpt").write_text("PRECIOUS")
@@ -82,8 +70,8 @@ def test_a_resume_never_writes_where_the_run_config_points_outside_the_run(cli_r
         ("${name}", "name="),
     ],
 )
-def test_a_run_config_resolves_nothing_but_its_own_keys(cli_run, tmp_path, value, named):
-    run = _copy(cli_run, tmp_path)
+def test_a_run_config_resolves_nothing_but_its_own_keys(finished_tiny_run, tmp_path, value, named):
+    run = _copy(finished_tiny_run, tmp_path)
     _edit_config(run, "name: ${hydra:runtime.choices.model}", f"name: {value}")
     result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     _one_error_line(result, named)
@@ -98,17 +86,17 @@ def test_a_run_config_resolves_nothing_but_its_own_keys(cli_run, tmp_path, value
         ("- a list\n", "not a run's config"),
     ],
 )
-def test_an_unreadable_run_config_is_one_line(cli_run, tmp_path, content, named):
-    run = _copy(cli_run, tmp_path)
+def test_an_unreadable_run_config_is_one_line(finished_tiny_run, tmp_path, content, named):
+    run = _copy(finished_tiny_run, tmp_path)
     (run / ".hydra" / "config.yaml").write_text(content)
     _one_error_line(run_cli("fmnist.train", f"resume={run}", cwd=tmp_path), named)
 
 
 @pytest.mark.slow
-def test_a_new_run_never_replaces_an_earlier_run_in_its_folder(cli_run, tmp_path, tiny_root):
-    run = _copy(cli_run, tmp_path)
+def test_a_new_run_never_replaces_an_earlier_run_in_its_folder(finished_tiny_run, tmp_path, tiny_root):
+    run = _copy(finished_tiny_run, tmp_path)
     before = (run / "metrics.json").read_bytes()
-    common = _tiny_run(tiny_root)
+    common = tiny_run_args(tiny_root)
     result = run_cli("fmnist.train", *common, "seed=7", f"hydra.run.dir={run}", cwd=tmp_path)
     _one_error_line(result, "holds an earlier run", "overwrite=true", "resume=")
     assert (run / "metrics.json").read_bytes() == before
@@ -130,8 +118,8 @@ def test_a_link_planted_where_a_file_goes_is_replaced_not_written_through(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_resume_whose_best_checkpoint_is_gone_is_one_line(cli_run, tmp_path):
-    run = _copy(cli_run, tmp_path)
+def test_a_resume_whose_best_checkpoint_is_gone_is_one_line(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     (run / metrics["best_checkpoint"]).unlink()
     untested = {k: v for k, v in metrics.items() if not k.startswith("test/")}

@@ -15,7 +15,7 @@ from fmnist.runs.folder import run_folder_lock
 from fmnist.utils.checks import check_new_files
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import LogFile, open_lock, write_atomically, write_json, write_text
-from tests.conftest import assert_one_error_line, run_cli
+from tests.conftest import assert_one_error_line, run_cli, tiny_run_args
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fmnist"
 
@@ -175,17 +175,13 @@ def test_a_dangling_link_already_exists(tmp_path):
     assert not (tmp_path / "elsewhere").exists() and link.read_text() == "[]\n"
 
 
-def _tiny(tiny_root: Path) -> list[str]:
-    return ["model=rnn", "debug=tiny", f"data.root={tiny_root}", "data.search_dirs=[]", "logger={}"]
-
-
 def test_output_dir_never_replaces_an_earlier_run_and_a_default_run_warns_nothing(tmp_path, tiny_root):
-    result = run_cli("fmnist.train", *_tiny(tiny_root), cwd=tmp_path)  # the default folder, outputs/rnn/<time>
+    result = run_cli("fmnist.train", *tiny_run_args(tiny_root), cwd=tmp_path)  # the default folder, outputs/rnn/<time>
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr, result.stderr[-2000:]  # the guard resolved hydra.run.dir
     (first,) = (tmp_path / "outputs" / "rnn").iterdir()
     before = (first / "metrics.json").read_bytes()
-    result = run_cli("fmnist.train", *_tiny(tiny_root), "seed=7", f"output_dir={first}", cwd=tmp_path)
+    result = run_cli("fmnist.train", *tiny_run_args(tiny_root), "seed=7", f"output_dir={first}", cwd=tmp_path)
     assert_one_error_line(result, "output_dir", "overwrite=true")
     assert (first / "metrics.json").read_bytes() == before
 
@@ -196,7 +192,7 @@ def test_a_sweep_with_its_own_subdir_never_replaces_an_earlier_sweeps_jobs(tmp_p
     result = run_cli(
         "fmnist.train",
         "-m",
-        *_tiny(tiny_root),
+        *tiny_run_args(tiny_root),
         "seed=1",
         f"hydra.sweep.dir={sweep}",
         "hydra.sweep.subdir=${hydra:runtime.choices.model}/${hydra.job.num}",
