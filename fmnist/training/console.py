@@ -101,6 +101,21 @@ def _optimizer(hparams: dict) -> str:
     return f"{name} lr {spec['lr']:g}" if "lr" in spec else name
 
 
+def _epoch_batches(trainer: L.Trainer) -> str:
+    """An epoch's length in batches: on the fast path a Lightning step is a chunk of data.batches_per_step."""
+    steps = trainer.num_training_batches
+    per_step = getattr(trainer.datamodule, "batches_per_step", 1) or 1
+    if not isinstance(steps, int):
+        return "? batches"
+    split = len(getattr(trainer.datamodule, "train_set", None) or ()) or None
+    batch = getattr(trainer.datamodule, "batch_size", None)
+    batches = steps * per_step
+    if split and batch:  # the last chunk holds what is left of the epoch
+        batches = min(batches, -(-split // (batch * trainer.world_size)))
+    text = f"{batches:,} batch{'es' * (batches != 1)}"
+    return text + (f" ({steps:,} step{'s' * (steps != 1)} of up to {per_step})" if per_step > 1 else "")
+
+
 class RunConsole(L.Callback):
     """Before training, the plan; after its first steps, the estimated total time; after each epoch,
     one line with its time and figures, epochs counted from 1."""
@@ -124,8 +139,8 @@ class RunConsole(L.Callback):
         left = "" if trainer.current_epoch == 0 else f", from epoch {trainer.current_epoch + 1}"
         log.info(
             f"training {self.name or type(pl_module).__name__} ({params:,} parameters): "
-            f"{_optimizer(pl_module.hparams)}, batch {batch}, {epochs} epochs of "
-            f"{trainer.num_training_batches:,} steps{left}, on {describe_device(trainer)}"
+            f"{_optimizer(pl_module.hparams)}, batch {batch}, {epochs} epoch{'s' * (epochs != 1)} of "
+            f"{_epoch_batches(trainer)}{left}, on {describe_device(trainer)}"
         )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -23,6 +23,9 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 # Lightning 2.6 on torch >= 2.9 warns about its own use of a torch API; nothing for users to do.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# A resume trains on in its own checkpoints folder (and a new run never reaches a folder with checkpoints
+# unless overwrite=true says so): Lightning's warning about it tells nobody anything.
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 
 def apply_settings(cfg: DictConfig) -> None:
