@@ -137,3 +137,8 @@ def test_tensorboard_hparams_lead_with_what_the_run_chose():
     assert not {"label_smoothing", "lr_schedule", "lr_triangle"} & set(params)  # a CNN run never chose them
     speedrun = SpeedNet(optimizer={"_target_": "torch.optim.SGD", "lr": 0.2}, label_smoothing=0.2)
     assert hparams_for_tensorboard(cfg, speedrun)["label_smoothing"] == 0.2
+
+
+def test_the_plan_counts_an_epoch_in_batches(finished_tiny_run):
+    log = (finished_tiny_run / "train.log").read_text()
+    assert "1 epoch of 8 batches" in log  # debug=tiny: trainer.limit_train_batches=8 of the tiny data
