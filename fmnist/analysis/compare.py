@@ -43,7 +43,9 @@ def study_references(rows: list[dict]):
 
 def _label(row: dict) -> str:
     """A legend label; a `$` in a run's name is shown as is, not read as matplotlib mathtext."""
-    return f"{row['model']} ({epochs_label(str(row['model']), row['epochs'])} ep, {row['recipe']})".replace("$", r"\$")
+    epochs = epochs_label(str(row["model"]), row["epochs"]).replace(" (reduced)", " epochs, reduced")
+    epochs = epochs if "reduced" in epochs else f"{epochs} epochs"
+    return f"{row['model']} ({epochs}; {row['recipe']})".replace("$", r"\$")
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -164,8 +166,9 @@ def per_class_f1_figure(rows: list[dict]):
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1 on the test set (the study's hard classes in red)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, max(1, entries)))
+    fig.tight_layout()  # the legend under the bars, in columns: no empty margin beside them
     return fig
 
 
@@ -195,8 +198,8 @@ def acc_vs_time_figure(rows: list[dict]):
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy vs training time")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    fig.tight_layout()  # the legend under the axes: it never hides a point
     return fig
 
 
@@ -217,8 +220,9 @@ def html_page(header, cells, images: dict[str, Path], others: list[list[str]] = 
     """One self-contained page: the table, the runs left out, and the figures embedded as base64 PNGs."""
     left_out = f"<h2>Runs not in the comparison</h2>{_html_table(STATUS_HEADER, list(others))}" if others else ""
     figures = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-        f"<figcaption>{name}</figcaption></figure>"
+        f'<figure><img alt="{html.escape(CAPTIONS[name])}" '
+        f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
         for name, path in images.items()
     )
     return f"""<!doctype html>
@@ -233,6 +237,7 @@ tr.study{{color:#555;font-style:italic;background:#f6f6f6}}img{{max-width:100%}}
 
 
 OUTPUTS = ("comparison.md", "comparison.html", "per_class_f1.png", "acc_vs_time.png")
+CAPTIONS = {"per_class_f1": "Per-class F1 on the test set", "acc_vs_time": "Test accuracy against training time"}
 
 
 def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] = (), overwrite: bool = False) -> Path:
@@ -268,8 +273,7 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
             plt.close(fig)
     table = markdown_table(header, cells) if rows else "No run completed its training and test."
     left_out = f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else ""
-    captions = {"per_class_f1": "per-class F1", "acc_vs_time": "accuracy vs time"}
-    figures = "".join(f"\n\n![{captions[name]}]({path.name})" for name, path in images.items())
+    figures = "".join(f"\n\n![{CAPTIONS[name]}]({path.name})" for name, path in images.items())
     write_text(
         out_dir / "comparison.md",
         f"# Model comparison\n\n{len(completed(runs))} completed runs of {len(runs) + len(not_run)} from "
