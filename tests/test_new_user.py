@@ -142,3 +142,19 @@ def test_tensorboard_hparams_lead_with_what_the_run_chose():
 def test_the_plan_counts_an_epoch_in_batches(finished_tiny_run):
     log = (finished_tiny_run / "train.log").read_text()
     assert "1 epoch of 8 batches" in log  # debug=tiny: trainer.limit_train_batches=8 of the tiny data
+
+
+def test_the_comparison_page_captions_its_figures_and_labels_reduced_runs(tmp_path):
+    import json
+
+    from tests.conftest import completed_metrics
+
+    for seed, acc in ((1, 0.80), (2, 0.82)):
+        run = tmp_path / "runs" / f"cnn_{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(completed_metrics(seed=seed, **{"test/acc": acc})))
+    result = run_cli("fmnist.compare", "runs", "--out", "report", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "report" / "comparison.html").read_text()
+    assert "<figcaption>Per-class F1 on the test set</figcaption>" in page and "<figcaption>per_class_f1<" not in page
+    assert "| 1 of 150 (reduced) |" in (tmp_path / "report" / "comparison.md").read_text()
