@@ -76,7 +76,7 @@ def test_the_search_keys_are_told_from_the_trials_keys():
         (["tune.n_trials=0"], ("tune.n_trials=0",)),
         (["data.batch_size=0"], ("data.batch_size=0",)),
         (["output_dir=x"], ("output_dir", "fmnist.tune", "tune.dir=")),
-        (["pruner=nope"], ("pruner/nope", "hyperband")),
+        (["pruner=nope"], ("pruner=nope", "hyperband")),
         (["model.optimizer.lr=0.01"], ("model.optimizer.lr", "conf/search_space/rnn.yaml", "tune.search_space=")),
         (["+tune.nope=1"], ("tune.nope", "fmnist.tune")),
     ],

@@ -64,8 +64,9 @@ def ensure_raw_files(
     check_root(root)
     raw = raw_folder(root)
     if all((raw / name).exists() for name in RAW_FILES):  # a FIFO or folder there is named by check_split
-        check_split(root, train=True)
-        check_split(root, train=False)
+        with _interruptible(f"reading the Fashion-MNIST files in {raw}"):
+            check_split(root, train=True)
+            check_split(root, train=False)
         return raw
     for folder in search_dirs:
         folder = Path(folder)
