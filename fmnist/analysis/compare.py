@@ -174,7 +174,7 @@ def per_class_f1_figure(rows: list[dict]):
 
 def acc_vs_time_figure(rows: list[dict]):
     """Test accuracy against training time (log scale), measured runs and the study's."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
         ax.errorbar(
             row["train_seconds_mean"],
@@ -269,7 +269,7 @@ def compare(paths: list[str], out: str | None = None, not_run: list[list[str]] =
     for name, make in (("per_class_f1", per_class_f1_figure), ("acc_vs_time", acc_vs_time_figure)):
         if name in images:
             fig = make(rows)
-            write_figure(fig, images[name], dpi=110)
+            write_figure(fig, images[name], dpi=110, bbox_inches="tight")  # the legend below, whole
             plt.close(fig)
     table = markdown_table(header, cells) if rows else "No run completed its training and test."
     left_out = f"\n\n## Runs not in the comparison\n\n{markdown_table(STATUS_HEADER, others)}" if others else ""
