@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fmnist.analysis.results import read_results, write_results  # noqa: E402
-from fmnist.analysis.runs import read_bytes  # noqa: E402
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.models.base import optimizer_factory, triangular_schedule  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
@@ -51,7 +50,7 @@ from fmnist.training.fit import train  # noqa: E402
 from fmnist.training.setup import build_model  # noqa: E402
 from fmnist.utils.config import compose_config  # noqa: E402
 from fmnist.utils.errors import FmnistError  # noqa: E402
-from fmnist.utils.files import write_json  # noqa: E402
+from fmnist.utils.files import read_bytes, write_json  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
 MAX_SEEDS = 1000

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from fmnist.analysis.runs import format_count, format_seconds, parse_json, read_bytes
+from fmnist.analysis.runs import format_count, format_seconds, parse_json
 from fmnist.analysis.study import STUDY
 from fmnist.utils.config import CONF_DIR
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_json, write_section
+from fmnist.utils.files import read_bytes, write_json, write_section
 
 ROW_KEYS = (
     "model",

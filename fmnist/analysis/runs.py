@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,7 +23,7 @@ from typing import Any
 
 from fmnist.runs.folder import resume_command
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import read_yaml
+from fmnist.utils.files import read_bytes, read_yaml
 
 TRAINING_KEYS = ("model", "epochs")  # in the metrics.json of fmnist.train, not in fmnist.evaluate's
 MAX_JSON_BYTES = 16 << 20  # a run's metrics.json or job_status.json is a few KB
@@ -33,19 +31,6 @@ MAX_JSON_BYTES = 16 << 20  # a run's metrics.json or job_status.json is a few KB
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; OSError, or ValueError saying why it is not read
-    (a FIFO or device is refused without blocking on it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("is not a regular file")
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"is over {max_bytes >> 20} MiB: not a file fmnist wrote")
-    return data
 
 
 def parse_json(data: bytes) -> tuple[Any, str]:

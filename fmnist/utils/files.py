@@ -147,21 +147,32 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def read_bytes(path: str | os.PathLike, max_bytes: int, nofollow: bool = False) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (with `nofollow`, never through a link); OSError, or
+    ValueError saying why it is not read (a FIFO or device is refused without blocking on it)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    fd = os.open(path, flags)
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("is not a regular file")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KiB"
+        raise ValueError(f"is over {size}: not a file fmnist wrote")
+    return data
+
+
 def read_yaml(path: str | os.PathLike, max_bytes: int = 1 << 20) -> Any:
     """The plain data of a YAML file written by fmnist (safe loader, no aliases, at most `max_bytes`), or one
     FmnistError naming the file: only a regular file is read, never through a link."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise FmnistError(f"{path} is not a regular file")
-            data = file.read(max_bytes + 1)
+        data = read_bytes(path, max_bytes, nofollow=True)
     except OSError as error:
         reason = "it is a link, which fmnist never follows" if error.errno == errno.ELOOP else error.strerror
         raise FmnistError(f"cannot read {path}: {reason or error}") from None
-    if len(data) > max_bytes:
-        raise FmnistError(f"{path} is over {max_bytes >> 10} KiB: not a file fmnist wrote")
+    except ValueError as error:
+        raise FmnistError(f"{path} {error}") from None
     try:
         return yaml.load(data, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
