@@ -131,7 +131,7 @@ def optimizer_class(spec: Any, where: str) -> tuple[type[torch.optim.Optimizer],
     return cls, kwargs
 
 
-def _settings(cls: type) -> dict[str, inspect.Parameter]:
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The constructor parameters of `cls`, with those its base classes take through **kwargs."""
     settings: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
@@ -171,7 +171,7 @@ def checked_hparams(cls: type, hparams: Any, source: str | Path) -> dict[str, An
     prefix = f"{source} does not match {cls.__name__}"
     if not isinstance(hparams, dict):
         raise FmnistError(f"{prefix}: hyper_parameters must be a mapping, not {_shown(hparams)}")
-    settings = _settings(cls)
+    settings = constructor_parameters(cls)
     for name, value in hparams.items():
         if name not in settings:
             raise FmnistError(

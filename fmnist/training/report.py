@@ -15,6 +15,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from fmnist.analysis.reports import write_reports
 from fmnist.analysis.runs import partial_epochs
 from fmnist.models.summary import keras_param_counts
+from fmnist.models.trust import constructor_parameters
 from fmnist.runs.metrics import FIT_KEYS
 from fmnist.training.callbacks import epoch_share
 from fmnist.training.console import describe_device
@@ -89,24 +90,13 @@ def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[s
     }
     for key, value in model.hparams["optimizer"].items():
         params[f"optimizer/{key.strip('_')}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    defaults = _defaults(type(model))
+    defaults = {name: p.default for name, p in constructor_parameters(type(model)).items()}
     for key, value in model.hparams.items():  # only what this run set: a column per choice, not per option
         default = defaults.get(key, inspect.Parameter.empty)
         same = value == default or (isinstance(default, tuple) and list(default) == list(value or ()))
         if key != "optimizer" and not same:
             params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
-
-
-def _defaults(cls: type) -> dict[str, Any]:
-    """The default of each constructor argument of `cls` and of the base classes it hands keywords to."""
-    found: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            for parameter in inspect.signature(klass.__init__).parameters.values():
-                if parameter.default is not inspect.Parameter.empty:
-                    found.setdefault(parameter.name, parameter.default)
-    return found
 
 
 def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule, metrics: dict) -> None:
