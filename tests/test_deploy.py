@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboard.plugins import projector  # noqa: F401  (the projector plugin must be importable)
 
 from fmnist.analysis.cluster import class_mix, cluster_scores
-from fmnist.deploy.predict import to_fashion_mnist
+from fmnist.data.photos import to_fashion_mnist
 from tests.conftest import run_cli, shop_photo
 
 
@@ -117,13 +117,19 @@ def test_predict_shop_photos_and_report_bad_files(real_bilstm, tmp_path):
     assert "error" in rows[str(photos / "notes.txt")] and "error" in rows[str(photos / "empty.png")]
     assert (tmp_path / "predictions.csv").read_text().count("\n") == 8
     assert "notes.txt" in result.stdout and "error:" in result.stdout
+    for f in expected:  # the garment gate's verdict beside the classes
+        assert 0 <= rows[f]["garment_score"] <= 1 and isinstance(rows[f]["not_garment"], bool), rows[f]
+    (gate_file,) = real_bilstm.parent.glob("*.gate-*.json")  # fitted once, kept beside the checkpoint
 
     # All ten classes of the same photos: a distribution (each prob rounded to 4 decimals: 10 x 0.5e-4 at most
     # off in the sum) whose first three are what the command printed.
     from fmnist.deploy.predict import predict_files
     from fmnist.models.checkpoint import load_model
+    from fmnist.models.gate import checkpoint_digest, embedding_size, read_gate
 
-    full = predict_files(load_model(real_bilstm), [Path(f) for f in expected], top_k=10)
+    model = load_model(real_bilstm)
+    gate = read_gate(gate_file, checkpoint_digest(real_bilstm), len(CLASS_NAMES), embedding_size(model))
+    full = predict_files(model, [Path(f) for f in expected], top_k=10, gate=gate)
     for row in full:
         probs = [t["prob"] for t in row["top"]]
         assert len(probs) == 10 and {t["class"] for t in row["top"]} == set(CLASS_NAMES)
@@ -141,12 +147,13 @@ def test_predict_fails_only_when_nothing_can_be_read(trained_run, tmp_path):
         f"ckpt_path={ckpt}",
         f"inputs={tmp_path / 'bad'}",
         f"output_dir={tmp_path}",
+        "gate=false",
         cwd=tmp_path,
         timeout=60,
     )
     assert result.returncode != 0 and "none of the 1 input file(s) could be read" in result.stderr
     (tmp_path / "none").mkdir()
-    result = run_cli("fmnist.predict", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'none'}", cwd=tmp_path, timeout=60)
+    result = run_cli("fmnist.predict", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'none'}", "gate=false", cwd=tmp_path)
     assert result.returncode != 0 and "no files in" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -20,7 +20,8 @@ import fmnist.data.idx
 import fmnist.utils.checks
 from fmnist.data.datamodule import FashionMNISTDataModule
 from fmnist.data.idx import ensure_raw_files, load_split, raw_folder
-from fmnist.deploy.predict import predict_files, print_table, to_fashion_mnist, write_predictions
+from fmnist.data.photos import to_fashion_mnist
+from fmnist.deploy.predict import predict_files, print_table, write_predictions
 from fmnist.models.checkpoint import load_model
 from fmnist.training.fit import train
 from fmnist.utils.config import compose_config
@@ -422,10 +423,16 @@ def test_predict_works_in_bounded_batches_and_keeps_the_order(tmp_path, garments
     files.insert(4, tmp_path / "missing.png")
     seen = []
 
-    def model(images):
-        seen.append(len(images))
-        return torch.zeros(len(images), 10)
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier, self.weight = torch.nn.Identity(), torch.nn.Parameter(torch.zeros(1))
 
+        def embed(self, images):
+            seen.append(len(images))
+            return torch.zeros(len(images), 10)
+
+    model = Model()
     results = predict_files(model, files, top_k=2, batch_size=2)
     assert max(seen) <= 2 and sum(seen) == 9
     assert [r["file"] for r in results] == [str(f) for f in files] and "error" in results[4]
@@ -451,12 +458,13 @@ def test_nan_probabilities_become_error_rows_in_valid_json(tmp_path, ckpt, garme
 
 
 @pytest.mark.slow
-def test_cli_predict_with_a_nan_checkpoint_is_one_line_and_valid_json(tmp_path, ckpt, garments):
+def test_cli_predict_with_a_nan_checkpoint_is_one_line_and_valid_json(tmp_path, ckpt, garments, tiny_root):
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["state_dict"]["classifier.weight"].fill_(float("nan"))
     torch.save(checkpoint, tmp_path / "nan.ckpt")
+    data = [f"data.root={tiny_root}", "data.search_dirs=[]"]  # the garment gate finds NaN, and steps aside
     result = run_cli(
-        "fmnist.predict", f"ckpt_path={tmp_path / 'nan.ckpt'}", f"inputs={garments}", cwd=tmp_path, timeout=120
+        "fmnist.predict", f"ckpt_path={tmp_path / 'nan.ckpt'}", f"inputs={garments}", *data, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert_one_error_line(result, "3 input file", "NaN")

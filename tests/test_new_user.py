@@ -76,7 +76,7 @@ def test_predict_says_when_some_inputs_failed_and_names_an_empty_file(tmp_path):
     shirt.save(photos / "shirt.png")
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.png").write_text("not an image")
-    args = ["ckpt_path=model.ckpt", "inputs=photos"]
+    args = ["ckpt_path=model.ckpt", "inputs=photos", "gate=false"]
     result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 3")

@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from fmnist.analysis.ood import measure_gate, ood_figure, ood_markdown
 from fmnist.analysis.reports import events_dir, write_reports
 from fmnist.models.checkpoint import load_model
+from fmnist.models.gate import gate_for
 from fmnist.models.summary import keras_summary_markdown
 from fmnist.utils.checks import (
     DATA_RULES,
@@ -22,11 +25,12 @@ from fmnist.utils.checks import (
     check_new_files,
     check_output_folder,
     check_values,
+    integer,
     pick_device,
     text,
 )
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_json, write_text
+from fmnist.utils.files import write_figure, write_json, write_text
 
 RULES = {
     "ckpt_path": (text, "a file name", None, "a checkpoint file, e.g. outputs/cnn/<run>/checkpoints/last.ckpt", False),
@@ -34,6 +38,8 @@ RULES = {
     "output_dir": (text, "a folder", None, "a folder (or null: beside the checkpoint)", True),
     "overwrite": (boolean, "true or false", None, "true or false", False),
     "device": (text, "a device name", None, "auto, cpu, cuda or cuda:N", False),
+    "ood": (boolean, "true or false", None, "true or false", False),
+    "ood_images": (integer, "an integer", lambda v: 10 <= v <= 10_000, "an integer from 10 to 10000", False),
     **DATA_RULES,
 }
 # What write_reports writes (curves.png when the run's curves are found), then the model summary and metrics;
@@ -47,6 +53,7 @@ OUTPUTS = (
     "model_summary.md",
     "metrics.json",
 )
+OOD_OUTPUTS = ("ood.md", "ood.json", "ood.png")  # ood=true: the garment gate's report
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -59,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict:
         Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / ("eval" if cfg.split == "test" else "eval-val")
     )
     check_output_folder(output_dir)
-    check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
+    check_new_files([output_dir / name for name in OUTPUTS + (OOD_OUTPUTS if cfg.ood else ())], cfg.overwrite)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -93,6 +100,27 @@ def evaluate(cfg: DictConfig) -> dict:
         f"{split}/macro_f1": report["macro avg"]["f1-score"],
         **{f"{split}/f1/{name}": report[name]["f1-score"] for name in datamodule.class_names},
     }
+    if cfg.ood:
+        metrics |= measure_ood(model, ckpt, datamodule, output_dir, cfg.ood_images)
     write_json(output_dir / "metrics.json", metrics)
     print(f"wrote {output_dir}")
     return metrics
+
+
+def measure_ood(model, ckpt: Path, datamodule, output_dir: Path, images: int) -> dict:
+    """The garment gate's report (ood.md, ood.json, ood.png); returns its figures for metrics.json."""
+    gate = gate_for(model, ckpt, datamodule)
+    report, scores = measure_gate(model, gate, datamodule.test_set.images, datamodule.test_set.labels, images)
+    title = f"{type(model).__name__} ({model.epochs_trained} epochs), {ckpt}"
+    write_json(output_dir / "ood.json", {"checkpoint": str(ckpt), **report})
+    write_text(output_dir / "ood.md", ood_markdown(report, title))
+    figure = ood_figure(report, scores, title)
+    write_figure(figure, output_dir / "ood.png", dpi=120)
+    plt.close(figure)
+    for kind, row in report["kinds"].items():
+        print(f"garment gate vs {kind}: AUROC {row['gate_auroc']:.4f}, FPR at 95% TPR {row['gate_fpr95']:.3f}")
+    return {
+        "ood/test_kept": report["test_garments"]["kept"],
+        **{f"ood/{kind}/auroc": row["gate_auroc"] for kind, row in report["kinds"].items()},
+        **{f"ood/{kind}/fpr95": row["gate_fpr95"] for kind, row in report["kinds"].items()},
+    }

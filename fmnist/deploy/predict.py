@@ -2,7 +2,9 @@
 
 Each image is prepared the way Fashion-MNIST was made: grayscale, inverted when its background is
 light (shop photos), cropped to the garment, fitted into 28x28 keeping the aspect ratio, centred,
-scaled to [0, 1]. Writes `predictions.csv` and `predictions.json`; unreadable files get an error row.
+scaled to [0, 1]. Each prediction says whether the input looks like a garment at all (`not_garment`, from
+the checkpoint's garment gate, fmnist/analysis/gate.py) apart from whether the network hesitates between
+classes (`unsure`). Writes `predictions.csv` and `predictions.json`; unreadable files get an error row.
 Files are decoded one at a time, with a pixel limit, and classified `batch_size` at a time.
 """
 
@@ -14,14 +16,25 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
+import hydra
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from fmnist.data.idx import CLASS_NAMES
+from fmnist.data.photos import to_fashion_mnist
 from fmnist.models.checkpoint import load_model
-from fmnist.utils.checks import boolean, check_new_files, check_output_folder, check_values, integer, number, text
+from fmnist.models.gate import KEEP, Gate, NotANumber, gate_for, network_outputs
+from fmnist.utils.checks import (
+    DATA_RULES,
+    boolean,
+    check_new_files,
+    check_output_folder,
+    check_values,
+    integer,
+    number,
+    text,
+)
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_text
 
@@ -33,50 +46,16 @@ RULES = {
     "output_dir": (text, "a folder", None, "a folder", False),
     "overwrite": (boolean, "true or false", None, "true or false", False),
     "min_confidence": (number, "a number", lambda v: 0 <= v <= 1, "a number from 0 to 1", False),
+    "gate": (boolean, "true or false", None, "true or false", False),
+    **DATA_RULES,
 }
-UNSURE = "unsure: unlike every garment the network knows (not a garment, or not Fashion-MNIST-like)"
+UNSURE = "unsure between classes: the top class is below min_confidence"
+NOT_GARMENT = "not a garment, or not like Fashion-MNIST"
 OUTPUTS = ("predictions.csv", "predictions.json")
 # Formats whose decoders are plain Pillow code (no Ghostscript for EPS and the like: a file never picks a program).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 MAX_PIXELS = 50_000_000  # a 48-megapixel photo fits; a decompression bomb (tiny file, huge image) does not
 NOT_A_NUMBER = "the model's output is not a number (NaN or inf): the checkpoint's weights are broken"
-
-
-def to_fashion_mnist(image: Image.Image) -> torch.Tensor:
-    """Any PIL image -> float tensor (1, 28, 28) in [0, 1], light garment on black like Fashion-MNIST."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I") or image.mode == "F":
-        gray = _high_depth_gray(image)
-    else:
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent = shop-white
-            image = Image.alpha_composite(background, rgba)
-        gray = np.asarray(image.convert("L"), dtype=np.float32)
-    background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-    if background > 127:  # light background: invert so the garment is the bright part
-        gray, background = 255 - gray, 255 - background
-    gray = np.clip(gray - background, 0, None)
-    peak = gray.max()
-    if peak <= 0:
-        raise ValueError("the image is blank: no garment to see")
-    rows, cols = np.nonzero(gray > 0.1 * peak)
-    crop = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] * (255.0 / peak)
-    fitted = ImageOps.contain(Image.fromarray(crop.astype(np.uint8)), (28, 28), Image.Resampling.LANCZOS)
-    canvas = Image.new("L", (28, 28), 0)
-    canvas.paste(fitted, ((28 - fitted.width) // 2, (28 - fitted.height) // 2))
-    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
-
-
-def _high_depth_gray(image: Image.Image) -> np.ndarray:
-    """16-bit (I;16, I) or float (F) gray as 0..255 floats; Pillow's convert("L") would clip them to white."""
-    values = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(values).all():  # float TIFFs: inf would wash the garment out, NaN would empty it
-        raise ValueError("the image has pixels that are NaN or infinite")
-    if image.mode == "F" and values.max(initial=0) <= 1:
-        return values * 255  # floats in [0, 1]
-    scale = 1.0 if image.mode == "F" else 257.0  # 65535 / 255
-    return np.clip(values / scale, 0, 255)
 
 
 def list_inputs(inputs: str) -> list[Path]:
@@ -125,9 +104,13 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 256) -> list[dict]:
+def predict_files(
+    model, files: list[Path], top_k: int = 3, batch_size: int = 256, gate: Gate | None = None
+) -> list[dict]:
     """One `{"file", "top": [{"class", "prob"}, ...]}` or `{"file", "error"}` per file, in the order of `files`.
 
+    With a `gate`, the probabilities are calibrated (temperature scaling) and each row also has its
+    `garment_score` (0 to 1: the share of validation garments less garment-like) and `not_garment`.
     At most `batch_size` prepared images are held and classified at once.
     """
     results = []
@@ -141,16 +124,24 @@ def predict_files(model, files: list[Path], top_k: int = 3, batch_size: int = 25
             except ValueError as error:
                 row["error"] = str(error)
         if images:
-            probs = model(torch.stack(images)).softmax(dim=1)
+            embeddings, logits = network_outputs(model, torch.stack(images), batch_size)
+            if gate is None:
+                probs, likeness, not_garment = logits.softmax(dim=1), None, None
+            else:
+                probs, likeness, not_garment = gate.judge(embeddings, logits)
             top = probs.topk(min(top_k, len(CLASS_NAMES)), dim=1)
-            finite = probs.isfinite().all(dim=1).tolist()
-            for row, ok, values, indices in zip(read, finite, top.values.tolist(), top.indices.tolist(), strict=False):
-                if ok:
-                    row["top"] = [
-                        {"class": CLASS_NAMES[i], "prob": round(p, 4)} for p, i in zip(values, indices, strict=False)
-                    ]
-                else:
+            finite = (probs.isfinite().all(dim=1) & embeddings.isfinite().all(dim=1)).tolist()
+            for i, (row, ok) in enumerate(zip(read, finite, strict=True)):
+                if not ok:
                     row["error"] = NOT_A_NUMBER
+                    continue
+                row["top"] = [
+                    {"class": CLASS_NAMES[c], "prob": round(p, 4)}
+                    for p, c in zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True)
+                ]
+                if gate is not None:
+                    row["garment_score"] = round(float(likeness[i]), 4)
+                    row["not_garment"] = bool(not_garment[i])
         results += rows
     return results
 
@@ -171,12 +162,13 @@ def write_predictions(results: list[dict], output_dir: Path, top_k: int) -> None
     write_text(output_dir / "predictions.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    header = ["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], "unsure", "error"]
+    flags = ("garment_score", "not_garment", "unsure")
+    header = ["file", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")], *flags, "error"]
     writer.writerow(header)
     for r in results:
         cells = [x for t in r.get("top", []) for x in (t["class"], t["prob"])]
-        unsure = "" if "unsure" not in r else str(r["unsure"]).lower()
-        writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), unsure, r.get("error", "")])
+        marks = ["" if name not in r else str(r[name]).lower() for name in flags]
+        writer.writerow([r["file"], *cells, *[""] * (2 * top_k - len(cells)), *marks, r.get("error", "")])
     write_text(output_dir / "predictions.csv", table.getvalue())
 
 
@@ -186,12 +178,24 @@ def printable(name: str) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    """Print one line per file: its top classes and their probabilities (or its error), and if unsure."""
+    """Print one line per file: its top classes and their probabilities (or its error), and its flags."""
     names = [printable(r["file"]) for r in results]
     width = max(map(len, names))
     for name, r in zip(names, results, strict=False):
         row = r.get("error") and f"error: {r['error']}" or "  ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
-        print(f"{name:<{width}}  {printable(row)}" + (f"  ({UNSURE})" if r.get("unsure") else ""))
+        flags = [f"{NOT_GARMENT}: garment score {r['garment_score']:.2f}"] if r.get("not_garment") else []
+        flags += [UNSURE] if r.get("unsure") else []
+        print(f"{name:<{width}}  {printable(row)}" + "".join(f"  ({flag})" for flag in flags))
+
+
+def _gate(model, cfg: DictConfig) -> Gate | None:
+    """The checkpoint's garment gate; None, with a note, when the network's outputs are not numbers (its rows then
+    say so)."""
+    try:
+        return gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data))
+    except NotANumber as error:
+        print(f"note: no garment gate: {error}")
+        return None
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -202,11 +206,14 @@ def predict(cfg: DictConfig) -> list[dict]:
     output_dir = Path(cfg.output_dir)
     check_output_folder(output_dir)
     check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
-    results = predict_files(model, files, cfg.top_k, cfg.batch_size)
+    gate = _gate(model, cfg) if cfg.gate else None
+    results = predict_files(model, files, cfg.top_k, cfg.batch_size, gate)
     unsure = mark_unsure(results, cfg.min_confidence)
     print_table(results)
     write_predictions(results, output_dir, min(cfg.top_k, len(CLASS_NAMES)))
-    flagged = f"; {unsure} unsure (top class below min_confidence={cfg.min_confidence:g})" if unsure else ""
+    not_garments = sum(bool(r.get("not_garment")) for r in results)
+    flagged = f"; {not_garments} not garments (garment score below {1 - KEEP:.2f})" if not_garments else ""
+    flagged += f"; {unsure} unsure (top class below min_confidence={cfg.min_confidence:g})" if unsure else ""
     print(f"wrote {output_dir / OUTPUTS[0]} and {OUTPUTS[1]}{flagged}")
     if all(r.get("error") == NOT_A_NUMBER for r in results):
         raise FmnistError(
