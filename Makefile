@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(MAKE) data
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat  # a path entry: a clone named fmnist never shadows it
+	$(PY) -m pip install -q -e '.[dev]'  # a path entry (pyproject's package-dir): a clone named fmnist never shadows it
 	touch $@
 
 data: ## install the original Fashion-MNIST files (Debian package dataset-fashion-mnist; SKIP_DATA=1 skips it)

@@ -17,7 +17,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cluster")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/cluster.yaml with the command line, then run `cluster` (logic: fmnist/analysis/cluster.py)."""
+    """Compose fmnist/conf/cluster.yaml with the command line, then run `cluster` (fmnist/analysis/cluster.py)."""
     exit_on_error(cluster, cfg)
 
 

@@ -17,7 +17,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/evaluate.yaml with the command line, then run `evaluate` (logic: fmnist/analysis/evaluate.py)."""
+    """Compose fmnist/conf/evaluate.yaml with the command line, then run `evaluate` (fmnist/analysis/evaluate.py)."""
     exit_on_error(evaluate, cfg)
 
 

@@ -17,7 +17,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explore")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/explore.yaml with the command line, then run `explore` (logic: fmnist/analysis/explore.py)."""
+    """Compose fmnist/conf/explore.yaml with the command line, then run `explore` (fmnist/analysis/explore.py)."""
     exit_on_error(explore, cfg)
 
 

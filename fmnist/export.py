@@ -17,7 +17,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/export.yaml with the command line, then run `export` (logic: fmnist/deploy/export.py)."""
+    """Compose fmnist/conf/export.yaml with the command line, then run `export` (fmnist/deploy/export.py)."""
     exit_on_error(export, cfg)
 
 

@@ -19,7 +19,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/predict.yaml with the command line, then run `predict` (logic: fmnist/deploy/predict.py).
+    """Compose fmnist/conf/predict.yaml with the command line, then run `predict` (fmnist/deploy/predict.py).
 
     Exit status: 0 when every file was classified; 1 on an error (nothing classified, or bad input); 3 when
     some files were classified and some could not be read (their error rows are in predictions.csv)."""

@@ -16,7 +16,7 @@ from fmnist.utils.errors import exit_on_error
 @quiet_pipe
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
-    """Compose conf/serve.yaml with the command line, then run `serve` (logic: fmnist/web/app.py)."""
+    """Compose fmnist/conf/serve.yaml with the command line, then run `serve` (fmnist/web/app.py)."""
     try:
         from fmnist.web.app import serve
     except ModuleNotFoundError as error:

@@ -19,7 +19,10 @@ def main() -> None:
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
         print("usage: " + __doc__.strip().splitlines()[0].removeprefix("Search hyperparameters: ").strip("`."))
-        print("the tune.* keys and their defaults: conf/tune.yaml; pruners: conf/pruner/; spaces: conf/search_space/")
+        print(
+            "the tune.* keys and their defaults: fmnist/conf/tune.yaml; pruners: fmnist/conf/pruner/; "
+            "spaces: fmnist/conf/search_space/"
+        )
         return
     try:
         from fmnist.tuning.search import tune

@@ -95,7 +95,7 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 def compose_train(overrides: list[str]):
-    """The real `conf/train.yaml` composed with overrides, with Hydra's runtime config set."""
+    """The real `fmnist/conf/train.yaml` composed with overrides, with Hydra's runtime config set."""
     return compose_config(overrides)
 
 

@@ -282,7 +282,7 @@ def test_results_rows_accumulate_and_label_a_new_models_reduced_run(tmp_path):
     ]
     assert len(rows) == 4 and list(rows)[-2:] == ["lstm", "rnn"]  # by model, then epochs
     adam = next(r for r in rows.values() if r["epochs"] == 2 and r["recipe"].startswith("KerasAdam"))
-    assert adam["test_acc_mean"] == 0.86 and rows["lstm"]["full_recipe"]  # conf/model/lstm.yaml: 20
+    assert adam["test_acc_mean"] == 0.86 and rows["lstm"]["full_recipe"]  # fmnist/conf/model/lstm.yaml: 20
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| lstm | KerasAdam lr=0.001, batch 64 | 2 of 20 (reduced) | 3 | 0.8600 ± 0.0010 |" in table
     assert "| rnn | SGD lr=0.01, batch 65 | 25 | 3 | 0.8800" in table and "(beyond the study)" in table

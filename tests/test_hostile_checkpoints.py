@@ -110,7 +110,7 @@ def test_an_oversized_count_is_one_error_line_of_the_command(tmp_path, built_nev
 
 
 def _trained_networks() -> list[tuple[str, type, dict]]:
-    """Each network conf/ trains (conf/model/, and the experiments that change one), with its hyperparameters."""
+    """Each network fmnist/conf/model/ trains (and the experiments that change one), with its hyperparameters."""
     overrides = [f"model={file.stem}" for file in sorted((CONF / "model").glob("*.yaml"))]
     overrides += [
         f"experiment={file.stem}"

@@ -67,7 +67,7 @@ def test_every_console_script_target_imports_and_is_callable(script):
 
 # ---------------------------------------------------------------- docstrings
 
-REPO_DIRS = ("fmnist/", "conf/", "docs/", "tests/", "benchmarks/")
+REPO_DIRS = ("fmnist/", "docs/", "tests/", "benchmarks/")
 
 
 def docstrings(path: Path):
@@ -136,7 +136,7 @@ def test_data_overrides_win_over_the_fast_trainer_config():
 
 @pytest.mark.parametrize("model", ["cnn", "rnn", "bilstm", "bilstm_stated"])
 def test_a_run_config_has_no_search_space_and_each_model_has_one(model):
-    assert "search_space" not in _compose(f"model={model}")  # fmnist.tune reads conf/search_space/<model>.yaml
+    assert "search_space" not in _compose(f"model={model}")  # fmnist.tune reads fmnist/conf/search_space/<model>.yaml
     assert (CONF / "search_space" / f"{model}.yaml").is_file()
 
 

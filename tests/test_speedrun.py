@@ -357,7 +357,7 @@ def test_a_saved_tier_becomes_a_results_row_and_a_bad_file_writes_nothing(tmp_pa
     add_saved_row(_saved_tier(tmp_path / "good.json"), docs)
     (row,) = json.loads((docs / "results.json").read_text()).values()
     assert row["epochs"] == 8 and row["test_acc_mean"] == 0.94 and "experiment=speedrun_94" in row["recipe"]
-    assert row["full_recipe"]  # the tier as configured, though its 8 epochs are not conf/model/speednet.yaml's 4
+    assert row["full_recipe"]  # the tier as configured, though its 8 epochs are not fmnist/conf/model/speednet.yaml's 4
     assert "speedrun_94" in (docs / "RESULTS.md").read_text()
 
 

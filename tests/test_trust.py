@@ -303,7 +303,7 @@ def _savetxt(marker: Path) -> dict:
 
 
 # (the key the refusal names, the edit): a resume re-composes the run and compares the file, naming the first key
-# where it differs; a key that conf/ does not have (callbacks.evil) is never read at all.
+# where it differs; a key that fmnist/conf/ does not have (callbacks.evil) is never read at all.
 HOSTILE_CONFIGS = [
     ("model._target_", lambda c, m: c.update(model=_system(m))),
     ("model.optimizer._target_", lambda c, m: c["model"].update(optimizer=_open(m))),

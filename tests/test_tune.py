@@ -71,13 +71,16 @@ def test_the_search_keys_are_told_from_the_trials_keys():
     [
         (["tune.storage=notaurl"], ("tune.storage=notaurl",)),
         (["tune.storage=postgresql://u:pw@127.0.0.1:1/db"], ("tune.storage=postgresql://u:***@127.0.0.1:1/db",)),
-        (["tune.search_space=cnn"], ("conf/search_space/cnn.yaml", "model.dense_dropout", "not a key")),
-        (["tune.search_space=nope"], ("conf/search_space/nope.yaml", "does not exist", "tune.search_space=")),
+        (["tune.search_space=cnn"], ("fmnist/conf/search_space/cnn.yaml", "model.dense_dropout", "not a key")),
+        (["tune.search_space=nope"], ("fmnist/conf/search_space/nope.yaml", "does not exist", "tune.search_space=")),
         (["tune.n_trials=0"], ("tune.n_trials=0",)),
         (["data.batch_size=0"], ("data.batch_size=0",)),
         (["output_dir=x"], ("output_dir", "fmnist.tune", "tune.dir=")),
         (["pruner=nope"], ("pruner=nope", "hyperband")),
-        (["model.optimizer.lr=0.01"], ("model.optimizer.lr", "conf/search_space/rnn.yaml", "tune.search_space=")),
+        (
+            ["model.optimizer.lr=0.01"],
+            ("model.optimizer.lr", "fmnist/conf/search_space/rnn.yaml", "tune.search_space="),
+        ),
         (["+tune.nope=1"], ("tune.nope", "fmnist.tune")),
     ],
 )

@@ -111,7 +111,7 @@ def sharing(row: dict) -> str:
 
 
 def known_models() -> set[str]:
-    """The model names conf/model offers (the stems of its YAML files)."""
+    """The model names fmnist/conf/model offers (the stems of its YAML files)."""
     return {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
 
 
@@ -131,7 +131,7 @@ def clean_run(run: dict, models: set[str]) -> tuple[dict | None, str]:
     if run.get("status") != "completed":
         return None, f"status {text(run.get('status'), 30)!r}"
     if not isinstance(run.get("model"), str) or run["model"] not in models:
-        return None, f"model {text(run.get('model'), 30)!r} is not one of conf/model"
+        return None, f"model {text(run.get('model'), 30)!r} is not one of fmnist/conf/model"
     row = {"model": run["model"], "status": "completed"}
     for key, (low, high) in RUN_NUMBERS.items():
         if key in run and run[key] is not None:
@@ -209,7 +209,7 @@ def speedrun_rows(summary: dict) -> tuple[list[dict], list[str]]:
             or not isinstance(row.get("experiment"), str)
             or row["experiment"] not in experiments
         ):
-            left_out.append(f"speedrun {index}: not a completed tier of conf/experiment")
+            left_out.append(f"speedrun {index}: not a completed tier of fmnist/conf/experiment")
             continue
         if (
             not all(_integer(row.get(k), 1, 10_000) for k in ("seeds", "wanted_seeds"))

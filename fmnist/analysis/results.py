@@ -82,7 +82,7 @@ def _cell(value) -> str:
 
 @functools.cache
 def recipe_epochs(model: str) -> int | None:
-    """The epochs of a model's full recipe: the study's, or for a network beyond it its conf/model/<model>.yaml's."""
+    """The epochs of a model's full recipe: the study's, or for a network beyond it fmnist/conf/model/<model>.yaml's."""
     if model in STUDY:
         return STUDY[model]["epochs"]
     path = Path(CONF_DIR) / "model" / f"{model}.yaml"

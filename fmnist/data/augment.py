@@ -1,4 +1,4 @@
-"""Training-batch augmentation on the device, per sample, with kornia (conf/augment/).
+"""Training-batch augmentation on the device, per sample, with kornia (fmnist/conf/augment/).
 
 Built from plain numbers (a run config never names a class): horizontal flip, random crop of the
 zero-padded image (a shift of up to `crop_padding` pixels) and random erasing. Applied by the data

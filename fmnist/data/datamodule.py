@@ -140,7 +140,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         """`device_resident` keeps the splits on the training device (still uint8); `batches_per_step` > 1
         hands the training step a list of that many consecutive batches (the fast path, trainer=gpu_fast).
         `seed` fixes the training order of each epoch (None: drawn from torch's generator).
-        `augment`: the training batches' augmentation (fmnist.data.augment, conf/augment/); None: none."""
+        `augment`: the training batches' augmentation (fmnist.data.augment, fmnist/conf/augment/); None: none."""
         super().__init__()
         self.root = root
         self.batch_size = batch_size

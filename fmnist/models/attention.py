@@ -66,7 +66,7 @@ class ClassToken(nn.Module):
 class PatchTransformer(FashionClassifier):
     """Patch tokens -> `depth` pre-norm Transformer encoder layers (`heads` heads, MLP of `mlp_ratio` x `dim`)
     -> LayerNorm of the class token -> Dense(10); `stem` > 0 puts a 3x3 convolution of that many channels
-    (BatchNorm, GELU) before the patches. Recipe (conf/model/attention.yaml): AdamW with a warm-up
+    (BatchNorm, GELU) before the patches. Recipe (fmnist/conf/model/attention.yaml): AdamW with a warm-up
     and decay, flip and crop augmentation."""
 
     default_optimizer = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}

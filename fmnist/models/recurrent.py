@@ -17,7 +17,7 @@ from fmnist.models.layers import KerasRecurrent, batch_norm, glorot_
 
 class RecurrentStack(FashionClassifier):
     """Stacked recurrent layers of `units` over the image rows -> BatchNorm -> Dense(10); `cell` is set by
-    the subclass. Recipe (conf/model/lstm.yaml, gru.yaml): Keras Adam, batch 64, 20 epochs."""
+    the subclass. Recipe (fmnist/conf/model/lstm.yaml, gru.yaml): Keras Adam, batch 64, 20 epochs."""
 
     cell: str
     default_optimizer = {"_target_": "fmnist.models.optim.KerasAdam", "lr": 1e-3}

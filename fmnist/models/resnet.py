@@ -34,7 +34,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActWideResNet(FashionClassifier):
-    """WRN-`depth`-`widen` (depth 6n + 4) with pre-activation blocks. Recipe (conf/model/resnet.yaml):
+    """WRN-`depth`-`widen` (depth 6n + 4) with pre-activation blocks. Recipe (fmnist/conf/model/resnet.yaml):
     SGD Nesterov with weight decay, a one-cycle schedule, label smoothing, EMA of the weights,
     augment=strong, bf16 on GPUs (trainer=gpu_bf16)."""
 

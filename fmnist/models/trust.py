@@ -5,7 +5,7 @@ Each name is looked up by string equality in the tables below, never imported as
 handed to a class from a checkpoint are checked against its constructor first: nothing read from a
 file decides what code runs. Nor how much memory: every integer is bounded by MAX_SIZE, and the network is
 sized on the meta device, against MAX_PARAMETERS, before it is built. (A run folder: fmnist/runs/resume.py
-re-composes it from fmnist's own conf/ and builds nothing its files name.)
+re-composes it from the package's own fmnist/conf/ and builds nothing its files name.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from fmnist.models.optim import KerasAdam, KerasRMSprop
 from fmnist.utils.errors import FmnistError
 
-# The optimizers of conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
+# The optimizers of fmnist/conf/optimizer/, by the name configs give (torch.optim.Adam) and the one
 # checkpoints store (torch.optim.adam.Adam, from the partial's module).
 _OPTIMIZER_CLASSES = {
     "torch.optim": (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop),
@@ -117,7 +117,7 @@ def optimizer_class(spec: Any, where: str) -> tuple[type[torch.optim.Optimizer],
     if target not in OPTIMIZERS:
         raise FmnistError(
             f"{where}._target_ {_shown(target)} is not an optimizer fmnist builds: "
-            f"use one of {', '.join(OPTIMIZER_NAMES)} (conf/optimizer/)"
+            f"use one of {', '.join(OPTIMIZER_NAMES)} (fmnist/conf/optimizer/)"
         )
     cls = OPTIMIZERS[target]
     accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "params")]

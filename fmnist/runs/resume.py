@@ -93,9 +93,9 @@ class Resume:
 
 
 def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resume:
-    """The run in `cfg.resume`, re-composed: fmnist's own conf/ with the overrides the run recorded (checked by
-    `recorded_overrides`) and this command's, passed through `check` as a new run's config is; its `last.ckpt`
-    and what is left to do. The run's saved `config.yaml` is only compared (`compare_saved`), never used.
+    """The run in `cfg.resume`, re-composed: the package's own fmnist/conf/ with the overrides the run recorded
+    (checked by `recorded_overrides`) and this command's, passed through `check` as a new run's config is; its
+    `last.ckpt` and what is left to do. The run's saved `config.yaml` is only compared (`compare_saved`), never used.
 
     Command-line overrides other than RESUMABLE_KEYS are refused; the allowed ones are applied and,
     by `Resume.record_overrides` once the run goes on, recorded in the run's `.hydra/overrides.yaml` (and
@@ -313,7 +313,7 @@ def recorded_overrides(path: Path) -> list[str]:
 
 
 def recompose(overrides: list[str], run: Path) -> tuple[DictConfig, DictConfig]:
-    """fmnist's conf/ composed with `overrides` for the run folder `run`: (as composed, resolved), with
+    """The package's fmnist/conf/ composed with `overrides` for the run folder `run`: (as composed, resolved), with
     `${hydra:...}` read from that composition, Hydra's global state left as it was."""
     composed, hydra = compose_run(overrides)
     with open_dict(composed):
@@ -327,7 +327,7 @@ def recompose(overrides: list[str], run: Path) -> tuple[DictConfig, DictConfig]:
         with open_dict(instance.cfg):
             instance.cfg.hydra.runtime.output_dir = str(run)
         OmegaConf.resolve(resolved)
-    except Exception as error:  # noqa: BLE001 - e.g. a recorded override of a key conf/ no longer has
+    except Exception as error:  # noqa: BLE001 - e.g. a recorded override of a key fmnist/conf/ no longer has
         reason = " ".join(str(error).split())[:300]
         raise FmnistError(f"resume={run}: its overrides no longer compose ({reason})") from None
     finally:
@@ -353,7 +353,7 @@ NOT_COMPARED = ("output_dir", "resume")
 def compare_saved(config_file: Path, composed: DictConfig, resolved: DictConfig, skip: list[str]) -> None:
     """Refuse, with one FmnistError naming the key, a run whose saved `config.yaml` holds a value that differs
     from what the re-composition gives (as composed, or resolved): a file edited since, or a run of an fmnist
-    whose conf/ computed something else. Keys only one side has are a version's additions and pass; `skip` are
+    whose fmnist/conf/ computed something else. Keys only one side has are a version's additions and pass; `skip` are
     this command's overrides. The file is read as plain data (no aliases) and never resolved."""
     saved = read_yaml(config_file)
     if not isinstance(saved, dict):
@@ -377,8 +377,8 @@ def compare_saved(config_file: Path, composed: DictConfig, resolved: DictConfig,
             old = MOVED_TARGETS.get(old, old)
         if old != new and old != done:
             raise FmnistError(
-                f"{config_file} is refused: {where}={str(old)[:120]!r} differs from what fmnist's conf/ gives "
-                f"for the run's overrides ({str(new)[:120]!r}); a resume re-composes the run and uses nothing "
+                f"{config_file} is refused: {where}={str(old)[:120]!r} differs from what fmnist/conf/ gives for "
+                f"the run's overrides ({str(new)[:120]!r}); a resume re-composes the run and uses nothing "
                 "from that file. Fix: restore the file, resume with the fmnist version that made the run, or "
                 "start a new run"
             )

@@ -18,7 +18,7 @@ TIP = "💡 Tip:"  # Lightning's advertisement for its cloud logger, printed at 
 
 
 class TqdmHandler(logging.StreamHandler):
-    """The terminal's log handler (conf/hydra/job_logging/fmnist.yaml): lines go through tqdm, so that
+    """The terminal's log handler (fmnist/conf/hydra/job_logging/fmnist.yaml): lines go through tqdm, so that
     they never break a progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -1,6 +1,6 @@
 """A hyperparameter search (the logic of `fmnist.tune`): an Optuna study whose trials are ordinary fmnist runs.
 
-Each trial is composed with Hydra's compose API from conf/train.yaml, the command's overrides and the
+Each trial is composed with Hydra's compose API from fmnist/conf/train.yaml, the command's overrides and the
 parameters Optuna draws from the search space (fmnist/tuning/space.py), and trained in this process with
 `fmnist.training.fit.train`, so that Optuna's Lightning pruning callback can stop it after an epoch. Every
 trial leaves a run folder (`trial_NNNN/`: metrics.json, checkpoints, TensorBoard, train.log), pruned ones
@@ -57,7 +57,7 @@ RULES = {
     "tune.dir": (text, "a folder", None, "a folder (or null: outputs/tune/<model>)", True),
     "tune.storage": (text, "a URL", None, "a SQLAlchemy URL, e.g. sqlite:///study.db (or null)", True),
     "tune.study_name": (text, "a name", None, "a name (or null: fmnist_<model>)", True),
-    "tune.search_space": (text, "a name", None, "a config of conf/search_space/ (or null: the model's)", True),
+    "tune.search_space": (text, "a name", None, "a config of fmnist/conf/search_space/ (or null: the model's)", True),
     "tune.metric": (text, "a metric name", None, "a key of metrics.json, e.g. val/acc_best", False),
     "tune.sampler_seed": (integer, "an integer", seed_in_range, "an integer from 0 to 4294967295 (or null)", True),
     "tune.n_startup_trials": (integer, "an integer", lambda v: v >= 0, "an integer >= 0", False),
@@ -290,7 +290,7 @@ class Search:
         self.model = str(probe.name)
         self.dir = Path(settings.tune.dir or Path("outputs") / "tune" / self.model)
         space_name = settings.tune.search_space or self.model
-        where = f"conf/search_space/{space_name}.yaml"
+        where = f"fmnist/conf/search_space/{space_name}.yaml"
         try:
             space = compose_config([], config_name=f"search_space/{space_name}")
         except Exception as error:  # noqa: BLE001 - Hydra's missing or malformed config
@@ -538,12 +538,12 @@ def write_best(search: Search, study: optuna.Study) -> tuple[optuna.trial.Frozen
 
 
 def _settings(ours: list[str]) -> DictConfig:
-    """conf/tune.yaml with the search's overrides, checked; its errors never show a storage URL's password."""
+    """fmnist/conf/tune.yaml with the search's overrides, checked; its errors never show a storage URL's password."""
     try:
         settings = _compose(ours, config_name="tune")
         unknown = sorted({f"tune.{k}" for k in settings.tune} - set(RULES)) + sorted(set(settings) - {"tune", "pruner"})
         if unknown:
-            raise FmnistError(f"{', '.join(unknown)}: not a setting of fmnist.tune (conf/tune.yaml lists them)")
+            raise FmnistError(f"{', '.join(unknown)}: not a setting of fmnist.tune (fmnist/conf/tune.yaml lists them)")
         check_values(settings, RULES)
         return settings
     except FmnistError as error:

@@ -1,4 +1,4 @@
-"""A search space from its config (conf/search_space/<model>.yaml) as Optuna distributions.
+"""A search space from its config (fmnist/conf/search_space/<model>.yaml) as Optuna distributions.
 
 The config keeps Hydra's sweep syntax, read by Hydra's own override parser: `choice(a, b, ...)` (categorical),
 `interval(low, high)` (float, or int when both ends are integers), `range(start, stop, step)` (int or float

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, open_dict
 
 from fmnist.utils.errors import FmnistError
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # absolute: the commands run as scripts or modules alike
+# the configs ship inside the package (package data of the wheel); absolute: the commands run as scripts or modules
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
@@ -31,7 +32,7 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
 
 
 def compose_run(overrides: list[str], config_name: str = "train") -> tuple[DictConfig, DictConfig]:
-    """conf/ composed with `overrides`, unresolved: (the task's config, its `hydra` node). Hydra's global state
+    """fmnist/conf/ composed with `overrides`, unresolved: (the task's config, its `hydra` node). Hydra's global state
     (GlobalHydra, HydraConfig) is left as it was, so this works inside a running command too."""
     hydra = GlobalHydra.instance()
     current = HydraConfig.instance().cfg
@@ -70,7 +71,7 @@ def hydra_value(text: str, key: str = "ckpt_path") -> str:
 
 def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
     """Refuse, with one FmnistError naming the override and the choices, a `group=NAME` whose group is a folder
-    of conf/ without NAME.yaml (Hydra's own report of it is many lines). Other arguments are Hydra's to judge."""
+    of fmnist/conf/ without NAME.yaml (Hydra's own report of it is many lines). Other arguments are Hydra's to judge."""
     root = Path(config_dir)
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
@@ -87,4 +88,4 @@ def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
         for value in values:
             if isinstance(value, str) and not (folder / f"{value}.yaml").is_file():  # logger={} sets a value
                 choices = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-                raise FmnistError(f"{arg}: conf/{group}/ has no {value}.yaml. Fix: choose one of {choices}")
+                raise FmnistError(f"{arg}: fmnist/conf/{group}/ has no {value}.yaml. Fix: choose one of {choices}")
