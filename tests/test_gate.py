@@ -200,7 +200,7 @@ def test_predict_flags_garment_and_unsure_apart_and_evaluate_measures_the_gate(t
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "ood.json").read_text())
-    assert set(report["kinds"]) == {"digits", "letters", "photos", "noise", "shapes"}
+    assert set(report["kinds"]) == {"digits", "letters", "words", "photos", "noise", "shapes"}
     for row in report["kinds"].values():
         assert 0 <= row["gate_auroc"] <= 1 and 0 <= row["gate_fpr95"] <= 1 and 0 < row["images"] <= 20
     assert (out / "ood.png").stat().st_size > 10_000 and "| digits |" in (out / "ood.md").read_text()

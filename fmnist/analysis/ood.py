@@ -1,8 +1,9 @@
 """Measuring the garment gate: Fashion-MNIST's test garments against pictures that are not garments.
 
-Five kinds of non-garment pictures, made offline and never used to fit the gate:
+Six kinds of non-garment pictures, made offline and never used to fit the gate:
 - digits: scikit-learn's bundled handwritten digits (8x8, 1,797 of them);
 - letters: A-Z and a-z drawn in Pillow's bundled font, at random sizes, dark on white;
+- words: lines of 2 to 9 letters, digits, `%` and `-`, as on a sign or a label, dark on white;
 - photos: random square crops of scikit-learn's two bundled photos (a temple in China, a flower);
 - noise: uniform noise of random sizes;
 - shapes: filled ellipses, rectangles and triangles, dark on white.
@@ -22,9 +23,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from fmnist.data.photos import to_fashion_mnist
 from fmnist.models.gate import KEEP, Gate, calibration_error, network_outputs
 
-KINDS = ("digits", "letters", "photos", "noise", "shapes")
+KINDS = ("digits", "letters", "words", "photos", "noise", "shapes")
 SCORES = ("gate", "energy", "top_prob")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SIGNS = LETTERS + "0123456789%-"
 
 
 def _digits(n: int, rng: np.random.Generator) -> list[Image.Image]:
@@ -39,6 +41,16 @@ def _letters(n: int, rng: np.random.Generator) -> list[Image.Image]:
         ImageDraw.Draw(picture).text(
             (size // 2, size // 3), str(letter), fill=0, font=ImageFont.load_default(int(size))
         )
+        pictures.append(picture)
+    return pictures
+
+
+def _words(n: int, rng: np.random.Generator) -> list[Image.Image]:
+    pictures = []
+    for _ in range(n):
+        word, size = "".join(rng.choice(list(SIGNS), int(rng.integers(2, 10)))), int(rng.integers(30, 90))
+        picture = Image.new("L", (size * len(word), 2 * size), 255)
+        ImageDraw.Draw(picture).text((5, size // 4), word, fill=0, font=ImageFont.load_default(size))
         pictures.append(picture)
     return pictures
 
@@ -74,7 +86,14 @@ def _shapes(n: int, rng: np.random.Generator) -> list[Image.Image]:
     return pictures
 
 
-MAKERS = {"digits": _digits, "letters": _letters, "photos": _photos, "noise": _noise, "shapes": _shapes}
+MAKERS = {
+    "digits": _digits,
+    "letters": _letters,
+    "words": _words,
+    "photos": _photos,
+    "noise": _noise,
+    "shapes": _shapes,
+}
 
 
 def non_garments(kind: str, n: int, seed: int = 0) -> torch.Tensor:
