@@ -258,11 +258,13 @@ def write_reports(
     device="cpu",
     tensorboard_dir: str | Path | None = None,
     writer=None,
+    tag_prefix: str = "reports/",
     step: int = 0,
     title: str = "",
     epochs: int | None = None,
 ) -> dict:
-    """Predict over `loader` and write the report files; log the figures to `writer` if given.
+    """Predict over `loader` and write the report files; log the figures to `writer` if given, tagged
+    `tag_prefix` + their name, at `step`.
 
     Returns (classification report, mean cross-entropy). Also writes `curves.png` when
     `tensorboard_dir` holds curves: their first `epochs` when given (the evaluated checkpoint's).
@@ -289,6 +291,6 @@ def write_reports(
     for name, fig in figures.items():
         write_figure(fig, output_dir / f"{name}.png", dpi=110)
         if writer is not None:
-            writer.add_figure(f"reports/{name}", fig, global_step=step, close=False)
+            writer.add_figure(f"{tag_prefix}{name}", fig, global_step=step, close=False)
         plt.close(fig)
     return report, float(torch.nn.functional.cross_entropy(logits, labels))
