@@ -39,7 +39,11 @@ def main() -> None:
             page.wait_for_timeout(6000)  # the example is classified as the page opens
             page.screenshot(path=DOCS / "serve_classify.png", full_page=True)
             page.get_by_role("tab", name="Catalogue groups").click()
-            page.wait_for_timeout(4000)
+            page.wait_for_timeout(2000)
+            for _ in range(20):  # down the page: the galleries load their images once in view
+                page.mouse.wheel(0, 800)
+                page.wait_for_timeout(200)
+            page.wait_for_timeout(2000)
             page.screenshot(path=DOCS / "serve_groups.png", full_page=True)
         browser.close()
 
