@@ -1,6 +1,6 @@
 """The README's screenshots, taken in headless Chromium (Debian's) through Playwright (`pip install playwright`).
 
-    python docs/screenshots.py tensorboard URL   # docs/tensorboard_{scalars,images,hparams}.png
+    python docs/screenshots.py tensorboard URL [TAB ...]  # docs/tensorboard_{scalars,images,hparams}.png (or the TABs)
     python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
     python docs/screenshots.py dashboard URL     # docs/optuna_dashboard.png (URL: the study's page)
 
@@ -25,7 +25,10 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         if what == "tensorboard":
             # the scalars tab on the per-epoch curves (a regex of tags)
-            for tab, query in (("scalars", "&tagFilter=%5E(train%7Cval)%2F"), ("images", ""), ("hparams", "")):
+            tabs = {"scalars": "&tagFilter=%5E(train%7Cval)%2F", "images": "", "hparams": ""}
+            for tab, query in tabs.items():
+                if sys.argv[3:] and tab not in sys.argv[3:]:
+                    continue
                 page.goto(f"{url}/?darkMode=false#{tab}{query}")
                 page.wait_for_timeout(6000)
                 page.screenshot(path=DOCS / f"tensorboard_{tab}.png")
