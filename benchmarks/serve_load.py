@@ -36,8 +36,8 @@ def run_load(url: str, image: str, requests: int = 200, clients: int = 8, downlo
             start = time.perf_counter()
             try:
                 result = client.predict(handle_file(image), api_name="/classify")
-                if not isinstance(result[3], str) or result[3].startswith("error"):
-                    errors.append(str(result[3]))
+                if not isinstance(result[-1], str) or result[-1].startswith("error"):  # the line: /classify's last
+                    errors.append(str(result[-1]))
             except Exception as error:  # noqa: BLE001 - every failure is counted, whatever it is
                 errors.append(f"{type(error).__name__}: {error}")
             latencies.append(time.perf_counter() - start)

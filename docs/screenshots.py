@@ -1,6 +1,6 @@
 """The README's screenshots, taken in headless Chromium (Debian's) through Playwright (`pip install playwright`).
 
-    python docs/screenshots.py tensorboard URL   # docs/tensorboard_{scalars,images,hparams}.png
+    python docs/screenshots.py tensorboard URL [TAB ...]  # docs/tensorboard_{scalars,images,hparams}.png (or the TABs)
     python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
     python docs/screenshots.py dashboard URL     # docs/optuna_dashboard.png (URL: the study's page)
 
@@ -25,7 +25,10 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         if what == "tensorboard":
             # the scalars tab on the per-epoch curves (a regex of tags)
-            for tab, query in (("scalars", "&tagFilter=%5E(train%7Cval)%2F"), ("images", ""), ("hparams", "")):
+            tabs = {"scalars": "&tagFilter=%5E(train%7Cval)%2F", "images": "", "hparams": ""}
+            for tab, query in tabs.items():
+                if sys.argv[3:] and tab not in sys.argv[3:]:
+                    continue
                 page.goto(f"{url}/?darkMode=false#{tab}{query}")
                 page.wait_for_timeout(6000)
                 page.screenshot(path=DOCS / f"tensorboard_{tab}.png")
@@ -39,7 +42,11 @@ def main() -> None:
             page.wait_for_timeout(6000)  # the example is classified as the page opens
             page.screenshot(path=DOCS / "serve_classify.png", full_page=True)
             page.get_by_role("tab", name="Catalogue groups").click()
-            page.wait_for_timeout(4000)
+            page.wait_for_timeout(2000)
+            for _ in range(20):  # down the page: the galleries load their images once in view
+                page.mouse.wheel(0, 800)
+                page.wait_for_timeout(200)
+            page.wait_for_timeout(2000)
             page.screenshot(path=DOCS / "serve_groups.png", full_page=True)
         browser.close()
 

@@ -158,3 +158,31 @@ def test_the_comparison_page_captions_its_figures_and_labels_reduced_runs(tmp_pa
     page = (tmp_path / "report" / "comparison.html").read_text()
     assert "<figcaption>Per-class F1 on the test set</figcaption>" in page and "<figcaption>per_class_f1<" not in page
     assert "| 1 of 150 (reduced) |" in (tmp_path / "report" / "comparison.md").read_text()
+
+
+COMPOSED = {"paths", "data"}
+TRAINING = COMPOSED | {"augment", "trainer", "logger", "callbacks", "optimizer", "model", "experiment", "debug"}
+
+
+@pytest.mark.parametrize(
+    "command, groups",
+    [
+        ("fmnist.train", TRAINING),
+        ("fmnist.evaluate", COMPOSED),
+        ("fmnist.cluster", COMPOSED),
+        ("fmnist.export", COMPOSED),
+        ("fmnist.serve", COMPOSED),
+        ("fmnist.explore", COMPOSED),
+        ("fmnist.predict", set()),
+        ("fmnist.compare", set()),
+        ("fmnist.reproduce", set()),
+        ("fmnist.tune", set()),
+    ],
+)
+def test_help_lists_only_the_config_groups_the_command_composes(tmp_path, command, groups):
+    result = run_cli(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.partition("== Configuration groups ==")[2].partition("== Config ==")[0]
+    listed = {line.split(":")[0] for line in section.splitlines() if ": " in line} - {"none"}
+    assert listed == groups, section
+    assert not list(tmp_path.iterdir())  # --help writes nothing

@@ -1,6 +1,7 @@
 """Reports from runs and checkpoints: numbers, files, TensorBoard entries, the three commands."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,6 +91,26 @@ def test_evaluate_writes_every_file_beside_the_checkpoint(trained_run, tiny_root
         cwd=tmp_path,
     )
     assert result.returncode == 0 and "val/acc" in json.loads((tmp_path / "v" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_evaluate_figures_appear_under_the_run_they_evaluate_in_tensorboard(trained_run, tiny_root, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    run = tmp_path / "outputs" / "cnn" / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval*"))
+    before = {p: p.read_bytes() for p in run.rglob("events.out.tfevents.*")}
+    ckpt = run / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", f"data.root={tiny_root}", "data.search_dirs=[]"]
+    assert run_cli("fmnist.evaluate", *args, cwd=tmp_path).returncode == 0
+    events = EventMultiplexer(size_guidance={"images": 0})
+    events.AddRunsFromDirectory(str(tmp_path / "outputs"))  # what `tensorboard --logdir outputs` shows
+    events.Reload()
+    (name,) = events.Runs()  # no extra run for the evaluation
+    assert (tmp_path / "outputs" / name).parent == run / "tensorboard"
+    images = set(events.GetAccumulator(name).Tags()["images"])
+    assert {"reports/confusion_matrix", "evaluate/test/confusion_matrix", "evaluate/test/misclassified"} <= images
+    assert {p: p.read_bytes() for p in before} == before  # the run's own event files are untouched
 
 
 @pytest.mark.slow

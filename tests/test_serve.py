@@ -24,7 +24,7 @@ from tests.conftest import free_port, shop_photo
 gradio = pytest.importorskip("gradio", reason="the web page needs pip install -e '.[web]'")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from fmnist.web.app import Classifier, build_app, check_port, cluster_gallery, write_examples  # noqa: E402
+from fmnist.web.app import PREVIEW, Classifier, build_app, check_port, cluster_rows, write_examples  # noqa: E402
 from fmnist.web.catalog import build_catalog  # noqa: E402
 
 # A 193-byte PNG whose damaged chunk makes Pillow raise SyntaxError while decoding (found by fuzzing the page).
@@ -141,10 +141,11 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
 
     files = [photo, tmp_path / "notes.txt", tmp_path / "empty.png", tmp_path / "cut.png", bomb, None, photo]
     files.append(tmp_path / "chunk.png")  # in the same batch as good photos: only its own row is an error
-    seen, labels, galleries, lines = classifier.classify([str(f) if f else None for f in files])
-    assert len(seen) == len(labels) == len(galleries) == len(lines) == len(files)
+    photos, seen, labels, galleries, lines = classifier.classify([str(f) if f else None for f in files])
+    assert len(photos) == len(seen) == len(labels) == len(galleries) == len(lines) == len(files)
     for i in (0, 6):  # the same photo twice in one batch: the same answer
         assert Image.open(seen[i]).size == (196, 196) and len(labels[i]) == 3
+        assert max(Image.open(photos[i]).size) == PREVIEW  # the upload itself, shrunk to a preview
         assert sum(labels[i].values()) <= 1 + 1e-6 and lines[i].startswith(f"**{max(labels[i], key=labels[i].get)}**")
         assert len(galleries[i]) == 8
         similarities = [float(caption.rsplit(" · ", 1)[1]) for _, caption in galleries[i]]
@@ -154,11 +155,13 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     assert lines[2].startswith("error: ") and lines[3].startswith("error: unreadable image")
     assert "decompression bomb" in lines[4] and lines[5] == "error: no file: upload a photo or pick an example"
     assert lines[7] == "error: unreadable image: broken PNG file (chunk b'')"
-    for i in (1, 2, 3, 4, 5, 7):  # nothing else on the page changes
-        assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in (seen[i], labels[i], galleries[i]))
+    for i in (1, 2, 3, 4, 5, 7):  # an error line and nothing else: no result of an earlier photo beside it
+        assert photos[i] is seen[i] is labels[i] is galleries[i] is None
 
-    groups = cluster_gallery(catalog)
-    assert groups and all(caption.startswith("cluster ") for _, caption in groups)
+    rows = cluster_rows(catalog)
+    assert len(rows) == 4 and all(
+        heading.startswith("**cluster ") and 1 <= len(images) <= 6 for heading, images in rows
+    )
     assert len(write_examples(catalog, tmp_path)) >= 1
     app = build_app(classifier, [], 4)
     assert isinstance(app, gradio.Blocks)
@@ -234,16 +237,16 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
 
     with served(real_bilstm, tmp_path, f"data.root={data}") as url:
         client = Client(url, verbose=False)
-        seen, label, gallery, line = client.predict(handle_file(str(trouser)), api_name="/classify")
+        photo, seen, label, gallery, line = client.predict(handle_file(str(trouser)), api_name="/classify")
         assert label["label"] == "Trouser" and line.startswith("**Trouser**"), (label, line)
-        assert len(label["confidences"]) == 3 and Path(seen).is_file()
+        assert len(label["confidences"]) == 3 and Path(seen).is_file() and Path(photo).is_file()
         assert len(gallery) == 8 and all(item["caption"].split(" · ")[0] in CLASS_NAMES for item in gallery)
         assert sum(item["caption"].startswith("Trouser") for item in gallery) >= 6  # look-alikes of a trouser
         for bad, message in (("notes.txt", "not a PNG"), ("empty.png", "error: "), ("bomb.png", "decompression bomb")):
             result = client.predict(handle_file(str(tmp_path / bad)), api_name="/classify")
-            assert message in result[3] and result[1] == {"__type__": "update"}, result
+            assert message in result[-1] and result[:-1] == (None, None, {}, []), result  # README: the API
         again = client.predict(handle_file(str(trouser)), api_name="/classify")  # it still serves
-        assert again[1]["label"] == "Trouser"
+        assert again[2]["label"] == "Trouser"
 
         from benchmarks.serve_load import run_load
 

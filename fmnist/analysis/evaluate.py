@@ -2,11 +2,14 @@
 
 Writes the classification report (md, json), confusion matrix, most confident mistakes, training
 curves (from the run's TensorBoard logs, when beside the checkpoint), model summary and
-metrics.json into `eval/` beside the checkpoint, and the figures to TensorBoard there.
+metrics.json into `eval/` beside the checkpoint. The figures go to TensorBoard as a new event file in the
+run's own events folder (tags `evaluate/<split>/...`), so `tensorboard --logdir outputs` shows them under the
+run they evaluate; a checkpoint outside a run gets `tensorboard/` in the output folder instead.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
@@ -77,7 +80,11 @@ def evaluate(cfg: DictConfig) -> dict:
             "Fix: a larger data.val_fraction, or split=test"
         )
     run_tensorboard = events_dir(ckpt.parent.parent / "tensorboard")
-    with SummaryWriter(str(output_dir / "tensorboard")) as writer:
+    # beside the run's event files, in a new file of its own (named by time, host, pid, then .evaluate); a run
+    # that cannot be written to (someone else's) keeps its folder as it is
+    writable = run_tensorboard is not None and os.access(run_tensorboard, os.W_OK)
+    events_folder = run_tensorboard if writable else output_dir / "tensorboard"
+    with SummaryWriter(str(events_folder), filename_suffix=".evaluate") as writer:
         report, loss = write_reports(
             model,
             loader,
@@ -86,6 +93,8 @@ def evaluate(cfg: DictConfig) -> dict:
             device=device,
             tensorboard_dir=run_tensorboard,
             writer=writer,
+            tag_prefix=f"evaluate/{cfg.split}/",
+            step=model.epochs_trained or 0,
             title=type(model).__name__,
             epochs=model.epochs_trained,
         )

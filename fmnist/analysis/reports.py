@@ -1,5 +1,6 @@
 """The study's tables and plots for one model: classification report, confusion matrix,
-most confident mistakes, training curves. Numbers come from torchmetrics, plots from matplotlib.
+most confident mistakes, training curves. The report's numbers come from scikit-learn, the confusion matrix
+from torchmetrics, plots from matplotlib.
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
-from torchmetrics.functional.classification import (  # noqa: E402
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-    multiclass_stat_scores,
-)
+from sklearn.metrics import classification_report as sklearn_report  # noqa: E402
+from torchmetrics.functional.classification import multiclass_confusion_matrix  # noqa: E402
 
 from fmnist.data.datamodule import to_unit_float  # noqa: E402
 from fmnist.utils.console import say  # noqa: E402
@@ -48,31 +43,24 @@ def predictions(model: torch.nn.Module, loader, device: torch.device | str = "cp
 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
-    """Per class precision, recall, F1 and support, then accuracy, macro avg and weighted avg."""
-    n = len(class_names)
-    scores = {
-        avg: {
-            "precision": multiclass_precision(probs, labels, n, average=avg),
-            "recall": multiclass_recall(probs, labels, n, average=avg),
-            "f1-score": multiclass_f1_score(probs, labels, n, average=avg),
+    """Per class precision, recall, F1 and support, then accuracy, macro avg and weighted avg: scikit-learn's
+    report, with accuracy as a row like the others (its f1-score and support; no precision or recall)."""
+    report = sklearn_report(
+        labels.numpy(),
+        probs.argmax(dim=1).numpy(),
+        labels=range(len(class_names)),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    report["accuracy"] = {"precision": None, "recall": None, "f1-score": report["accuracy"], "support": len(labels)}
+    return {
+        name: {
+            key: None if value is None else (int(value) if key == "support" else float(value))
+            for key, value in row.items()
         }
-        for avg in (None, "macro", "weighted")
+        for name, row in report.items()
     }
-    support = multiclass_stat_scores(probs, labels, n, average=None)[:, 4]
-    total = int(support.sum())
-    report = {
-        name: {k: float(v[i]) for k, v in scores[None].items()} | {"support": int(support[i])}
-        for i, name in enumerate(class_names)
-    }
-    report["accuracy"] = {
-        "precision": None,
-        "recall": None,
-        "f1-score": float(multiclass_accuracy(probs, labels, n, average="micro")),
-        "support": total,
-    }
-    for avg in ("macro", "weighted"):
-        report[f"{avg} avg"] = {k: float(v) for k, v in scores[avg].items()} | {"support": total}
-    return report
 
 
 def report_markdown(report: dict, title: str = "Classification report") -> str:
@@ -270,11 +258,13 @@ def write_reports(
     device="cpu",
     tensorboard_dir: str | Path | None = None,
     writer=None,
+    tag_prefix: str = "reports/",
     step: int = 0,
     title: str = "",
     epochs: int | None = None,
 ) -> dict:
-    """Predict over `loader` and write the report files; log the figures to `writer` if given.
+    """Predict over `loader` and write the report files; log the figures to `writer` if given, tagged
+    `tag_prefix` + their name, at `step`.
 
     Returns (classification report, mean cross-entropy). Also writes `curves.png` when
     `tensorboard_dir` holds curves: their first `epochs` when given (the evaluated checkpoint's).
@@ -301,6 +291,6 @@ def write_reports(
     for name, fig in figures.items():
         write_figure(fig, output_dir / f"{name}.png", dpi=110)
         if writer is not None:
-            writer.add_figure(f"reports/{name}", fig, global_step=step, close=False)
+            writer.add_figure(f"{tag_prefix}{name}", fig, global_step=step, close=False)
         plt.close(fig)
     return report, float(torch.nn.functional.cross_entropy(logits, labels))

@@ -71,8 +71,9 @@ def list_inputs(inputs: str) -> list[Path]:
     raise FmnistError(f"inputs={inputs} does not exist")
 
 
-def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Read and prepare one file; raises ValueError with a short reason when it can't.
+def load_image(path: Path, max_pixels: int = MAX_PIXELS, prepare=to_fashion_mnist):
+    """Read one file and return `prepare(the decoded image)` (by default the network's input); raises ValueError
+    with a short reason when it can't.
 
     An image of more than `max_pixels` is refused from its header, before anything is decoded; a JPEG is
     decoded at the smallest scale of at least 1024 pixels a side that its format offers (the garment ends up
@@ -92,7 +93,7 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
             if image.format == "JPEG":
                 image.draft(image.mode, (1024, 1024))
             image.load()
-            return to_fashion_mnist(image)
+            return prepare(image)
     except Image.DecompressionBombError:
         raise ValueError(
             f"too large: more than the {max_pixels:,} pixels fmnist decodes (a decompression bomb?)"

@@ -9,12 +9,31 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Quote, QuotedString
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.utils.errors import FmnistError
 
 # the configs ship inside the package (package data of the wheel); absolute: the commands run as scripts or modules
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def composed_groups() -> str:
+    """The config groups the running command composes, one line each: `group: its options (default: choice)`.
+
+    `--help` shows these (conf/hydra/help/fmnist.yaml), not Hydra's list of every group in conf/.
+    """
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+    for group, choice in sorted(HydraConfig.get().runtime.choices.items()):
+        if group.split("/")[0] != "hydra":
+            options = sorted(loader.get_group_options(group))
+            default = f"  (default: {choice or 'none'})" if len(options) > 1 else ""
+            lines.append(f"{group}: {', '.join(options)}{default}")
+    return "\n".join(lines) or "none: the keys below are all it takes"
+
+
+# Registered on import: every Hydra command imports CONF_DIR from here before Hydra composes its --help.
+OmegaConf.register_new_resolver("fmnist_groups", composed_groups, replace=True)
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:

@@ -1,11 +1,11 @@
 """The web page of `fmnist.serve` (Gradio): classify an uploaded photo and show its look-alikes; the catalogue grouped.
 
-Tab "Classify": a photo in (any file; it is decoded here, as `fmnist.predict` decodes one), out: the 28x28
-image the network saw, the top-3 classes (a bar chart), the nearest catalogue items by the embedding
-(cosine) and one line of text; a file that is not a usable image gets one `error: ...` line and nothing else
-changes. Requests that wait in Gradio's queue are classified together (`max_batch_size`). Tab "Catalogue
-groups": the k-means clusters of the catalogue's embedding on a 2-D map, thumbnails per cluster, NMI/ARI/purity.
-The same functions are the app's HTTP API (`/classify`), which `gradio_client` calls.
+Tab "Classify": a photo in (any file; it is decoded here, as `fmnist.predict` decodes one), out: a `Result` (the
+photo as decoded, the 28x28 image the network saw, the top-3 classes (a bar chart), the nearest catalogue items
+by the embedding (cosine) and one line of text); a file that is not a usable image gets one `error: ...` line and
+the other outputs empty (None). Requests that wait in Gradio's queue are classified together (`max_batch_size`).
+Tab "Catalogue groups": the k-means clusters of the catalogue's embedding on a 2-D map, thumbnails per cluster,
+NMI/ARI/purity. The same functions are the app's HTTP API (`/classify`), which `gradio_client` calls.
 
 Bounds: a request body is at most `max_file_size` (and a multipart's few headers; FastAPI's `max_body_size`),
 an image at most `max_pixels` (from its header, before decoding); a request whose data Gradio can't prepare gets
@@ -31,7 +31,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import tempfile  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import anyio  # noqa: E402
@@ -42,12 +42,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gradio.exceptions import InvalidPathError  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from fmnist.analysis.cluster import map_figure  # noqa: E402
-from fmnist.deploy.predict import MAX_PIXELS, NOT_A_NUMBER, UNSURE, load_image  # noqa: E402
+from fmnist.deploy.predict import MAX_PIXELS, NOT_A_NUMBER, UNSURE, load_image, to_fashion_mnist  # noqa: E402
 from fmnist.models.checkpoint import load_model  # noqa: E402
 from fmnist.utils.checks import (  # noqa: E402
     DATA_RULES,
@@ -101,10 +101,28 @@ RULES = {
     **DATA_RULES,
 }
 THUMBNAIL = 112  # pixels a side for a 28x28 image on the page (4x, nearest: the pixels stay visible)
+PREVIEW = 256  # pixels on the longer side of the uploaded photo's preview
 EXAMPLE_CLASSES = ("Trouser", "Sneaker", "Bag", "Dress", "Ankle boot")
 NO_FILE = "error: no file: upload a photo or pick an example"
 MULTIPART_ROOM = 64 << 10  # bytes a request body may hold beyond its file: the multipart's boundaries and headers
 MAX_KEPT_FILES = 4096  # uploads and thumbnails kept at most, whatever their size
+
+
+@dataclass
+class Result:
+    """What the page shows for one upload and what the API `/classify` returns, as a tuple in this order (a new
+    output: a field here and its component in `build_app`'s `outputs`, in the same place)."""
+
+    photo: str | None = None  # the upload as decoded (upright, at most PREVIEW pixels a side): a PNG file
+    seen: str | None = None  # the 28x28 image the network saw, enlarged: a PNG file
+    top: dict[str, float] | None = None  # {class: probability} of the top 3
+    nearest: list[tuple[str, str]] | None = None  # the nearest catalogue items: (PNG file, "Class · similarity")
+    line: str = ""  # "**Class** (97.9%)", flagged unsure below min_confidence; or "error: ..." (the rest: None)
+
+    @staticmethod
+    def columns(results: list[Result]) -> list[list]:
+        """A batch of results as Gradio's batched functions return them: one list per output."""
+        return [[getattr(result, f.name) for result in results] for f in fields(Result)]
 
 
 @dataclass(frozen=True)
@@ -228,13 +246,33 @@ class Thumbnails:
         self.folder = folder
 
     def path(self, image: torch.Tensor, size: int = THUMBNAIL) -> str:
+        """A (28, 28) image enlarged to `size` pixels a side."""
         pixels = image.to(torch.uint8).contiguous().numpy()
-        target = self.folder / f"{hashlib.sha256(pixels.tobytes()).hexdigest()[:24]}_{size}.png"
+        return self.png(thumbnail(pixels, size), f"{size}")
+
+    def png(self, image: Image.Image, kind: str = "photo") -> str:
+        """Any image, as it is."""
+        key = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:24]
+        target = self.folder / f"{key}_{kind}.png"
         if not os.path.lexists(target):
-            image = io.BytesIO()
-            thumbnail(pixels, size).save(image, "PNG")
-            write_atomically(target, image.getbuffer())
+            data = io.BytesIO()
+            image.save(data, "PNG")
+            write_atomically(target, data.getbuffer())
         return str(target)
+
+
+def preview(image: Image.Image) -> Image.Image | None:
+    """The decoded upload as the page shows it: upright, at most PREVIEW pixels a side, 8-bit RGB(A); None for
+    16-bit or float pixels (the network still sees them, through `to_fashion_mnist`)."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return None
+    small = ImageOps.exif_transpose(ImageOps.contain(image, (PREVIEW, PREVIEW)))
+    return small.convert("RGBA" if small.mode in ("RGBA", "LA", "PA") or "transparency" in small.info else "RGB")
+
+
+def with_preview(image: Image.Image) -> tuple[torch.Tensor, Image.Image | None]:
+    """The network's input and the page's preview of one decoded upload."""
+    return to_fashion_mnist(image), preview(image)
 
 
 class Classifier:
@@ -255,51 +293,46 @@ class Classifier:
         self.thumbnails = Thumbnails(folder)
 
     @torch.inference_mode()
-    def classify(self, paths: list[str | Refused | None]) -> tuple[list, list, list, list]:
-        """For each upload: (the image the network saw, {class: probability} of the top 3, the nearest catalogue
-        items as (thumbnail, caption), a line of text). An unusable file or a refused request keeps the page as
-        it was (`gr.skip`) and gets its `error: ...` line."""
-        seen, labels, galleries, lines = [], [], [], []
-        images, slots = [], []
-        for path in paths:
+    def classify(self, paths: list[str | Refused | None]) -> list[list]:
+        """A `Result` per upload, as Gradio's batched outputs (`Result.columns`). An unusable file or a refused
+        request gets its `error: ...` line and no other output; it never fails the others of its batch."""
+        results = [Result() for _ in paths]
+        images, previews, slots = [], [], []
+        for slot, path in enumerate(paths):
             try:
                 if isinstance(path, Refused):
                     raise ValueError(path.reason)
                 if not path:
                     raise ValueError(NO_FILE.removeprefix("error: "))
-                images.append(load_image(Path(path), self.max_pixels))
+                image, photo = load_image(Path(path), self.max_pixels, prepare=with_preview)
             except Exception as error:  # noqa: BLE001 - one bad upload never fails the others of its batch
                 reason = str(error) if isinstance(error, ValueError) else f"unreadable image: {type(error).__name__}"
-                seen.append(gr.skip())
-                labels.append(gr.skip())
-                galleries.append(gr.skip())
-                lines.append(f"error: {printable(reason)}")
+                results[slot].line = f"error: {printable(reason)}"
                 continue
-            slots.append(len(seen))
-            seen.append(None)
-            labels.append(None)
-            galleries.append(None)
-            lines.append(None)
+            images.append(image)
+            previews.append(photo)
+            slots.append(slot)
         catalog = self.catalog
         if images:
             x = torch.stack(images).to(self.device)
             embeddings = self.model.embed(x)
             probs = self.model.classifier(embeddings).softmax(dim=1).float().cpu()
-            for slot, image, embedding, p in zip(slots, x, embeddings, probs, strict=True):
+            for slot, photo, image, embedding, p in zip(slots, previews, x, embeddings, probs, strict=True):
+                result = results[slot]
                 if not bool(p.isfinite().all()):
-                    seen[slot] = labels[slot] = galleries[slot] = gr.skip()
-                    lines[slot] = f"error: {NOT_A_NUMBER}"
+                    result.line = f"error: {NOT_A_NUMBER}"
                     continue
                 top = p.topk(3)
-                seen[slot] = self.thumbnails.path((image[0] * 255).round().cpu(), 196)
-                labels[slot] = {class_name(i): float(v) for v, i in zip(top.values, top.indices, strict=True)}
-                galleries[slot] = [
+                result.photo = self.thumbnails.png(photo) if photo is not None else None
+                result.seen = self.thumbnails.path((image[0] * 255).round().cpu(), 196)
+                result.top = {class_name(i): float(v) for v, i in zip(top.values, top.indices, strict=True)}
+                result.nearest = [
                     (self.thumbnails.path(catalog.images[i]), f"{class_name(int(catalog.classes[i]))} · {sim:.3f}")
                     for i, sim in catalog.nearest(embedding.cpu(), self.neighbours)
                 ]
                 best, share = class_name(int(top.indices[0])), float(top.values[0])
-                lines[slot] = f"**{best}** ({share:.1%})" + (f" ({UNSURE})" if share < self.min_confidence else "")
-        return seen, labels, galleries, lines
+                result.line = f"**{best}** ({share:.1%})" + (f" ({UNSURE})" if share < self.min_confidence else "")
+        return Result.columns(results)
 
 
 def groups_markdown(catalog: Catalog) -> str:
@@ -317,15 +350,16 @@ def groups_markdown(catalog: Catalog) -> str:
     return "\n".join(lines)
 
 
-def cluster_gallery(catalog: Catalog, per_cluster: int = 6) -> list[tuple[Image.Image, str]]:
-    """A few thumbnails of each cluster, largest cluster first, captioned with its most common class."""
-    items = []
+def cluster_rows(catalog: Catalog, per_cluster: int = 6) -> list[tuple[str, list[Image.Image]]]:
+    """(heading, a few thumbnails) of each cluster, largest first; the heading names its size and most common
+    class (a line of its own above the thumbnails: a caption under a thumbnail is cut to its width)."""
+    rows = []
     for mix in catalog.scores["clusters"]:
         top = next(iter(mix["classes"].items()), ("?", 0.0))
         members = np.flatnonzero(catalog.clusters == mix["cluster"])[:per_cluster]
-        caption = f"cluster {mix['cluster']} ({mix['size']:,}): {top[0]} {top[1]:.0%}"
-        items += [(thumbnail(catalog.images[i]), caption) for i in members]
-    return items
+        heading = f"**cluster {mix['cluster']}**: {mix['size']:,} items, {top[1]:.0%} {top[0]}"
+        rows.append((heading, [thumbnail(catalog.images[i]) for i in members]))
+    return rows
 
 
 def write_examples(catalog: Catalog, folder: Path) -> list[str]:
@@ -363,12 +397,14 @@ def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) 
                     if examples:
                         gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="examples (test set)")
                 with gr.Column(scale=1):
-                    seen = gr.Image(label="what the network saw (28x28)", type="filepath", interactive=False)
-                    line = gr.Markdown()
+                    photo = gr.Image(label="your photo", type="filepath", interactive=False, height=PREVIEW)
                 with gr.Column(scale=1):
+                    seen = gr.Image(label="what the network saw (28x28)", type="filepath", interactive=False)
+                with gr.Column(scale=1):  # the result
+                    line = gr.Markdown()
                     label = gr.Label(num_top_classes=3, label="top 3 classes")
             gallery = gr.Gallery(label="nearest catalogue items (class · cosine similarity)", columns=8, height="auto")
-            outputs = [seen, label, gallery, line]
+            outputs = [photo, seen, label, gallery, line]  # Result's fields, in their order
             # the page opens with its first example classified; an upload is classified at once
             for event in (button.click, upload.upload, *([app.load] if examples else [])):
                 event(
@@ -391,7 +427,12 @@ def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) 
             )
             gr.Plot(value=figure, label="the embedding's 2-D PCA map, coloured by cluster")
             plt.close(figure)
-            gr.Gallery(value=cluster_gallery(catalog), label="a few items of each cluster", columns=6, height="auto")
+            gr.Markdown("A few items of each cluster:")
+            for heading, images in cluster_rows(catalog):
+                gr.Markdown(heading)
+                gr.Gallery(
+                    value=images, show_label=False, columns=6, rows=1, height=2 * THUMBNAIL, object_fit="contain"
+                )
     return app
 
 
