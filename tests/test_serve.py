@@ -141,8 +141,8 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
 
     files = [photo, tmp_path / "notes.txt", tmp_path / "empty.png", tmp_path / "cut.png", bomb, None, photo]
     files.append(tmp_path / "chunk.png")  # in the same batch as good photos: only its own row is an error
-    photos, seen, labels, galleries, lines = classifier.classify([str(f) if f else None for f in files])
-    assert len(photos) == len(seen) == len(labels) == len(galleries) == len(lines) == len(files)
+    photos, seen, labels, galleries, lines, verdicts = classifier.classify([str(f) if f else None for f in files])
+    assert len(photos) == len(seen) == len(labels) == len(galleries) == len(lines) == len(verdicts) == len(files)
     for i in (0, 6):  # the same photo twice in one batch: the same answer
         assert Image.open(seen[i]).size == (196, 196) and len(labels[i]) == 3
         assert max(Image.open(photos[i]).size) == PREVIEW  # the upload itself, shrunk to a preview
@@ -156,7 +156,21 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     assert "decompression bomb" in lines[4] and lines[5] == "error: no file: upload a photo or pick an example"
     assert lines[7] == "error: unreadable image: broken PNG file (chunk b'')"
     for i in (1, 2, 3, 4, 5, 7):  # an error line and nothing else: no result of an earlier photo beside it
-        assert photos[i] is seen[i] is labels[i] is galleries[i] is None
+        assert photos[i] is seen[i] is labels[i] is galleries[i] is verdicts[i] is None
+    assert verdicts[0] == {"not_garment": False, "unsure": verdicts[0]["unsure"]}  # no gate: no garment score
+
+    # With a gate, the line and the verdict say "not a garment" apart from "unsure"; here two gates whose every
+    # validation garment scored far above, or far below, anything a network gives.
+    from fmnist.models.gate import LEVELS, Gate
+
+    width = catalog.embeddings.shape[1]
+    means, precision = torch.zeros(10, width, dtype=torch.float64), torch.eye(width, dtype=torch.float64)
+    for offset, flagged in ((1e9, True), (-1e9, False)):
+        gate = Gate(means, precision, LEVELS + offset, 1.0, 0.0, 0.0)
+        classifier.gate = gate
+        *_, lines, verdicts = classifier.classify([str(photo)])
+        assert verdicts[0]["not_garment"] is flagged and 0 <= verdicts[0]["garment_score"] <= 1, verdicts
+        assert lines[0].startswith("**Not a garment") is flagged, lines
 
     rows = cluster_rows(catalog)
     assert len(rows) == 4 and all(
@@ -237,14 +251,15 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
 
     with served(real_bilstm, tmp_path, f"data.root={data}") as url:
         client = Client(url, verbose=False)
-        photo, seen, label, gallery, line = client.predict(handle_file(str(trouser)), api_name="/classify")
-        assert label["label"] == "Trouser" and line.startswith("**Trouser**"), (label, line)
+        photo, seen, label, gallery, line, verdict = client.predict(handle_file(str(trouser)), api_name="/classify")
+        assert label["label"] == "Trouser" and "Trouser" in line, (label, line)
+        assert set(verdict) == {"not_garment", "unsure", "garment_score"}, verdict
         assert len(label["confidences"]) == 3 and Path(seen).is_file() and Path(photo).is_file()
         assert len(gallery) == 8 and all(item["caption"].split(" · ")[0] in CLASS_NAMES for item in gallery)
         assert sum(item["caption"].startswith("Trouser") for item in gallery) >= 6  # look-alikes of a trouser
         for bad, message in (("notes.txt", "not a PNG"), ("empty.png", "error: "), ("bomb.png", "decompression bomb")):
             result = client.predict(handle_file(str(tmp_path / bad)), api_name="/classify")
-            assert message in result[-1] and result[:-1] == (None, None, {}, []), result  # README: the API
+            assert message in result[4] and result[:4] == (None, None, {}, []) and result[5] is None, result  # README
         again = client.predict(handle_file(str(trouser)), api_name="/classify")  # it still serves
         assert again[2]["label"] == "Trouser"
 

@@ -37,6 +37,7 @@ from pathlib import Path  # noqa: E402
 import anyio  # noqa: E402
 import fastapi  # noqa: E402
 import gradio as gr  # noqa: E402
+import hydra  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -47,8 +48,16 @@ from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from fmnist.analysis.cluster import map_figure  # noqa: E402
-from fmnist.deploy.predict import MAX_PIXELS, NOT_A_NUMBER, UNSURE, load_image, to_fashion_mnist  # noqa: E402
+from fmnist.deploy.predict import (  # noqa: E402
+    MAX_PIXELS,
+    NOT_A_NUMBER,
+    NOT_GARMENT,
+    UNSURE,
+    load_image,
+    to_fashion_mnist,
+)
 from fmnist.models.checkpoint import load_model  # noqa: E402
+from fmnist.models.gate import Gate, gate_for  # noqa: E402
 from fmnist.utils.checks import (  # noqa: E402
     DATA_RULES,
     SEED_RANGE,
@@ -92,6 +101,7 @@ RULES = {
     "k": (integer, "an integer", lambda v: v >= 2, "an integer >= 2", False),
     "seed": (integer, "an integer", seed_in_range, SEED_RANGE, False),
     "min_confidence": (number, "a number", lambda v: 0 <= v <= 1, "a number from 0 to 1", False),
+    "gate": (boolean, "true or false", None, "true or false", False),
     "max_file_size": (file_size, "a size", None, "a size such as 10mb, 500kb or a number of bytes", False),
     "upload_quota": (file_size, "a size", None, "a size such as 500mb, 2gb or a number of bytes", False),
     "max_pixels": (integer, "an integer", lambda v: v >= 1, "an integer >= 1 (an upload's pixels)", False),
@@ -118,6 +128,7 @@ class Result:
     top: dict[str, float] | None = None  # {class: probability} of the top 3
     nearest: list[tuple[str, str]] | None = None  # the nearest catalogue items: (PNG file, "Class · similarity")
     line: str = ""  # "**Class** (97.9%)", flagged unsure below min_confidence; or "error: ..." (the rest: None)
+    verdict: dict | None = None  # {"not_garment": bool, "garment_score": 0..1, "unsure": bool} (no gate: no scores)
 
     @staticmethod
     def columns(results: list[Result]) -> list[list]:
@@ -287,9 +298,12 @@ class Classifier:
         min_confidence: float,
         folder: Path,
         max_pixels: int = MAX_PIXELS,
+        gate: Gate | None = None,
     ):
+        """`gate`: the checkpoint's garment gate (calibrated probabilities and the not_garment flag); None: none."""
         self.model, self.catalog, self.device = model.eval().to(device), catalog, device
         self.neighbours, self.min_confidence, self.max_pixels = neighbours, min_confidence, max_pixels
+        self.gate = gate
         self.thumbnails = Thumbnails(folder)
 
     @torch.inference_mode()
@@ -316,10 +330,16 @@ class Classifier:
         if images:
             x = torch.stack(images).to(self.device)
             embeddings = self.model.embed(x)
-            probs = self.model.classifier(embeddings).softmax(dim=1).float().cpu()
-            for slot, photo, image, embedding, p in zip(slots, previews, x, embeddings, probs, strict=True):
+            logits = self.model.classifier(embeddings).float().cpu()
+            if self.gate is None:
+                probs, likeness, not_garment = logits.softmax(dim=1), [None] * len(slots), [False] * len(slots)
+            else:
+                probs, likeness, not_garment = self.gate.judge(embeddings.float().cpu(), logits)
+            for n, (slot, photo, image, embedding, p) in enumerate(
+                zip(slots, previews, x, embeddings, probs, strict=True)
+            ):
                 result = results[slot]
-                if not bool(p.isfinite().all()):
+                if not bool(p.isfinite().all()) or not bool(embedding.isfinite().all()):
                     result.line = f"error: {NOT_A_NUMBER}"
                     continue
                 top = p.topk(3)
@@ -331,7 +351,16 @@ class Classifier:
                     for i, sim in catalog.nearest(embedding.cpu(), self.neighbours)
                 ]
                 best, share = class_name(int(top.indices[0])), float(top.values[0])
-                result.line = f"**{best}** ({share:.1%})" + (f" ({UNSURE})" if share < self.min_confidence else "")
+                unsure, odd = share < self.min_confidence, bool(not_garment[n])
+                result.verdict = {"not_garment": odd, "unsure": unsure}
+                if likeness[n] is not None:
+                    result.verdict["garment_score"] = round(float(likeness[n]), 4)
+                result.line = (
+                    f"**{NOT_GARMENT[0].upper() + NOT_GARMENT[1:]}** (garment score {float(likeness[n]):.2f}): the "
+                    f"nearest class is {best} ({share:.1%})"
+                    if odd
+                    else f"**{best}** ({share:.1%})"
+                ) + (f" ({UNSURE})" if unsure else "")
         return Result.columns(results)
 
 
@@ -403,8 +432,9 @@ def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) 
                 with gr.Column(scale=1):  # the result
                     line = gr.Markdown()
                     label = gr.Label(num_top_classes=3, label="top 3 classes")
+                    verdict = gr.JSON(label="garment or not", height=120)
             gallery = gr.Gallery(label="nearest catalogue items (class · cosine similarity)", columns=8, height="auto")
-            outputs = [photo, seen, label, gallery, line]  # Result's fields, in their order
+            outputs = [photo, seen, label, gallery, line, verdict]  # Result's fields, in their order
             # the page opens with its first example classified; an upload is classified at once
             for event in (button.click, upload.upload, *([app.load] if examples else [])):
                 event(
@@ -475,7 +505,10 @@ def serve(cfg: DictConfig, block: bool = True):
     uploads, thumbnails = folder / "uploads", folder / "thumbnails"
     thumbnails.mkdir()
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # Gradio's copies of uploads and outputs: ours, so pruned by ours
-    classifier = Classifier(model, catalog, device, cfg.neighbours, cfg.min_confidence, thumbnails, cfg.max_pixels)
+    gate = gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data)) if cfg.gate else None
+    classifier = Classifier(
+        model, catalog, device, cfg.neighbours, cfg.min_confidence, thumbnails, cfg.max_pixels, gate
+    )
     app = build_app(classifier, write_examples(catalog, folder), cfg.max_batch_size)
     quota = Quota([uploads, thumbnails], upload_quota)
     max_body_size = max_file_size + MULTIPART_ROOM
