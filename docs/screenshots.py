@@ -3,8 +3,9 @@
     python docs/screenshots.py tensorboard URL [TAB ...]  # docs/tensorboard_{scalars,images,hparams}.png (or the TABs)
     python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
     python docs/screenshots.py dashboard URL     # docs/optuna_dashboard.png (URL: the study's page)
+    python docs/screenshots.py mlflow URL        # docs/mlflow_ui.png (URL: an experiment's page)
 
-URL is a running `tensorboard --logdir ...`, `python -m fmnist.serve ...` or `make dashboard`.
+URL is a running `tensorboard --logdir ...`, `python -m fmnist.serve ...`, `make dashboard` or `mlflow ui ...`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def main() -> None:
                 page.goto(f"{url}/?darkMode=false#{tab}{query}")
                 page.wait_for_timeout(6000)
                 page.screenshot(path=DOCS / f"tensorboard_{tab}.png")
+        elif what == "mlflow":  # the chart view of an experiment's runs, on their val/ curves
+            page.set_viewport_size({"width": 1400, "height": 640})
+            page.goto(f"{url}?compareRunsMode=CHART")
+            page.get_by_text("seed=").first.wait_for(timeout=60000)  # the runs are fetched after the page opens
+            page.get_by_role("button", name="Close").click()  # the assistant's panel
+            page.get_by_placeholder("Search metric charts").fill("val/")
+            page.wait_for_timeout(4000)
+            page.screenshot(path=DOCS / "mlflow_ui.png")
         elif what == "dashboard":
             page.goto(url)
             page.wait_for_timeout(8000)  # the history plot is drawn after the study is fetched

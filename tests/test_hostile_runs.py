@@ -65,6 +65,10 @@ RECORDED = {
     "checkpoint folder": ("callbacks.model_checkpoint.dirpath=/tmp/elsewhere", "dirpath"),
     "checkpoint name": ("callbacks.model_checkpoint.filename={epoch].__globals__}", "filename"),
     "logger folder": ("logger.tensorboard.save_dir=../other", "save_dir"),
+    "mlflow artifacts": ("+logger.mlflow.artifact_location=/tmp/elsewhere", "artifact_location"),
+    "mlflow store in a dict": ('logger.mlflow={tracking_uri:"file:///tmp/elsewhere"}', "tracking_uri"),
+    "folder in a dict": ("callbacks.model_checkpoint={dirpath:/tmp/elsewhere}", "dirpath"),
+    "class in a dict": ("+callbacks.evil=[{_target_:subprocess.Popen}]", "_target_"),
     "sweep": ("seed=1,2", "seed=1,2"),
     "directive": ("+model._recursive_=false", "_recursive_"),
 }
@@ -79,6 +83,18 @@ def test_a_recorded_override_never_names_a_class_a_resolver_or_a_place(finished_
     result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert_one_error_line(result, "overrides.yaml", "refused", named)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_recorded_mlflow_store_is_used_only_when_the_command_line_names_it(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
+    overrides = run / ".hydra" / "overrides.yaml"
+    store = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    overrides.write_text(
+        overrides.read_text().replace("logger={}", "logger=mlflow") + f"- logger.mlflow.tracking_uri={store}\n"
+    )
+    result = run_cli("fmnist.train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert_one_error_line(result, "tracking_uri", store)
     assert not (tmp_path / "elsewhere").exists()
 
 

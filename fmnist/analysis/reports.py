@@ -250,6 +250,18 @@ def curves_figure(curves: dict[str, list[float]], title: str = ""):
     return fig
 
 
+# What `write_reports` writes (curves.png when there are curves) and what a finished run adds beside them.
+REPORT_FILES = (
+    "confusion_matrix.png",
+    "misclassified.png",
+    "curves.png",
+    "classification_report.md",
+    "classification_report.json",
+    "metrics.json",
+    "model_summary.md",
+)
+
+
 def write_reports(
     model: torch.nn.Module,
     loader,

@@ -42,6 +42,7 @@ RESUMABLE_KEYS = (
     "torch_threads",
     "test",
     "data.root",  # where the same data is: this command's to say, never the run folder's
+    "logger.mlflow.tracking_uri",  # the MLflow store the run logs to: likewise (`store_from_command_line`)
 )
 
 
@@ -112,6 +113,7 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
         )
     overrides_file = config_file.with_name("overrides.yaml")
     recorded = recorded_overrides(overrides_file)
+    store_from_command_line(run, recorded, overrides)
     composed, resolved = recompose([*recorded, *overrides], run)
     compare_saved(config_file, composed, resolved, skip=[override_key(o) for o in overrides])
     root = resolved.data.root
@@ -153,6 +155,20 @@ def resume_config(cfg: DictConfig, check: Callable[[DictConfig], None]) -> Resum
         + (f" to finish it ({done}): testing and writing metrics.json" if plan is Plan.FINISH else "")
     )
     return Resume(resolved, checkpoint_path, checkpoint, previous, plan, record)
+
+
+def store_from_command_line(run: Path, recorded: list[str], overrides: list[str]) -> None:
+    """Refuse a run that was made with a `...tracking_uri=` override unless this command gives it too (`++`: the
+    command line's config has no MLflow logger to override): a resume logs to an MLflow store that its command
+    line names, never to one a run folder's file names."""
+    given = {override_key(o) for o in overrides}
+    for text in recorded:
+        key = override_key(text)
+        if key.endswith(".tracking_uri") and key not in given:
+            raise FmnistError(
+                f"resume={run}: the run logged to MLflow at {text}, and a resume never logs where a run folder's file "
+                f"says. Fix: give it on the command line, `resume=... ++{text.lstrip('+')}`"
+            )
 
 
 def read_checkpoint(path: Path, run: Path) -> dict:
@@ -266,13 +282,17 @@ def resume_plan(cfg: DictConfig, checkpoint: dict, previous: dict | None, given:
 # A recorded override never says where files go or which class is built: the resume sets the folders itself.
 DROPPED = ("output_dir", "resume", "overwrite")  # set by the resume (a search's trials record output_dir)
 PATH_NAMES = ("dirpath", "filename", "save_dir", "default_root_dir", "root_dir", "log_dir", "output_dir", "sub_dir")
+# A logger's place: its folder's name and version, MLflow's artifact folder, experiment and run. MLflow's store
+# (`...tracking_uri=`) is read only when the command line says it too (`store_from_command_line`), and never
+# from inside a dict value.
+LOGGER_PLACES = ("name", "version", "prefix", "artifact_location", "experiment_name", "run_id")
 
 
 def recorded_overrides(path: Path) -> list[str]:
     """The overrides a run was made (and resumed) with, from its `.hydra/overrides.yaml`: a list of plain
     overrides, parsed by Hydra's own parser. Those the resume sets itself (DROPPED, `hydra.*`) are left out; one
     that names a `_target_`, reads an interpolation or resolver, sets where files go (PATH_NAMES, a logger's
-    name or version) or sweeps is refused with one FmnistError naming it."""
+    place: LOGGER_PLACES) or sweeps is refused with one FmnistError naming it."""
 
     def refuse(text: Any, why: str) -> FmnistError:
         return FmnistError(
@@ -302,14 +322,26 @@ def recorded_overrides(path: Path) -> list[str]:
         parts = key.split(".")
         if key in DROPPED or parts[0] == "hydra":
             continue
-        if "_target_" in parts or any(part.startswith("_") and part.endswith("_") for part in parts):
-            raise refuse(text, "names a class or a Hydra directive")
-        if parts[-1] in PATH_NAMES or (parts[0] == "logger" and parts[-1] in ("name", "version", "prefix")):
-            raise refuse(text, "sets where files go, which a resume never takes from a file")
         if override.is_sweep_override():
             raise refuse(text, "is a sweep, not one run's value")
+        for named in [parts, *(parts + below for below in _nested_keys(override.value()))]:  # {a: {b: ...}} too
+            if any(part.startswith("_") and part.endswith("_") for part in named):  # _target_, _args_, ...
+                raise refuse(text, "names a class or a Hydra directive")
+            store_in_dict = named[-1] == "tracking_uri" and len(named) > len(parts)
+            if named[-1] in PATH_NAMES or (named[0] == "logger" and named[-1] in LOGGER_PLACES) or store_in_dict:
+                raise refuse(text, "sets where files go, which a resume never takes from a file")
         kept.append(text)
     return kept
+
+
+def _nested_keys(value: Any) -> list[list[str]]:
+    """The key paths inside an override's value (a dict, or a list of dicts), e.g. [["a"], ["a", "b"]] for
+    {a: {b: 1}}: a recorded `logger.mlflow={tracking_uri: ...}` is checked as `logger.mlflow.tracking_uri` is."""
+    if isinstance(value, dict):
+        return [[str(key), *below] for key, item in value.items() for below in [[], *_nested_keys(item)]]
+    if isinstance(value, list):
+        return [below for item in value for below in _nested_keys(item)]
+    return []
 
 
 def recompose(overrides: list[str], run: Path) -> tuple[DictConfig, DictConfig]:

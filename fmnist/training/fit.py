@@ -23,7 +23,7 @@ from fmnist.training.callbacks import EpochTimer, TrainingDiverged
 from fmnist.training.checks import check_config, check_output_dir, check_splits
 from fmnist.training.console import RunConsole, log
 from fmnist.training.progress import EpochProgressBar
-from fmnist.training.report import next_steps, record, report_run
+from fmnist.training.report import log_run_params, next_steps, record, report_run
 from fmnist.training.setup import apply_settings, build_model, make_logger
 
 
@@ -72,6 +72,7 @@ def train(
             check_weights(resume, model)
             resume.record_overrides()
         trainer, timer, first_step = _trainer(cfg, output_dir, resume, callbacks or [])
+        log_run_params(cfg, trainer, model)
         run = functools.partial(record, cfg, trainer, model, datamodule)
 
         # 3. fit and test (or, for a resumed run whose fit is over, test only), then metrics.json and the reports
@@ -90,7 +91,7 @@ def train(
         if tested and trainer.is_global_zero:
             report_run(cfg, trainer, model, datamodule, metrics)
         if trainer.is_global_zero and next_steps_line:
-            log.info(next_steps(output_dir, metrics))
+            log.info(next_steps(output_dir, metrics, cfg.get("logger")))
         if diverged:
             raise diverged
         return metrics

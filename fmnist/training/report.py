@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 from omegaconf import DictConfig
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from fmnist.analysis.reports import write_reports
+from fmnist.analysis.reports import REPORT_FILES, write_reports
 from fmnist.analysis.runs import partial_epochs
 from fmnist.models.summary import keras_param_counts
 from fmnist.models.trust import constructor_parameters
@@ -22,17 +22,26 @@ from fmnist.training.console import describe_device
 from fmnist.utils.config import hydra_value
 
 
-def next_steps(run_dir: Path, metrics: dict) -> str:
-    """Where the run is, what it reached, and the commands that look at it, with its folder filled in."""
+def next_steps(run_dir: Path, metrics: dict, logger_cfg: DictConfig | None = None) -> str:
+    """Where the run is, what it reached, and the commands that look at it, with its folder filled in (its
+    loggers' viewers: TensorBoard's unless `logger_cfg` has none, MLflow's UI where it has one)."""
     lines = [f"run folder: {shlex.quote(str(run_dir))}"]
     if isinstance(metrics.get("test/acc"), float):
         tta = f", {metrics['test/acc_tta']:.4f} with flip TTA" if isinstance(metrics.get("test/acc_tta"), float) else ""
         best = metrics["best_checkpoint"]
         lines.append(f"test accuracy: {metrics['test/acc']:.4f}{tta} (best checkpoint on validation: {best})")
     checkpoint = hydra_value(str(run_dir / (metrics.get("best_checkpoint") or "checkpoints/last.ckpt")))
+    targets = {name: str(c.get("_target_", "")) for name, c in (logger_cfg or {}).items()}
+    viewers = []
+    if logger_cfg is None or any(t.endswith("TensorBoardLogger") for t in targets.values()):
+        viewers.append(f"  tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}")
+    for name, target in targets.items():
+        uri = str(logger_cfg[name].get("tracking_uri"))
+        if target.endswith("MLFlowLogger") and uri.startswith("sqlite:"):  # a server has its own UI already
+            viewers.append(f"  mlflow ui --backend-store-uri {shlex.quote(uri)}")
     lines += [
         "next:",
-        f"  tensorboard --logdir {shlex.quote(str(run_dir / 'tensorboard'))}",
+        *viewers,
         f"  python -m fmnist.evaluate {shlex.quote('ckpt_path=' + checkpoint)}",
         f"  python -m fmnist.predict {shlex.quote('ckpt_path=' + checkpoint)} inputs=YOUR_IMAGES",
     ]
@@ -99,8 +108,26 @@ def hparams_for_tensorboard(cfg: DictConfig, model: L.LightningModule) -> dict[s
     return params
 
 
+# The run's settings that Lightning's own hyperparameter logging (the model's) leaves out and a resume keeps.
+RUN_PARAMS = ("model", "seed", "batch_size", "val_fraction")
+
+
+def log_run_params(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule) -> None:
+    """The run's settings and optimizer (RUN_PARAMS, `optimizer/*`) for its loggers other than TensorBoard
+    (whose HPARAMS entry `report_run` writes): CSV's hparams.yaml, MLflow's params."""
+    params = {
+        key: value
+        for key, value in hparams_for_tensorboard(cfg, model).items()
+        if key in RUN_PARAMS or key.startswith("optimizer/")
+    }
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params)
+
+
 def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule, metrics: dict) -> None:
-    """Reports of the tested (best) weights in the run folder and TensorBoard, plus the HPARAMS entry."""
+    """Reports of the tested (best) weights in the run folder, TensorBoard and MLflow (as artifacts), plus
+    TensorBoard's HPARAMS entry."""
     tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None:
         tensorboard.experiment.flush()
@@ -116,6 +143,10 @@ def report_run(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, da
         writer=tensorboard.experiment if tensorboard else None,
         step=epochs,  # the report images at the run's last epoch, like its test figures
     )
+    for mlflow in (lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)):
+        for name in REPORT_FILES:  # MLflow keeps files as the run's artifacts
+            if (Path(cfg.output_dir) / name).is_file():
+                mlflow.experiment.log_artifact(mlflow.run_id, str(Path(cfg.output_dir) / name), "reports")
     if tensorboard is not None:
         experiment = tensorboard.experiment
         if isinstance(metrics.get("train_seconds"), float):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -70,8 +71,18 @@ def build_model(model_cfg: DictConfig) -> L.LightningModule:
 
 
 # Keys that say where a run reads and writes or how it prints, not what it is: left out of its TensorBoard name.
-UNNAMED_KEYS = ("model", "seed", "output_dir", "resume", "overwrite", "torch_threads", "data.root", "data.search_dirs")
-UNNAMED_PREFIXES = ("hydra.", "paths.", "trainer.enable_progress_bar")
+UNNAMED_KEYS = (
+    "model",
+    "seed",
+    "output_dir",
+    "resume",
+    "overwrite",
+    "torch_threads",
+    "data.root",
+    "data.search_dirs",
+    "logger",
+)
+UNNAMED_PREFIXES = ("hydra.", "paths.", "trainer.enable_progress_bar", "logger.")
 
 
 def run_label(cfg: DictConfig) -> str:
@@ -90,8 +101,11 @@ def run_label(cfg: DictConfig) -> str:
 
 def make_logger(cfg: DictConfig, logger_cfg: DictConfig, resumed: bool):
     """A logger from its config; TensorBoard's events go to `tensorboard/<run_label>/` (a resumed run: the
-    folder it already has) so that `tensorboard --logdir` shows each run under what it is."""
+    folder it already has) so that `tensorboard --logdir` shows each run under what it is; MLflow's run is set
+    up by `mlflow_logger`."""
     target = str(logger_cfg.get("_target_", ""))
+    if target.endswith("MLFlowLogger"):
+        return mlflow_logger(cfg, logger_cfg, resumed)
     if not target.endswith("TensorBoardLogger") or logger_cfg.get("version") not in ("", None):
         return hydra.utils.instantiate(logger_cfg)
     if resumed:
@@ -101,3 +115,55 @@ def make_logger(cfg: DictConfig, logger_cfg: DictConfig, resumed: bool):
     else:
         version = run_label(cfg)
     return hydra.utils.instantiate(logger_cfg, version=version)
+
+
+RUN_DIR_TAG = "fmnist.run_dir"  # the MLflow tag that ties an MLflow run to its run folder
+
+
+def mlflow_logger(cfg: DictConfig, logger_cfg: DictConfig, resumed: bool):
+    """Lightning's MLFlowLogger, its run made now (a store it cannot reach is one FmnistError before any
+    training): named as in TensorBoard, tagged with the run folder, its artifacts beside a local SQLite store.
+    A resumed run logs on into the MLflow run that its store holds for its folder, found by that tag."""
+    uri = str(logger_cfg.get("tracking_uri"))
+    if importlib.util.find_spec("mlflow") is None:
+        raise FmnistError("logger=mlflow needs MLflow, which is not installed. Fix: pip install 'fmnist[mlflow]'")
+    run_dir = str(Path(cfg.output_dir).resolve())
+    settings: dict = {"tags": {**(logger_cfg.get("tags") or {}), RUN_DIR_TAG: run_dir}}
+    if logger_cfg.get("run_name") is None:
+        settings["run_name"] = run_label(cfg)
+    store = local_store(uri)
+    if logger_cfg.get("artifact_location") is None and store is not None:
+        settings["artifact_location"] = str(store.parent.resolve() / "mlartifacts")
+    try:
+        if resumed and (run_id := earlier_mlflow_run(uri, str(logger_cfg.get("experiment_name")), run_dir)):
+            settings["run_id"] = run_id
+        logger = hydra.utils.instantiate(logger_cfg, **settings)
+        logger.run_id  # noqa: B018 - connects, and makes the experiment and the run
+    except Exception as error:  # noqa: BLE001 - a URL of no store, a server that is down, a database that refuses
+        reason = " ".join(str(getattr(error, "__cause__", None) or error).split())[:300] or type(error).__name__
+        raise FmnistError(f"logger.mlflow.tracking_uri={uri}: no MLflow run could be made there ({reason})") from None
+    return logger
+
+
+def local_store(uri: str) -> Path | None:
+    """The file of a local SQLite tracking store (`sqlite:///outputs/mlflow.db`: relative, `sqlite:////...`:
+    absolute); None for any other store."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    return Path(path) if path and not path.startswith(":memory:") else None
+
+
+def earlier_mlflow_run(uri: str, experiment_name: str, run_dir: str) -> str | None:
+    """The id of the newest MLflow run in the store at `uri` tagged with the run folder `run_dir`; None if none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or "'" in run_dir:  # a quote could not be written in MLflow's filter string
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None

@@ -104,6 +104,7 @@ def check_choices(args: list[str], config_dir: str = CONF_DIR) -> None:
         if group.split(".")[0].split("/")[0] == "hydra" or override.is_delete() or not folder.is_dir():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        values = [name for value in values for name in (value if isinstance(value, list) else [value])]  # [a,b]
         for value in values:
             if isinstance(value, str) and not (folder / f"{value}.yaml").is_file():  # logger={} sets a value
                 choices = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
