@@ -20,7 +20,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def composed_groups() -> str:
     """The config groups the running command composes, one line each: `group: its options (default: choice)`.
 
-    `--help` shows these (conf/hydra/help/fmnist.yaml), not Hydra's list of every group in conf/.
+    `--help` shows these (fmnist/conf/hydra/help/fmnist.yaml), not Hydra's list of every group in fmnist/conf/.
     """
     loader = GlobalHydra.instance().config_loader()
     lines = []
