@@ -213,3 +213,19 @@ def test_evaluate_ood_options_are_checked(tmp_path, trained_run):
     result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", "ood=true", "ood_images=5", cwd=tmp_path)
     assert_one_error_line(result, "ood_images=5")
     assert not (tmp_path / "eval").exists()
+
+
+def test_predict_without_data_for_the_gate_is_one_line_naming_the_way_out(tmp_path):
+    from PIL import Image
+
+    from fmnist.models import SimpleRNN
+
+    model = SimpleRNN()
+    state = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "fmnist_model": "SimpleRNN"}
+    torch.save(state, tmp_path / "model.ckpt")
+    Image.effect_noise((40, 40), 60).save(tmp_path / "photo.png")
+    args = ["ckpt_path=model.ckpt", "inputs=photo.png", f"data.root={tmp_path / 'none'}", "data.search_dirs=[]"]
+    result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
+    assert_one_error_line(result, "gate=false")
+    assert not (tmp_path / "out" / "predictions.csv").exists() and not list(tmp_path.glob("model.gate-*"))
+    assert run_cli("fmnist.predict", *args, "output_dir=out", "gate=false", cwd=tmp_path).returncode == 0
