@@ -4,13 +4,21 @@ on the CPU, where its graphed step runs eagerly, with the same data order and th
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
+from fmnist.data.datamodule import FashionMNISTDataModule, InMemoryImages, epoch_batches
+from fmnist.training.callbacks import epoch_share
+from fmnist.training.console import _epoch_batches
 from fmnist.training.fit import train
-from tests.conftest import compose_train
+from fmnist.training.setup import fast_path_notes
+from fmnist.utils.errors import FmnistError
+from tests.conftest import assert_error_names, compose_train
 
 FIELDS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps", "epochs")
 
@@ -147,3 +155,44 @@ def test_fast_path_refuses_what_it_cannot_do_in_one_line(tiny_root, tmp_path, ov
     with pytest.raises(FmnistError, match=words):
         train(cfg)
     GlobalHydra.instance().clear()
+
+
+def test_an_epochs_length_counts_the_chunks_batches_once():
+    # 360 images in batches of 30: 12 batches, in chunks of 5 (5 + 5 + 2)
+    data = FashionMNISTDataModule(batch_size=30, batches_per_step=5)
+    data.train_set = InMemoryImages(torch.zeros(360, 1, 28, 28, dtype=torch.uint8), torch.zeros(360, dtype=torch.long))
+    assert epoch_batches(data, 3) == 12  # the last chunk holds what is left
+    assert epoch_batches(data, 2) == 10  # trainer.limit_train_batches=2: two whole chunks
+    assert epoch_batches(data, 2, world_size=2) == 6  # each of two processes takes half the split
+    trainer = SimpleNamespace(num_training_batches=2, world_size=1, datamodule=data)
+    assert epoch_share(trainer, data) == {"epoch_images": 300, "train_images": 360}
+    assert "10 batches (2 steps of up to 5)" in _epoch_batches(trainer)
+
+
+def test_lightnings_note_on_one_training_batch_says_a_fast_step_is_a_chunk():
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        with fast_path_notes(100):
+            L.Trainer(limit_train_batches=1, logger=False, enable_progress_bar=False, accelerator="cpu")
+        L.Trainer(limit_train_batches=1, logger=False, enable_progress_bar=False, accelerator="cpu")
+    finally:
+        logger.removeHandler(handler)
+    fast, default = [m for m in seen if "limit_train_batches" in m]
+    assert "100" in fast and "1 batch per epoch" not in fast
+    assert "1 batch per epoch" in default  # the default path's batch is one batch: Lightning says it as it is
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{"chunk_done": 5}, {"chunk_done": 0}, {"chunk_done": "2"}, {"chunk_done": 2, "chunk_rng": "x"}, {"other": 1}],
+)
+def test_a_checkpoints_cut_chunk_is_a_count_within_a_chunk(state):
+    data = FashionMNISTDataModule(batch_size=30, batches_per_step=5)
+    with pytest.raises(FmnistError) as info:
+        data.load_state_dict(state)
+    assert_error_names(str(info.value), f"chunk_done={state.get('chunk_done')!r}")
+    data.load_state_dict({"chunk_done": 2, "chunk_rng": None})  # what cut_chunk saves

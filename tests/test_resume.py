@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from fmnist.runs.resume import cli_args
 from fmnist.training.fit import train
 from fmnist.utils.errors import FmnistError
-from tests.conftest import ROOT, assert_error_names, compose_train
+from tests.conftest import ROOT, assert_error_names, compose_train, run_cli
 
 STEPS_PER_EPOCH = 12  # 360 tiny training images in batches of 30
 # What may differ between two runs of the same config: timings and where the files are.
@@ -137,7 +137,7 @@ def test_sigterm_in_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_root,
         str(run / "checkpoints" / "last.ckpt"),
         f"python -m fmnist.train resume={run}",
     )
-    assert "stopping after this step" in stderr  # acknowledged when it came, before the step ended
+    assert "stopping after this batch" in stderr  # acknowledged when it came, before the step ended
     assert f"python -m fmnist.train resume={run}" in (run / "train.log").read_text()  # the log keeps the command
     # The signal came during step 18, in the second epoch: saved at its end.
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 6
@@ -224,3 +224,32 @@ def test_resume_refuses_overrides_that_change_the_run(tmp_path):
     assert_error_names(str(info.value), "trainer.max_epochs=0")
     assert (run / ".hydra" / "config.yaml").read_text() == "seed: 1\n"  # a refused value is not recorded
     assert cli_args(["fmnist.train", f"resume={run}"])[-2:] == ["hydra.run.dir=${resume}", "hydra.output_subdir=null"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [18, 13])  # in the second chunk of epoch 2, and in its first
+def test_fast_path_stops_within_its_chunk_and_resumes_to_the_uninterrupted_run(tiny_root, tmp_path, batch):
+    # 12 batches an epoch in chunks of 5 (5 + 5 + 2), with flips and dropout: the resumed chunk's batches must
+    # get the flips and dropout draws they would have had.
+    fast = ["trainer=cpu_fast", "data.batches_per_step=5", "data.eval_batch_size=30", "augment=flip", "logger={}"]
+    config = _overrides(tiny_root, 2, "trainer.deterministic=true", *fast)
+    ctrl_c = [
+        f"+callbacks.ctrl_c._target_={__name__}.SendSignal",
+        f"+callbacks.ctrl_c.step={batch}",
+        f"+callbacks.ctrl_c.signum={int(signal.SIGINT)}",
+    ]
+    run = tmp_path / "run"
+    result = run_cli("fmnist.train", *config, *ctrl_c, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert_error_names(result.stderr.strip().splitlines()[-1], "interrupted", f"resume={run}")
+    # Ctrl-C came as the chunk holding `batch` began: saved after that one batch, not at the chunk's end.
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == batch
+
+    recorded = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml") if "callbacks.ctrl_c" not in o]
+    OmegaConf.save(OmegaConf.create(recorded), run / ".hydra" / "overrides.yaml")
+    result = run_cli("fmnist.train", f"resume={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["steps"] == 2 * STEPS_PER_EPOCH
+    uninterrupted = _train([*config, f"output_dir={tmp_path / 'whole'}"])
+    assert _compared(resumed) == _compared(uninterrupted)

@@ -1,12 +1,16 @@
 """Training through the real Hydra config: run folder contents, checkpoints, CLI errors, multirun."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fmnist.models import CNN, BiLSTM, SimpleRNN
+from fmnist.training import console as console_module
+from fmnist.training.console import RunConsole, duration
 from fmnist.training.fit import train
+from fmnist.training.progress import EpochProgressBar
 from fmnist.utils.errors import FmnistError
 from tests.conftest import (
     assert_error_names,
@@ -191,3 +195,62 @@ def test_the_progress_bar_counts_epochs_from_one(train_cfg, capfd):
     assert "Epoch 0" not in out
     assert "ETA=" in out  # the whole run's time left
     assert "loss=" in out and "acc=" in out  # the epoch's training figures so far, while it runs
+
+
+def _trainer_at(epoch: int, steps_done: int, console, steps_per_epoch: int = 6, epochs: int = 150):
+    """A stand-in Trainer where RunConsole and the progress bar read it: `steps_done` of epoch `epoch` (0-based)."""
+    progress = SimpleNamespace(current=SimpleNamespace(processed=steps_done))
+    return SimpleNamespace(
+        num_training_batches=steps_per_epoch,
+        max_epochs=epochs,
+        current_epoch=epoch,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        callbacks=[console],
+        is_global_zero=True,
+        training=True,
+        sanity_checking=False,
+    )
+
+
+def test_the_printed_estimate_and_the_bars_eta_are_one_figure(monkeypatch, caplog):
+    now = [100.0]
+    monkeypatch.setattr(console_module.time, "perf_counter", lambda: now[0])
+    console = RunConsole()
+    console._fit_start = 0.0
+    module = SimpleNamespace(device=torch.device("cpu"))
+    trainer = _trainer_at(2, 1, console)  # a resume: epoch 3 of 150, its first step of 6 just done
+    with caplog.at_level("INFO", logger="fmnist"):
+        console.on_train_batch_end(trainer, module)
+        console.on_train_batch_end(trainer, module)  # 2 steps in 100 s: 50 s a step
+    left = (148 * 6 - 1) * 50  # the steps left, not the epochs started
+    assert console.time_left(trainer) == left
+    (line,) = [r.getMessage() for r in caplog.records if "estimated" in r.getMessage()]
+    assert duration(left) in line
+    assert EpochProgressBar()._time_left(trainer) == duration(left)
+
+
+def test_no_estimate_once_the_run_is_done(monkeypatch, caplog):
+    # A short run: the estimate's conditions (2 steps, 5 s) are met only at its last step.
+    now = [10.0]
+    monkeypatch.setattr(console_module.time, "perf_counter", lambda: now[0])
+    console = RunConsole()
+    console._fit_start, console._steps = 0.0, 5
+    trainer = _trainer_at(1, 3, console, steps_per_epoch=3, epochs=2)
+    with caplog.at_level("INFO", logger="fmnist"):
+        console.on_train_batch_end(trainer, SimpleNamespace(device=torch.device("cpu")))
+    assert not [r for r in caplog.records if "estimated" in r.getMessage()]
+    assert console.time_left(trainer) == 0
+
+
+def test_a_resumes_plan_counts_the_epochs_left(monkeypatch, caplog):
+    monkeypatch.setattr(console_module, "keras_param_counts", lambda module: {"total": 10})
+    monkeypatch.setattr(console_module, "describe_device", lambda trainer: "cpu")
+    monkeypatch.setattr(console_module, "_epoch_batches", lambda trainer: "540 batches")
+    for epoch in (0, 2):
+        trainer = _trainer_at(epoch, 0, None)
+        trainer.datamodule = SimpleNamespace(batch_size=100)
+        with caplog.at_level("INFO", logger="fmnist"):
+            RunConsole("cnn").on_train_start(trainer, SimpleNamespace(hparams={}))
+    fresh, resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training cnn")]
+    assert "150 epochs" in fresh
+    assert "148" in resumed and "150 epochs" not in resumed

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fmnist.data.augment import build_augmentation
 from fmnist.data.idx import CLASS_NAMES, DEBIAN_DIR, ensure_raw_files, load_split
+from fmnist.utils.errors import FmnistError
+from fmnist.utils.rng import is_random_state, random_state, set_random_state
 
 
 class InMemoryImages(Dataset):
@@ -88,6 +90,10 @@ class ResumableLoader(DataLoader):
     def state_dict(self) -> dict:
         return {"batches": self._taken, "epoch": getattr(self.sampler, "epoch", 0)}
 
+    def hand_back(self) -> None:
+        """Count the last batch handed out as not taken: a restore hands it out again (a step cut it short)."""
+        self._taken -= 1
+
     def load_state_dict(self, state_dict: dict) -> None:
         self._skip = state_dict["batches"]
         # With loader workers the order is drawn at iter(), before Lightning sets the epoch.
@@ -109,6 +115,16 @@ def split_batches(chunk, batch_size: int) -> list[tuple[torch.Tensor, torch.Tens
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels 0..255 to float32 in [0, 1], as the study's `x / 255`."""
     return images.float().div_(255.0)
+
+
+def epoch_batches(datamodule, steps: int, world_size: int = 1) -> int:
+    """Training batches (of data.batch_size) one process takes in an epoch of `steps` Lightning steps: on the
+    fast path a step is a chunk of data.batches_per_step batches, and the epoch's last chunk holds what is
+    left of the split (of its share of it: DDP splits each epoch among `world_size` processes)."""
+    batches = steps * (getattr(datamodule, "batches_per_step", 1) or 1)
+    split = len(getattr(datamodule, "train_set", None) or ())
+    batch = getattr(datamodule, "batch_size", None)
+    return min(batches, math.ceil(split / (batch * world_size))) if split and batch else batches
 
 
 def validation_size(n_images: int, val_fraction: float) -> int:
@@ -155,6 +171,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.class_names = CLASS_NAMES
         self.augment = build_augmentation(**dict(augment or {}))
         self.train_set = self.val_set = self.test_set = None
+        self._chunk_rng: dict | None = None  # the random state before the last chunk's augmentation
+        self._cut: dict | None = None  # the last chunk, cut short by a stop: for the checkpoint
+        self._resume_cut: dict | None = None  # a cut chunk from the checkpoint: what the next chunk skips
 
     def prepare_data(self) -> None:
         ensure_raw_files(self.root, self.search_dirs, self.download)
@@ -208,12 +227,49 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        augment = (
-            self.augment if self.augment is not None and self.trainer is not None and self.trainer.training else None
-        )
-        if isinstance(batch, list):
+        training = self.trainer is not None and self.trainer.training
+        augment = self.augment if training else None
+        if not isinstance(batch, list):
+            return self._prepared(*batch, augment)
+        resume, self._resume_cut = (self._resume_cut, None) if training else (None, self._resume_cut)
+        if augment is not None:
+            self._chunk_rng = random_state()
+        if resume is None:
             return [self._prepared(images, labels, augment) for images, labels in batch]
-        return self._prepared(*batch, augment)
+        # The chunk that a stop cut short: augmented from the random state its first run drew from (the
+        # state restored for training is where its dropout stopped), then only the batches not yet trained.
+        drawn = random_state()
+        if augment is not None and resume["chunk_rng"] is not None:
+            set_random_state(resume["chunk_rng"])
+        prepared = [self._prepared(images, labels, augment) for images, labels in batch]
+        set_random_state(drawn)
+        return prepared[resume["chunk_done"] :]
+
+    def cut_chunk(self, done: int) -> None:
+        """The training chunk now in its step ended after `done` of its batches (a stop): the checkpoint
+        records that, and a run restored from it trains that chunk's other batches first."""
+        self._cut = {"chunk_done": done, "chunk_rng": self._chunk_rng if self.augment is not None else None}
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        if isinstance(loader, ResumableLoader):
+            loader.hand_back()
+
+    def state_dict(self) -> dict:
+        return dict(self._cut) if self._cut is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        done, rng = state_dict.get("chunk_done"), state_dict.get("chunk_rng")
+        # Only the values cut_chunk saves: a whole number of batches within a chunk, a random state or None.
+        if not (
+            type(done) is int
+            and 0 < done < self.batches_per_step
+            and (rng is None or is_random_state(rng))
+            and state_dict.keys() <= {"chunk_done", "chunk_rng"}
+        ):
+            raise FmnistError(
+                f"the checkpoint's data module state is not fmnist's: chunk_done={done!r} must be a whole "
+                f"number from 1 to data.batches_per_step - 1 = {self.batches_per_step - 1}"
+            )
+        self._resume_cut = {"chunk_done": done, "chunk_rng": rng}
 
     @staticmethod
     def _prepared(images: torch.Tensor, labels: torch.Tensor, augment: torch.nn.Module | None):

@@ -8,7 +8,6 @@ A subclass only builds `self.features` (image -> penultimate activations) and `s
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fmnist.data.datamodule import epoch_batches
 from fmnist.data.idx import CLASS_NAMES
 from fmnist.models.graphed import GraphedTrainStep
 from fmnist.models.trust import optimizer_class
@@ -87,6 +87,10 @@ class FashionClassifier(L.LightningModule):
         self.fast_step = fast_step
         self.automatic_optimization = not fast_step
         self._graphed_step: GraphedTrainStep | None = None
+        # A stop request (SaveOnInterrupt) sets stop_in_chunk: the fast path's step then ends its chunk after
+        # the batch it is on, and chunk_done says how many of the chunk's batches it trained.
+        self.stop_in_chunk = False
+        self.chunk_done: int | None = None
         self.hparams["optimizer"] = optimizer_spec(optimizer or self.default_optimizer)
         self.class_names = CLASS_NAMES
         num_classes = len(CLASS_NAMES)
@@ -140,8 +144,10 @@ class FashionClassifier(L.LightningModule):
     def _fast_training_step(self, batches) -> torch.Tensor:
         """Manual optimization over a chunk of batches: graph replay for forward/backward, then the
         optimizer's own (multi-tensor) step through Lightning, which counts it in `global_step`.
-        Returns the chunk's losses, one per batch, for the divergence check."""
+        Returns the chunk's losses, one per batch trained, for the divergence check: fewer when a stop
+        request (`stop_in_chunk`) ends the chunk early, which `chunk_done` then counts."""
         batches = batches if isinstance(batches, list) else [batches]
+        self.chunk_done = None
         optimizer = self.optimizers()
         losses = torch.empty(len(batches), device=self.device)
         scheduler = self.lr_schedulers()
@@ -153,6 +159,9 @@ class FashionClassifier(L.LightningModule):
             torch.clear_autocast_cache()
             if scheduler is not None:  # manual optimization: Lightning leaves the schedule to the step
                 scheduler.step()
+            if self.stop_in_chunk and index + 1 < len(batches):
+                self.chunk_done = index + 1
+                return losses[: index + 1]
         return losses
 
     def running_train_figures(self) -> dict[str, torch.Tensor]:
@@ -269,8 +278,7 @@ def optimizer_steps(trainer: L.Trainer) -> int:
     train_set = getattr(datamodule, "train_set", None)
     if per_chunk == 1 or train_set is None:
         return max(1, int(chunks))
-    per_epoch = math.ceil(len(train_set) / datamodule.batch_size / trainer.world_size)
-    per_epoch = min(per_epoch, int(trainer.num_training_batches) * per_chunk)  # trainer.limit_train_batches
+    per_epoch = epoch_batches(datamodule, int(trainer.num_training_batches), trainer.world_size)
     epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
     limits = [n for n in (epochs and per_epoch * epochs, trainer.max_steps if trainer.max_steps > 0 else None) if n]
     if not limits:

@@ -18,10 +18,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fmnist.data.datamodule import epoch_batches
 from fmnist.models.summary import keras_summary_markdown
 from fmnist.runs.metrics import FIT_KEY, FIT_KEYS, SHARE_KEY
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import write_atomically
+from fmnist.utils.rng import random_state, set_random_state
 
 
 class TestedEMA(EMAWeightAveraging):
@@ -44,13 +46,12 @@ def _synchronize(trainer: L.Trainer) -> None:
 
 def epoch_share(trainer: L.Trainer, datamodule) -> dict[str, int]:
     """How many of the training split's images an epoch used (fewer with trainer.limit_train_batches)."""
-    split = len(datamodule.train_set) if getattr(datamodule, "train_set", None) is not None else 0
+    split = len(getattr(datamodule, "train_set", None) or ())
     steps = trainer.num_training_batches
     if not split or not isinstance(steps, int):
         return {}
-    per_step = datamodule.batch_size * (getattr(datamodule, "batches_per_step", 1) or 1)
-    # num_training_batches is one process's share: DDP splits each epoch among trainer.world_size processes
-    return {"epoch_images": min(split, steps * per_step * trainer.world_size), "train_images": split}
+    batches = epoch_batches(datamodule, steps, trainer.world_size)  # one process's share of the epoch
+    return {"epoch_images": min(split, batches * datamodule.batch_size * trainer.world_size), "train_images": split}
 
 
 class EpochTimer(L.Callback):
@@ -189,20 +190,26 @@ class KerasModelSummary(L.Callback):
 
 
 class SaveOnInterrupt(L.Callback):
-    """Ctrl-C or SIGTERM during training: finish the step, save `last.ckpt`, stop.
+    """Ctrl-C or SIGTERM during training: finish the batch, save `last.ckpt`, stop.
 
     The signal only raises a flag. It is handed to Lightning (its SIGTERM flag, which makes the loops
     raise SIGTERMException at the next step boundary) after a training step or after a whole
-    validation, never inside one, so the checkpoint is a consistent state to resume from. A second
-    Ctrl-C stops at once, without saving.
+    validation, never inside one, so the checkpoint is a consistent state to resume from. On the fast
+    path, whose step is a chunk of batches, the module's `stop_in_chunk` ends the chunk after its current
+    batch: Lightning's loop then counts the chunk as not trained, and the data module records how many
+    of its batches were (`cut_chunk`), so that a resume trains the rest of it and then goes on as the
+    uninterrupted run. A second Ctrl-C stops at once, without saving.
     """
 
     def __init__(self, dirpath: str, filename: str = "last"):
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.requested = False
+        self._module: L.LightningModule | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.requested = False
+        self._module = pl_module
+        pl_module.stop_in_chunk = False
         # Lightning installed its SIGTERM handler before this hook and restores the previous
         # handlers of every signal when fit ends, these included.
         if threading.current_thread() is threading.main_thread():
@@ -212,17 +219,33 @@ class SaveOnInterrupt(L.Callback):
     def _on_signal(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if not self.requested:  # at once: on the fast path the step ends with its chunk of batches
-            sys.stderr.write("\nstopping after this step, then saving last.ckpt (Ctrl-C again: stop without saving)\n")
+        if not self.requested:
+            sys.stderr.write("\nstopping after this batch, then saving last.ckpt (Ctrl-C again: stop without saving)\n")
             sys.stderr.flush()
         self.requested = True
+        if self._module is not None:
+            self._module.stop_in_chunk = True
 
     def _raise_flag(self, trainer, up: bool) -> None:
         if self.requested:
             trainer._signal_connector.received_sigterm = up  # Lightning has no public setter
 
-    def on_train_batch_end(self, trainer, *args) -> None:
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        done = getattr(pl_module, "chunk_done", None)
+        if done is not None:
+            self._cut_chunk(trainer, done)
+            raise SIGTERMException
         self._raise_flag(trainer, True)
+
+    @staticmethod
+    def _cut_chunk(trainer, done: int) -> None:
+        # Lightning's counters as before this chunk's step (Lightning has no public setter): a resume
+        # fetches the chunk again, and its data module skips the `done` batches already trained.
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        for tracker in (progress.total, progress.current):
+            tracker.ready, tracker.started, tracker.processed = (tracker.completed,) * 3
+        progress.is_last_batch = False
+        trainer.datamodule.cut_chunk(done)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._raise_flag(trainer, False)  # the evaluation loop would stop in mid-validation
@@ -243,8 +266,7 @@ class RandomState(L.Callback):
         self._saved: dict | None = None
 
     def state_dict(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+        return random_state()
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._saved = state_dict
@@ -252,7 +274,5 @@ class RandomState(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # Not on load: the sanity check and the validation loader draw from it before training starts.
         if self._saved is not None:
-            torch.set_rng_state(self._saved["cpu"])
-            if self._saved["cuda"] and torch.cuda.is_initialized():
-                torch.cuda.set_rng_state_all(self._saved["cuda"])
+            set_random_state(self._saved)
             self._saved = None

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from tqdm import tqdm
 
+from fmnist.data.datamodule import epoch_batches
 from fmnist.models.summary import keras_param_counts
 from fmnist.utils.console import log
 
@@ -107,18 +108,19 @@ def _epoch_batches(trainer: L.Trainer) -> str:
     per_step = getattr(trainer.datamodule, "batches_per_step", 1) or 1
     if not isinstance(steps, int):
         return "? batches"
-    split = len(getattr(trainer.datamodule, "train_set", None) or ()) or None
-    batch = getattr(trainer.datamodule, "batch_size", None)
-    batches = steps * per_step
-    if split and batch:  # the last chunk holds what is left of the epoch
-        batches = min(batches, -(-split // (batch * trainer.world_size)))
+    batches = epoch_batches(trainer.datamodule, steps, trainer.world_size)
     text = f"{batches:,} batch{'es' * (batches != 1)}"
     return text + (f" ({steps:,} step{'s' * (steps != 1)} of up to {per_step})" if per_step > 1 else "")
 
 
+def _epochs(count: float) -> str:
+    text = f"{count:.1f}".removesuffix(".0")
+    return f"{text} epoch{'s' * (text != '1')}"
+
+
 class RunConsole(L.Callback):
-    """Before training, the plan; after its first steps, the estimated total time; after each epoch,
-    one line with its time and figures, epochs counted from 1."""
+    """Before training, the plan; after its first steps, the estimated time left; after each epoch, one line
+    with its time and figures, epochs counted from 1. The progress bar's ETA is `time_left` too."""
 
     ESTIMATE_AFTER = (2, 5.0)  # at least this many steps and seconds of training before the estimate
 
@@ -133,18 +135,38 @@ class RunConsole(L.Callback):
         self._epoch_start = self._fit_start  # a run resumed in mid-epoch gets no on_train_epoch_start for it
         if not trainer.is_global_zero:
             return
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "unlimited"
+        limited = trainer.max_epochs and trainer.max_epochs > 0
+        epochs = _epochs(trainer.max_epochs) if limited else "unlimited epochs"
+        if trainer.current_epoch and limited:  # a resume: what is left
+            epochs = f"{_epochs(trainer.max_epochs - trainer.current_epoch)} left of {trainer.max_epochs}"
         batch = getattr(trainer.datamodule, "batch_size", "?")
         params = keras_param_counts(pl_module)["total"]
-        left = "" if trainer.current_epoch == 0 else f", from epoch {trainer.current_epoch + 1}"
+        start = f", from epoch {trainer.current_epoch + 1}" if trainer.current_epoch else ""
         log.info(
             f"training {self.name or type(pl_module).__name__} ({params:,} parameters): "
-            f"{_optimizer(pl_module.hparams)}, batch {batch}, {epochs} epoch{'s' * (epochs != 1)} of "
-            f"{_epoch_batches(trainer)}{left}, on {describe_device(trainer)}"
+            f"{_optimizer(pl_module.hparams)}, batch {batch}, {epochs} of "
+            f"{_epoch_batches(trainer)}{start}, on {describe_device(trainer)}"
         )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
+
+    def steps_left(self, trainer: L.Trainer) -> int | None:
+        """Lightning steps the fit has left (those of the epoch under way that are not done, then the other
+        epochs'), or None without an epoch count or a known epoch length."""
+        per_epoch, epochs = trainer.num_training_batches, trainer.max_epochs
+        if not epochs or epochs < 0 or not isinstance(per_epoch, int):
+            return None
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # this epoch's, the step ending included
+        return max(0, (epochs - trainer.current_epoch) * per_epoch - done)
+
+    def time_left(self, trainer: L.Trainer) -> float | None:
+        """The fit's time left in seconds at its pace so far (its time since training started, over its steps):
+        the estimate that this console prints once and the progress bar shows as its ETA."""
+        left = self.steps_left(trainer)
+        if not self._steps or left is None:
+            return None
+        return (time.perf_counter() - self._fit_start) / self._steps * left
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         self._steps += 1
@@ -155,15 +177,15 @@ class RunConsole(L.Callback):
             return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # once: the GPU's clock, not the launch queue's
-        elapsed = time.perf_counter() - self._fit_start
         self._estimated = True
-        if not trainer.max_epochs or trainer.max_epochs < 0:
+        left, steps_left = self.time_left(trainer), self.steps_left(trainer)
+        # Printed when it still tells something: not when the fit is about to end (a short run).
+        if left is None or left < seconds:
             return
-        per_epoch = elapsed / self._steps * trainer.num_training_batches
-        epochs_left = trainer.max_epochs - trainer.current_epoch
+        per_epoch = left / steps_left * trainer.num_training_batches
         log.info(
-            f"estimated training time: {duration(per_epoch * epochs_left)} for {epochs_left} epochs at "
-            f"~{duration(per_epoch)} each (from the first {self._steps} steps; validation not included)"
+            f"estimated training time left: {duration(left)}, {_epochs(steps_left / trainer.num_training_batches)} "
+            f"at ~{duration(per_epoch)} each (at the pace of the first {self._steps} steps)"
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

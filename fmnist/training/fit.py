@@ -24,7 +24,7 @@ from fmnist.training.checks import check_config, check_output_dir, check_splits
 from fmnist.training.console import RunConsole, log
 from fmnist.training.progress import EpochProgressBar
 from fmnist.training.report import log_run_params, next_steps, record, report_run
-from fmnist.training.setup import apply_settings, build_model, make_logger
+from fmnist.training.setup import apply_settings, build_model, fast_path_notes, make_logger
 
 
 def train(
@@ -108,7 +108,9 @@ def _trainer(cfg: DictConfig, output_dir: Path, resume: Resume | None, extra: li
     loggers = [make_logger(cfg, c, resume is not None) for c in (cfg.get("logger") or {}).values()]
     checkpoint_io = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO(output_dir)]}
     trainer_cfg = {key: value for key, value in cfg.trainer.items() if key != "fast"}  # `fast`: data and model's
-    trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, **checkpoint_io)
+    per_step = cfg.data.get("batches_per_step", 1) or 1
+    with fast_path_notes(per_step) if per_step > 1 else contextlib.nullcontext():
+        trainer = hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, **checkpoint_io)
     return trainer, timer, first_step
 
 

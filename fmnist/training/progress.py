@@ -8,7 +8,7 @@ import time
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
-from fmnist.training.console import duration
+from fmnist.training.console import RunConsole, duration
 
 
 class EpochProgressBar(TQDMProgressBar):
@@ -18,12 +18,12 @@ class EpochProgressBar(TQDMProgressBar):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._fit_start, self._batches, self._read_at = 0.0, 0, 0.0
+        self._read_at = 0.0
         self._running: dict[str, str] = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
-        self._fit_start, self._batches, self._read_at = time.perf_counter(), 0, 0.0
+        self._read_at = 0.0
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         # Lightning's own hook, with the description set once: its "Epoch 0" would be drawn first.
@@ -35,10 +35,6 @@ class EpochProgressBar(TQDMProgressBar):
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
         self._running = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._batches += 1
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -59,10 +55,7 @@ class EpochProgressBar(TQDMProgressBar):
         return metrics
 
     def _time_left(self, trainer) -> str | None:
-        """The whole run's time left, from its average pace so far (validation included)."""
-        per_epoch, epochs = trainer.num_training_batches, trainer.max_epochs
-        if not self._batches or not epochs or epochs < 0 or per_epoch == float("inf"):
-            return None
-        done_in_epoch = self.train_progress_bar.n if self.train_progress_bar is not None else 0
-        left = (per_epoch - done_in_epoch) + (epochs - trainer.current_epoch - 1) * per_epoch
-        return duration((time.perf_counter() - self._fit_start) / self._batches * max(left, 0))
+        """The whole run's time left: the estimate that RunConsole prints (one source for both)."""
+        console = next((c for c in trainer.callbacks if isinstance(c, RunConsole)), None)
+        seconds = console.time_left(trainer) if console is not None else None
+        return None if seconds is None else duration(seconds)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -27,6 +30,37 @@ warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is depr
 # A resume trains on in its own checkpoints folder (and a new run never reaches a folder with checkpoints
 # unless overwrite=true says so): Lightning's warning about it tells nobody anything.
 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+
+
+LIMIT_NOTE = "`Trainer(limit_train_batches=1)` was configured so"  # Lightning's note, said as its counts go
+
+
+class _StepIsAChunk(logging.Filter):
+    def __init__(self, batches_per_step: int):
+        super().__init__()
+        self.batches_per_step = batches_per_step
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(LIMIT_NOTE):
+            record.msg = (
+                "trainer.limit_train_batches=1: one training step per epoch, on the fast path a chunk of up to "
+                f"{self.batches_per_step} batches (data.batches_per_step)"
+            )
+            record.args = ()
+        return True
+
+
+@contextlib.contextmanager
+def fast_path_notes(batches_per_step: int) -> Iterator[None]:
+    """While a Trainer is built: Lightning's note on `trainer.limit_train_batches=1` ("1 batch per epoch")
+    says what a step of the fast path is, a chunk of up to `batches_per_step` batches."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's notes come from
+    note = _StepIsAChunk(batches_per_step)
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def apply_settings(cfg: DictConfig) -> None:
