@@ -197,6 +197,10 @@ def _gate(model, cfg: DictConfig) -> Gate | None:
     except NotANumber as error:
         print(f"note: no garment gate: {error}")
         return None
+    except FmnistError as error:  # no data to fit it on
+        raise FmnistError(
+            f"{error} (the garment gate is fitted on it, once per checkpoint; gate=false skips it)"
+        ) from None
 
 
 def predict(cfg: DictConfig) -> list[dict]:
