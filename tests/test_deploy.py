@@ -190,21 +190,29 @@ def compose_train_export(ckpt, fmt, folder):
     )
 
 
-def test_a_top_class_below_min_confidence_is_flagged_unsure_in_both_files(tmp_path):
+def test_not_garment_and_unsure_are_two_flags_in_both_files(tmp_path):
     from fmnist.deploy.predict import mark_unsure, write_predictions
 
     results = [
-        {"file": "landscape.jpg", "top": [{"class": "Sneaker", "prob": 0.45}]},
-        {"file": "bag.png", "top": [{"class": "Bag", "prob": 0.97}]},
+        {
+            "file": "landscape.jpg",
+            "top": [{"class": "Sneaker", "prob": 0.45}],
+            "garment_score": 0.0,
+            "not_garment": True,
+        },
+        {"file": "sign.jpg", "top": [{"class": "Sandal", "prob": 0.97}], "garment_score": 0.01, "not_garment": True},
+        {"file": "bag.png", "top": [{"class": "Bag", "prob": 0.97}], "garment_score": 0.61, "not_garment": False},
         {"file": "broken.png", "error": "not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"},
     ]
     assert mark_unsure(results, 0.5) == 1
-    assert [r.get("unsure") for r in results] == [True, False, None]
+    assert [r.get("unsure") for r in results] == [True, False, False, None]
     write_predictions(results, tmp_path, top_k=1)
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
     assert rows == [
-        "file,class1,prob1,unsure,error",
-        "landscape.jpg,Sneaker,0.45,true,",
-        "bag.png,Bag,0.97,false,",
-        'broken.png,,,,"not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"',
+        "file,class1,prob1,garment_score,not_garment,unsure,error",
+        "landscape.jpg,Sneaker,0.45,0.0,true,true,",
+        "sign.jpg,Sandal,0.97,0.01,true,false,",
+        "bag.png,Bag,0.97,0.61,false,false,",
+        'broken.png,,,,,,"not a PNG, JPEG, BMP, GIF, TIFF or WEBP image"',
     ]
+    assert json.loads((tmp_path / "predictions.json").read_text())[1]["not_garment"] is True
