@@ -213,3 +213,34 @@ def test_evaluate_ood_options_are_checked(tmp_path, trained_run):
     result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", "ood=true", "ood_images=5", cwd=tmp_path)
     assert_one_error_line(result, "ood_images=5")
     assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------- hostile gate files, folders and networks
+
+
+def test_a_gate_file_with_numbers_no_fit_gives_is_refused_not_a_crash(gate):
+    """An integer of 400 digits is no OverflowError; values finite but huge would make every score NaN."""
+    data = json.loads(json.dumps(gate_json(gate, "ab" * 32)))
+    for name in ("temperature", "ece_before", "ece_after", "keep"):
+        with pytest.raises(ValueError):
+            gate_from_json({**data, name: 10**400}, "ab" * 32, CLASSES, DIM)
+    huge = gate_json(
+        gate.__class__(gate.means * 0 + 1e300, gate.precision * 0 + 1e300, gate.quantiles, 1, 0, 0), "ab" * 32
+    )
+    for name in ("means", "precision"):
+        with pytest.raises(ValueError):
+            gate_from_json({**data, name: huge[name]}, "ab" * 32, CLASSES, DIM)
+    scores = gate.garment_score(torch.randn(20, DIM))  # a fitted gate's scores and precision are far from the cap
+    assert bool(scores.isfinite().all()) and float(gate.precision.abs().max()) < 1e100
+
+
+def test_a_link_at_the_gates_name_is_not_followed_nor_replaced(tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"weights")
+    gate_for(_Model(), ckpt, _Data())
+    kept = gate_path(ckpt, checkpoint_digest(ckpt))
+    elsewhere = kept.rename(tmp_path / "elsewhere.json")  # this checkpoint's own gate, reached through a link
+    kept.symlink_to(elsewhere)
+    data = _Data()
+    gate_for(_Model(), ckpt, data)
+    assert data.setups == 1 and kept.is_symlink() and str(kept) in capsys.readouterr().out
