@@ -244,3 +244,12 @@ def test_a_link_at_the_gates_name_is_not_followed_nor_replaced(tmp_path, capsys)
     data = _Data()
     gate_for(_Model(), ckpt, data)
     assert data.setups == 1 and kept.is_symlink() and str(kept) in capsys.readouterr().out
+
+
+def test_a_folder_the_gate_cannot_be_kept_in_only_costs_the_saving(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "models").symlink_to(real)  # fmnist writes through no folder link (a read-only folder for non-root)
+    fitted = gate_for(_Model(), tmp_path / "models" / "last.ckpt", _Data())
+    assert fitted.temperature > 0 and not list(real.glob("*.gate-*")) and "note:" in capsys.readouterr().out

@@ -293,6 +293,6 @@ def gate_for(model: torch.nn.Module, ckpt_path: str | Path, datamodule) -> Gate:
     gate = fit_for(model, datamodule)
     try:
         write_json(path, gate_json(gate, digest))
-    except OSError as error:
-        print(f"note: the garment gate could not be kept in {path.parent} ({error.strerror or error})")
+    except FmnistError as error:  # write_json's OSError: a read-only folder, a folder that is a link, a long name
+        print(f"note: the garment gate was not kept, it will be fitted again next time: {error}")
     return gate
