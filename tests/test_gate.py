@@ -12,6 +12,7 @@ from fmnist.models.gate import (
     KEEP,
     LEVELS,
     checkpoint_digest,
+    fit_for,
     fit_gate,
     fit_temperature,
     gate_for,
@@ -253,3 +254,22 @@ def test_a_folder_the_gate_cannot_be_kept_in_only_costs_the_saving(tmp_path, cap
     (tmp_path / "models").symlink_to(real)  # fmnist writes through no folder link (a read-only folder for non-root)
     fitted = gate_for(_Model(), tmp_path / "models" / "last.ckpt", _Data())
     assert fitted.temperature > 0 and not list(real.glob("*.gate-*")) and "note:" in capsys.readouterr().out
+
+
+def test_measuring_a_network_that_overflows_on_some_pictures_is_one_error():
+    from fmnist.analysis.ood import measure_gate
+
+    class Bright(_Model):
+        """Finite on the dark training images, infinite on bright pictures."""
+
+        def embed(self, x):
+            embedding = self.features(x)
+            return torch.where(x.flatten(1).mean(1, keepdim=True) > 0.45, embedding * math.inf, embedding)
+
+    model, data = Bright(), _Data()
+    for split in (data.train_set, data.val_set):
+        split.images //= 2
+    fitted = fit_for(model, data)
+    bright = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)  # uniform noise: half of it bright
+    with pytest.raises(FmnistError, match="test garment"):
+        measure_gate(model, fitted, bright, torch.arange(40) % CLASSES, 10)
