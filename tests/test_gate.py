@@ -273,3 +273,22 @@ def test_measuring_a_network_that_overflows_on_some_pictures_is_one_error():
     bright = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)  # uniform noise: half of it bright
     with pytest.raises(FmnistError, match="test garment"):
         measure_gate(model, fitted, bright, torch.arange(40) % CLASSES, 10)
+
+
+def test_ctrl_c_while_fitting_ends_with_one_line_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    import fmnist.models.gate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fmnist.models.gate, "network_outputs", interrupted)
+    (tmp_path / "last.ckpt").write_bytes(b"weights")
+    try:
+        gate_for(_Model(), tmp_path / "last.ckpt", _Data())
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt traceback")
+    except SystemExit as stop:
+        assert stop.code == 130
+    else:
+        pytest.fail("Ctrl-C was swallowed")
+    assert "interrupted" in capsys.readouterr().err and not list(tmp_path.glob("*.gate-*"))

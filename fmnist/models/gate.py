@@ -34,7 +34,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from tqdm import tqdm
 
 from fmnist.data import CLASS_NAMES, to_unit_float
-from fmnist.utils.errors import FmnistError
+from fmnist.utils.errors import FmnistError, interruptible
 from fmnist.utils.files import read_bytes, write_json
 
 KEEP = 0.95  # the share of validation garments the threshold keeps
@@ -288,9 +288,11 @@ def gate_for(model: torch.nn.Module, ckpt_path: str | Path, datamodule) -> Gate:
             return read_gate(path, digest, classes, dim)
         except (OSError, ValueError) as error:
             print(f"note: {path} is not this checkpoint's garment gate ({error}): fitting it again, not saving it")
-            return fit_for(model, datamodule)
+            with interruptible("fitting the garment gate", "nothing was kept"):
+                return fit_for(model, datamodule)
     print(f"fitting the garment gate of {ckpt.name} on Fashion-MNIST's training and validation splits (once)")
-    gate = fit_for(model, datamodule)
+    with interruptible("fitting the garment gate", "nothing was kept; it is fitted from the start next time"):
+        gate = fit_for(model, datamodule)
     try:
         write_json(path, gate_json(gate, digest))
     except FmnistError as error:  # write_json's OSError: a read-only folder, a folder that is a link, a long name
