@@ -292,3 +292,17 @@ def test_ctrl_c_while_fitting_ends_with_one_line_and_keeps_nothing(tmp_path, mon
     else:
         pytest.fail("Ctrl-C was swallowed")
     assert "interrupted" in capsys.readouterr().err and not list(tmp_path.glob("*.gate-*"))
+
+
+@pytest.mark.slow
+def test_predict_without_fashion_mnist_says_gate_false_classifies_anyway(tmp_path, trained_run):
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 80).save(tmp_path / "noise.png")
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    no_data = [f"data.root={tmp_path / 'nothing'}", "data.search_dirs=[]"]
+    args = (f"ckpt_path={ckpt}", f"inputs={tmp_path / 'noise.png'}", *no_data)
+    result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
+    assert_one_error_line(result, str(tmp_path / "nothing"), "gate=false")
+    assert not list((tmp_path / "out").glob("predictions.*")) and not list(ckpt.parent.glob("*.gate-*"))
+    assert run_cli("fmnist.predict", *args, "output_dir=o2", "gate=false", cwd=tmp_path).returncode == 0

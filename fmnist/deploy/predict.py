@@ -190,12 +190,17 @@ def print_table(results: list[dict]) -> None:
 
 def _gate(model, cfg: DictConfig) -> Gate | None:
     """The checkpoint's garment gate; None, with a note, when the network's outputs are not numbers (its rows then
-    say so)."""
+    say so). A gate that cannot be fitted (no Fashion-MNIST here) is an error that names gate=false."""
     try:
         return gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data))
     except NotANumber as error:
         print(f"note: no garment gate: {error}")
         return None
+    except FmnistError as error:
+        raise FmnistError(
+            f"{error} (predict fits the checkpoint's garment gate on Fashion-MNIST the first time; "
+            "gate=false classifies without it)"
+        ) from None
 
 
 def predict(cfg: DictConfig) -> list[dict]:
