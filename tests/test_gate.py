@@ -306,3 +306,27 @@ def test_predict_without_fashion_mnist_says_gate_false_classifies_anyway(tmp_pat
     assert_one_error_line(result, str(tmp_path / "nothing"), "gate=false")
     assert not list((tmp_path / "out").glob("predictions.*")) and not list(ckpt.parent.glob("*.gate-*"))
     assert run_cli("fmnist.predict", *args, "output_dir=o2", "gate=false", cwd=tmp_path).returncode == 0
+
+
+def test_a_checkpoint_swapped_for_a_fifo_after_loading_is_refused_without_waiting(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "last.ckpt"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def digest():
+        try:
+            outcome.append(checkpoint_digest(fifo))
+        except FmnistError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=digest, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked on the FIFO: a writer that closes at once lets it go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+        pytest.fail("reading the checkpoint waited on a FIFO")
+    assert isinstance(outcome[0], FmnistError) and str(fifo) in str(outcome[0])

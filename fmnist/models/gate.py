@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,10 +168,13 @@ def fit_gate(
 
 
 def checkpoint_digest(path: Path) -> str:
-    """The checkpoint file's SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    """The checkpoint file's SHA-256 (hex). A checkpoint swapped for a FIFO since it was loaded is one FmnistError,
+    not a read that waits forever."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise FmnistError(f"{path} is no longer a regular file: it was replaced while fmnist read it")
+        digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11's, and fmnist runs on 3.10
+        for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
