@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -299,7 +300,8 @@ def test_predict_without_fashion_mnist_says_gate_false_classifies_anyway(tmp_pat
     from PIL import Image
 
     Image.effect_noise((64, 64), 80).save(tmp_path / "noise.png")
-    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "last.ckpt"  # a copy: no gate beside it yet, whatever the other tests kept
+    shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", ckpt)
     no_data = [f"data.root={tmp_path / 'nothing'}", "data.search_dirs=[]"]
     args = (f"ckpt_path={ckpt}", f"inputs={tmp_path / 'noise.png'}", *no_data)
     result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
