@@ -3,7 +3,7 @@
 Each image is prepared the way Fashion-MNIST was made: grayscale, inverted when its background is
 light (shop photos), cropped to the garment, fitted into 28x28 keeping the aspect ratio, centred,
 scaled to [0, 1]. Each prediction says whether the input looks like a garment at all (`not_garment`, from
-the checkpoint's garment gate, fmnist/analysis/gate.py) apart from whether the network hesitates between
+the checkpoint's garment gate, fmnist/models/gate.py) apart from whether the network hesitates between
 classes (`unsure`). Writes `predictions.csv` and `predictions.json`; unreadable files get an error row.
 Files are decoded one at a time, with a pixel limit, and classified `batch_size` at a time.
 """
