@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from fmnist.models.gate import (
     KEEP,
     LEVELS,
     checkpoint_digest,
+    fit_for,
     fit_gate,
     fit_temperature,
     gate_for,
@@ -229,3 +231,120 @@ def test_predict_without_data_for_the_gate_is_one_line_naming_the_way_out(tmp_pa
     assert_one_error_line(result, "gate=false")
     assert not (tmp_path / "out" / "predictions.csv").exists() and not list(tmp_path.glob("model.gate-*"))
     assert run_cli("fmnist.predict", *args, "output_dir=out", "gate=false", cwd=tmp_path).returncode == 0
+
+
+# ---------------------------------------------------------------- hostile gate files, folders and networks
+
+
+def test_a_gate_file_with_numbers_no_fit_gives_is_refused_not_a_crash(gate):
+    """An integer of 400 digits is no OverflowError; values finite but huge would make every score NaN."""
+    data = json.loads(json.dumps(gate_json(gate, "ab" * 32)))
+    for name in ("temperature", "ece_before", "ece_after", "keep"):
+        with pytest.raises(ValueError):
+            gate_from_json({**data, name: 10**400}, "ab" * 32, CLASSES, DIM)
+    huge = gate_json(
+        gate.__class__(gate.means * 0 + 1e300, gate.precision * 0 + 1e300, gate.quantiles, 1, 0, 0), "ab" * 32
+    )
+    for name in ("means", "precision"):
+        with pytest.raises(ValueError):
+            gate_from_json({**data, name: huge[name]}, "ab" * 32, CLASSES, DIM)
+    scores = gate.garment_score(torch.randn(20, DIM))  # a fitted gate's scores and precision are far from the cap
+    assert bool(scores.isfinite().all()) and float(gate.precision.abs().max()) < 1e100
+
+
+def test_a_link_at_the_gates_name_is_not_followed_nor_replaced(tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"weights")
+    gate_for(_Model(), ckpt, _Data())
+    kept = gate_path(ckpt, checkpoint_digest(ckpt))
+    elsewhere = kept.rename(tmp_path / "elsewhere.json")  # this checkpoint's own gate, reached through a link
+    kept.symlink_to(elsewhere)
+    data = _Data()
+    gate_for(_Model(), ckpt, data)
+    assert data.setups == 1 and kept.is_symlink() and str(kept) in capsys.readouterr().out
+
+
+def test_a_folder_the_gate_cannot_be_kept_in_only_costs_the_saving(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "models").symlink_to(real)  # fmnist writes through no folder link (a read-only folder for non-root)
+    fitted = gate_for(_Model(), tmp_path / "models" / "last.ckpt", _Data())
+    assert fitted.temperature > 0 and not list(real.glob("*.gate-*")) and "note:" in capsys.readouterr().out
+
+
+def test_measuring_a_network_that_overflows_on_some_pictures_is_one_error():
+    from fmnist.analysis.ood import measure_gate
+
+    class Bright(_Model):
+        """Finite on the dark training images, infinite on bright pictures."""
+
+        def embed(self, x):
+            embedding = self.features(x)
+            return torch.where(x.flatten(1).mean(1, keepdim=True) > 0.45, embedding * math.inf, embedding)
+
+    model, data = Bright(), _Data()
+    for split in (data.train_set, data.val_set):
+        split.images //= 2
+    fitted = fit_for(model, data)
+    bright = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)  # uniform noise: half of it bright
+    with pytest.raises(FmnistError, match="test garment"):
+        measure_gate(model, fitted, bright, torch.arange(40) % CLASSES, 10)
+
+
+def test_ctrl_c_while_fitting_ends_with_one_line_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    import fmnist.models.gate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fmnist.models.gate, "network_outputs", interrupted)
+    (tmp_path / "last.ckpt").write_bytes(b"weights")
+    try:
+        gate_for(_Model(), tmp_path / "last.ckpt", _Data())
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt traceback")
+    except SystemExit as stop:
+        assert stop.code == 130
+    else:
+        pytest.fail("Ctrl-C was swallowed")
+    assert "interrupted" in capsys.readouterr().err and not list(tmp_path.glob("*.gate-*"))
+
+
+@pytest.mark.slow
+def test_predict_without_fashion_mnist_says_gate_false_classifies_anyway(tmp_path, trained_run):
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 80).save(tmp_path / "noise.png")
+    ckpt = tmp_path / "last.ckpt"  # a copy: no gate beside it yet, whatever the other tests kept
+    shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", ckpt)
+    no_data = [f"data.root={tmp_path / 'nothing'}", "data.search_dirs=[]"]
+    args = (f"ckpt_path={ckpt}", f"inputs={tmp_path / 'noise.png'}", *no_data)
+    result = run_cli("fmnist.predict", *args, "output_dir=out", cwd=tmp_path)
+    assert_one_error_line(result, str(tmp_path / "nothing"), "gate=false")
+    assert not list((tmp_path / "out").glob("predictions.*")) and not list(ckpt.parent.glob("*.gate-*"))
+    assert run_cli("fmnist.predict", *args, "output_dir=o2", "gate=false", cwd=tmp_path).returncode == 0
+
+
+def test_a_checkpoint_swapped_for_a_fifo_after_loading_is_refused_without_waiting(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "last.ckpt"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def digest():
+        try:
+            outcome.append(checkpoint_digest(fifo))
+        except FmnistError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=digest, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked on the FIFO: a writer that closes at once lets it go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+        pytest.fail("reading the checkpoint waited on a FIFO")
+    assert isinstance(outcome[0], FmnistError) and str(fifo) in str(outcome[0])

@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits, load_sample_images
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fmnist.data.photos import to_fashion_mnist
-from fmnist.models.gate import KEEP, Gate, calibration_error, network_outputs
+from fmnist.models.gate import KEEP, Gate, NotANumber, calibration_error, network_outputs
 
 KINDS = ("digits", "letters", "words", "photos", "noise", "shapes")
 SCORES = ("gate", "energy", "top_prob")
@@ -124,8 +124,16 @@ def shop_photos(images: torch.Tensor) -> torch.Tensor:
     return torch.stack(prepared)
 
 
-def _scores(gate: Gate, embeddings: torch.Tensor, logits: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each score of each image; higher is more garment-like."""
+def _scores(gate: Gate, outputs: tuple[torch.Tensor, torch.Tensor], kind: str) -> dict[str, np.ndarray]:
+    """Each score of each image of `kind`; higher is more garment-like. NotANumber when the network's outputs on
+    some of them are NaN or infinite (a network fine on the training garments may still overflow on others)."""
+    embeddings, logits = outputs
+    broken = int((~(embeddings.isfinite().all(dim=1) & logits.isfinite().all(dim=1))).sum())
+    if broken:
+        raise NotANumber(
+            f"the network's outputs on {broken} of the {len(logits)} {kind} pictures are not numbers (NaN or inf): "
+            "the checkpoint's weights are broken, and its garment gate cannot be measured"
+        )
     return {
         "gate": gate.garment_score(embeddings).numpy(),
         "energy": (gate.temperature * torch.logsumexp(logits / gate.temperature, dim=1)).numpy(),
@@ -146,7 +154,7 @@ def measure_gate(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The gate's report (a JSON-ready dict) and the gate score of every image by kind (for the figure)."""
     embeddings, logits = network_outputs(model, test_images, desc="garment gate: test split")
-    garments = _scores(gate, embeddings, logits)
+    garments = _scores(gate, (embeddings, logits), "test garment")
     report = {
         "keep": KEEP,
         "threshold": gate.threshold,
@@ -165,7 +173,7 @@ def measure_gate(
     report["shop_photos"] = {"images": len(photographed), "kept": float((photographed >= gate.threshold).mean())}
     gate_scores = {"test garments": garments["gate"]}
     for kind in KINDS:
-        others = _scores(gate, *network_outputs(model, non_garments(kind, n, seed)))
+        others = _scores(gate, network_outputs(model, non_garments(kind, n, seed)), kind)
         row = {"images": len(others["gate"]), "flagged": float((others["gate"] < gate.threshold).mean())}
         for score in SCORES:
             row[f"{score}_auroc"], row[f"{score}_fpr95"] = _separation(garments[score], others[score])

@@ -15,7 +15,6 @@ import math
 import os
 import stat
 import struct
-import sys
 import tempfile
 import zlib
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import BinaryIO
 import torch
 from torchvision.datasets import FashionMNIST
 
-from fmnist.utils.errors import FmnistError
+from fmnist.utils.errors import FmnistError, interruptible
 from fmnist.utils.files import atomic_writer, place_file
 
 CLASS_NAMES = tuple(FashionMNIST.classes)
@@ -113,18 +112,9 @@ def check_root(root: str | os.PathLike) -> None:
         )
 
 
-class DataInterrupted(SystemExit):
-    """Ctrl-C while the data was unpacked or read: the program ends with exit status 130, after one line."""
-
-
-@contextlib.contextmanager
 def _interruptible(what: str):
-    try:
-        yield
-    except KeyboardInterrupt:
-        # Before training, nothing is lost: one line instead of a traceback, and 128 + SIGINT as shells report it.
-        print(f"interrupted while {what}: nothing was trained; run the command again to start over", file=sys.stderr)
-        raise DataInterrupted(130) from None
+    """Ctrl-C while the data is unpacked or read: before training, nothing is lost."""
+    return interruptible(what, "nothing was trained; run the command again to start over")
 
 
 @contextlib.contextmanager

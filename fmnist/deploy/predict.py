@@ -3,7 +3,7 @@
 Each image is prepared the way Fashion-MNIST was made: grayscale, inverted when its background is
 light (shop photos), cropped to the garment, fitted into 28x28 keeping the aspect ratio, centred,
 scaled to [0, 1]. Each prediction says whether the input looks like a garment at all (`not_garment`, from
-the checkpoint's garment gate, fmnist/analysis/gate.py) apart from whether the network hesitates between
+the checkpoint's garment gate, fmnist/models/gate.py) apart from whether the network hesitates between
 classes (`unsure`). Writes `predictions.csv` and `predictions.json`; unreadable files get an error row.
 Files are decoded one at a time, with a pixel limit, and classified `batch_size` at a time.
 """
@@ -191,15 +191,16 @@ def print_table(results: list[dict]) -> None:
 
 def _gate(model, cfg: DictConfig) -> Gate | None:
     """The checkpoint's garment gate; None, with a note, when the network's outputs are not numbers (its rows then
-    say so)."""
+    say so). A gate that cannot be fitted (no Fashion-MNIST here) is an error that names gate=false."""
     try:
         return gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data))
     except NotANumber as error:
         print(f"note: no garment gate: {error}")
         return None
-    except FmnistError as error:  # no data to fit it on
+    except FmnistError as error:
         raise FmnistError(
-            f"{error} (the garment gate is fitted on it, once per checkpoint; gate=false skips it)"
+            f"{error} (predict fits the checkpoint's garment gate on Fashion-MNIST the first time; "
+            "gate=false classifies without it)"
         ) from None
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +35,18 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from tqdm import tqdm
 
 from fmnist.data import CLASS_NAMES, to_unit_float
-from fmnist.utils.errors import FmnistError
+from fmnist.utils.errors import FmnistError, interruptible
 from fmnist.utils.files import read_bytes, write_json
 
 KEEP = 0.95  # the share of validation garments the threshold keeps
 LEVELS = torch.linspace(0, 1, 1001, dtype=torch.float64)  # the validation scores' quantiles kept: every 0.1%
 FORMAT = 1
 ECE_BINS = 15
-NUMBERS = ("temperature", "ece_before", "ece_after")
+NUMBERS = {"temperature": (1e-3, 1e3), "ece_before": (0, 1), "ece_after": (0, 1)}  # the range each may take
+# The largest precision entry or score a gate file may hold: far beyond any fit (a precision is the inverse of a
+# covariance of unit vectors, cut off by pinv's tolerance), far below where a distance's few million terms of
+# at most this size would overflow float64 and make a score NaN.
+MAX_VALUE = 1e200
 KEYS = {"fmnist_gate", "checkpoint_sha256", "keep", *NUMBERS, "means", "precision", "quantiles"}
 
 
@@ -162,10 +168,13 @@ def fit_gate(
 
 
 def checkpoint_digest(path: Path) -> str:
-    """The checkpoint file's SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    """The checkpoint file's SHA-256 (hex). A checkpoint swapped for a FIFO since it was loaded is one FmnistError,
+    not a read that waits forever."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise FmnistError(f"{path} is no longer a regular file: it was replaced while fmnist read it")
+        digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11's, and fmnist runs on 3.10
+        for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -179,7 +188,7 @@ def _encode(array: torch.Tensor) -> str:
     return base64.b64encode(array.double().contiguous().numpy().astype("<f8").tobytes()).decode("ascii")
 
 
-def _decode(text: object, shape: tuple[int, ...]) -> torch.Tensor:
+def _decode(text: object, shape: tuple[int, ...], bound: float) -> torch.Tensor:
     size = math.prod(shape) * 8
     if not isinstance(text, str) or len(text) != 4 * math.ceil(size / 3):  # checked before anything is decoded
         raise ValueError(f"an array that is not {'x'.join(map(str, shape))} float64 values")
@@ -188,8 +197,8 @@ def _decode(text: object, shape: tuple[int, ...]) -> torch.Tensor:
     except binascii.Error:
         raise ValueError("an array that is not base64") from None
     values = np.frombuffer(data, dtype="<f8")
-    if values.size * 8 != size or not np.isfinite(values).all():
-        raise ValueError("an array with values that are not finite numbers")
+    if values.size * 8 != size or not (np.abs(values) <= bound).all():  # NaN fails the comparison too
+        raise ValueError(f"an array with values that are not numbers from -{bound:g} to {bound:g}")
     return torch.from_numpy(values.astype(np.float64).reshape(shape))
 
 
@@ -213,17 +222,20 @@ def gate_from_json(data: object, digest: str, classes: int, dim: int) -> Gate:
     if data["checkpoint_sha256"] != digest:
         raise ValueError("fitted for another checkpoint")
     if data["keep"] != KEEP:
-        raise ValueError(f"its threshold keeps {data['keep']!r} of the garments, not {KEEP}")
-    numbers = {name: data[name] for name in NUMBERS}
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers.values()):
-        raise ValueError("a temperature or calibration error that is not a finite number")
-    if not 1e-3 <= numbers["temperature"] <= 1e3:
-        raise ValueError(f"a temperature out of range ({numbers['temperature']!r})")
-    quantiles = _decode(data["quantiles"], tuple(LEVELS.shape))
+        raise ValueError(f"its threshold keeps {repr(data['keep'])[:40]} of the garments, not {KEEP}")
+    for name, (low, high) in NUMBERS.items():
+        # compared, never converted: an integer of a thousand digits is out of range, not an OverflowError
+        if type(data[name]) not in (int, float) or not low <= data[name] <= high:
+            raise ValueError(f"its {name} {repr(data[name])[:40]} is not a number from {low:g} to {high:g}")
+    quantiles = _decode(data["quantiles"], tuple(LEVELS.shape), MAX_VALUE)
     if bool((quantiles.diff() < 0).any()):
         raise ValueError("quantiles that are not in increasing order")
-    means, precision = _decode(data["means"], (classes, dim)), _decode(data["precision"], (dim, dim))
-    return Gate(means, precision, quantiles, **numbers)
+    # the means of unit vectors lie in [-1, 1] (and a little rounding)
+    means, precision = (
+        _decode(data["means"], (classes, dim), 1 + 1e-6),
+        _decode(data["precision"], (dim, dim), MAX_VALUE),
+    )
+    return Gate(means, precision, quantiles, **{name: float(data[name]) for name in NUMBERS})
 
 
 def read_gate(path: Path, digest: str, classes: int, dim: int) -> Gate:
@@ -231,7 +243,11 @@ def read_gate(path: Path, digest: str, classes: int, dim: int) -> Gate:
     arrays = dim * (dim + classes) + len(LEVELS)
     limit = 4 * math.ceil(8 * arrays / 3) + 4096  # the arrays' base64 size, and the rest
     try:
-        data = json.loads(read_bytes(path, limit))
+        data = json.loads(read_bytes(path, limit, nofollow=True))
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError("a link, which fmnist never follows") from None
+        raise
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except ValueError as error:  # not UTF-8, not JSON
@@ -276,11 +292,13 @@ def gate_for(model: torch.nn.Module, ckpt_path: str | Path, datamodule) -> Gate:
             return read_gate(path, digest, classes, dim)
         except (OSError, ValueError) as error:
             print(f"note: {path} is not this checkpoint's garment gate ({error}): fitting it again, not saving it")
-            return fit_for(model, datamodule)
+            with interruptible("fitting the garment gate", "nothing was kept"):
+                return fit_for(model, datamodule)
     print(f"fitting the garment gate of {ckpt.name} on Fashion-MNIST's training and validation splits (once)")
-    gate = fit_for(model, datamodule)
+    with interruptible("fitting the garment gate", "nothing was kept; it is fitted from the start next time"):
+        gate = fit_for(model, datamodule)
     try:
         write_json(path, gate_json(gate, digest))
-    except OSError as error:
-        print(f"note: the garment gate could not be kept in {path.parent} ({error.strerror or error})")
+    except FmnistError as error:  # write_json's OSError: a read-only folder, a folder that is a link, a long name
+        print(f"note: the garment gate was not kept, it will be fitted again next time: {error}")
     return gate
