@@ -173,7 +173,7 @@ TRAINING = COMPOSED | {"augment", "trainer", "logger", "callbacks", "optimizer",
         ("fmnist.export", COMPOSED),
         ("fmnist.serve", COMPOSED),
         ("fmnist.explore", COMPOSED),
-        ("fmnist.predict", set()),
+        ("fmnist.predict", COMPOSED),  # the garment gate is fitted on the data
         ("fmnist.compare", set()),
         ("fmnist.reproduce", set()),
         ("fmnist.tune", set()),

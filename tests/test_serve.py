@@ -141,7 +141,7 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
 
     files = [photo, tmp_path / "notes.txt", tmp_path / "empty.png", tmp_path / "cut.png", bomb, None, photo]
     files.append(tmp_path / "chunk.png")  # in the same batch as good photos: only its own row is an error
-    photos, seen, labels, galleries, lines, verdicts = classifier.classify([str(f) if f else None for f in files])
+    photos, seen, labels, galleries, verdicts, lines = classifier.classify([str(f) if f else None for f in files])
     assert len(photos) == len(seen) == len(labels) == len(galleries) == len(lines) == len(verdicts) == len(files)
     for i in (0, 6):  # the same photo twice in one batch: the same answer
         assert Image.open(seen[i]).size == (196, 196) and len(labels[i]) == 3
@@ -168,7 +168,7 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     for offset, flagged in ((1e9, True), (-1e9, False)):
         gate = Gate(means, precision, LEVELS + offset, 1.0, 0.0, 0.0)
         classifier.gate = gate
-        *_, lines, verdicts = classifier.classify([str(photo)])
+        *_, verdicts, lines = classifier.classify([str(photo)])
         assert verdicts[0]["not_garment"] is flagged and 0 <= verdicts[0]["garment_score"] <= 1, verdicts
         assert lines[0].startswith("**Not a garment") is flagged, lines
 
@@ -251,7 +251,7 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
 
     with served(real_bilstm, tmp_path, f"data.root={data}") as url:
         client = Client(url, verbose=False)
-        photo, seen, label, gallery, line, verdict = client.predict(handle_file(str(trouser)), api_name="/classify")
+        photo, seen, label, gallery, verdict, line = client.predict(handle_file(str(trouser)), api_name="/classify")
         assert label["label"] == "Trouser" and "Trouser" in line, (label, line)
         assert set(verdict) == {"not_garment", "unsure", "garment_score"}, verdict
         assert len(label["confidences"]) == 3 and Path(seen).is_file() and Path(photo).is_file()
@@ -259,7 +259,7 @@ def test_the_real_server_classifies_a_shop_photo_groups_and_survives_bad_files(r
         assert sum(item["caption"].startswith("Trouser") for item in gallery) >= 6  # look-alikes of a trouser
         for bad, message in (("notes.txt", "not a PNG"), ("empty.png", "error: "), ("bomb.png", "decompression bomb")):
             result = client.predict(handle_file(str(tmp_path / bad)), api_name="/classify")
-            assert message in result[4] and result[:4] == (None, None, {}, []) and result[5] is None, result  # README
+            assert message in result[-1] and result[:-1] == (None, None, {}, [], None), result  # README: the API
         again = client.predict(handle_file(str(trouser)), api_name="/classify")  # it still serves
         assert again[2]["label"] == "Trouser"
 

@@ -127,8 +127,8 @@ class Result:
     seen: str | None = None  # the 28x28 image the network saw, enlarged: a PNG file
     top: dict[str, float] | None = None  # {class: probability} of the top 3
     nearest: list[tuple[str, str]] | None = None  # the nearest catalogue items: (PNG file, "Class · similarity")
-    line: str = ""  # "**Class** (97.9%)", flagged unsure below min_confidence; or "error: ..." (the rest: None)
-    verdict: dict | None = None  # {"not_garment": bool, "garment_score": 0..1, "unsure": bool} (no gate: no scores)
+    verdict: dict | None = None  # {"not_garment": bool, "garment_score": 0..1, "unsure": bool} (no gate: no score)
+    line: str = ""  # "**Class** (97.9%)" or "**Not a garment, ...**", flagged unsure; or "error: ..." (the rest: None)
 
     @staticmethod
     def columns(results: list[Result]) -> list[list]:
@@ -434,7 +434,7 @@ def build_app(classifier: Classifier, examples: list[str], max_batch_size: int) 
                     label = gr.Label(num_top_classes=3, label="top 3 classes")
                     verdict = gr.JSON(label="garment or not", height=120)
             gallery = gr.Gallery(label="nearest catalogue items (class · cosine similarity)", columns=8, height="auto")
-            outputs = [photo, seen, label, gallery, line, verdict]  # Result's fields, in their order
+            outputs = [photo, seen, label, gallery, verdict, line]  # Result's fields, in their order
             # the page opens with its first example classified; an upload is classified at once
             for event in (button.click, upload.upload, *([app.load] if examples else [])):
                 event(
