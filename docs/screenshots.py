@@ -2,6 +2,7 @@
 
     python docs/screenshots.py tensorboard URL [TAB ...]  # docs/tensorboard_{scalars,images,hparams}.png (or the TABs)
     python docs/screenshots.py serve URL         # docs/serve_{classify,groups}.png
+    python docs/screenshots.py serve URL PHOTO   # docs/serve_not_garment.png: PHOTO uploaded on the Classify tab
     python docs/screenshots.py dashboard URL     # docs/optuna_dashboard.png (URL: the study's page)
     python docs/screenshots.py mlflow URL        # docs/mlflow_ui.png (URL: an experiment's page)
 
@@ -45,6 +46,14 @@ def main() -> None:
             page.goto(url)
             page.wait_for_timeout(8000)  # the history plot is drawn after the study is fetched
             page.screenshot(path=DOCS / "optuna_dashboard.png", full_page=True)
+        elif sys.argv[3:]:  # a photo of the user's: uploaded, classified, shown with its verdict
+            page.goto(url)
+            page.get_by_text("nearest catalogue items").first.wait_for()
+            page.wait_for_timeout(6000)
+            page.get_by_role("button", name="Clear").first.click()  # the first example's file: the upload box returns
+            page.locator("input[type=file]").first.set_input_files(sys.argv[3])
+            page.wait_for_timeout(8000)
+            page.screenshot(path=DOCS / "serve_not_garment.png", full_page=True)
         else:
             page.goto(url)
             page.get_by_text("nearest catalogue items").first.wait_for()

@@ -184,7 +184,7 @@ def print_table(results: list[dict]) -> None:
     width = max(map(len, names))
     for name, r in zip(names, results, strict=False):
         row = r.get("error") and f"error: {r['error']}" or "  ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
-        flags = [f"{NOT_GARMENT}: garment score {r['garment_score']:.2f}"] if r.get("not_garment") else []
+        flags = [f"{NOT_GARMENT}: garment score {r['garment_score']:.3f}"] if r.get("not_garment") else []
         flags += [UNSURE] if r.get("unsure") else []
         print(f"{name:<{width}}  {printable(row)}" + "".join(f"  ({flag})" for flag in flags))
 

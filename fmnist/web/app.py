@@ -356,7 +356,7 @@ class Classifier:
                 if likeness[n] is not None:
                     result.verdict["garment_score"] = round(float(likeness[n]), 4)
                 result.line = (
-                    f"**{NOT_GARMENT[0].upper() + NOT_GARMENT[1:]}** (garment score {float(likeness[n]):.2f}): the "
+                    f"**{NOT_GARMENT[0].upper() + NOT_GARMENT[1:]}** (garment score {float(likeness[n]):.3f}): the "
                     f"nearest class is {best} ({share:.1%})"
                     if odd
                     else f"**{best}** ({share:.1%})"
