@@ -190,9 +190,8 @@ def test_once(data_cfg: DictConfig, run_dir: Path, label: str) -> dict | None:
         return None
     data = OmegaConf.to_container(data_cfg, resolve=True)
     data.update(eval_batch_size=1000, device_resident=False, batches_per_step=1)
-    cfg = OmegaConf.create(
-        {"ckpt_path": str(ckpt), "split": "test", "output_dir": None, "overwrite": True, "device": "auto", "data": data}
-    )
+    keys = {"ckpt_path": str(ckpt), "split": "test", "output_dir": None, "overwrite": True, "device": "auto"}
+    cfg = OmegaConf.create({**keys, "ood": False, "ood_images": 1000, "data": data})  # fmnist/conf/evaluate.yaml's keys
     result = evaluate(cfg)
     print(f"{label}, tested once: test/acc {result['test/acc']:.4f} ({ckpt.parent / 'eval'})")
     return result
