@@ -278,7 +278,7 @@ def fit_for(model: torch.nn.Module, datamodule) -> Gate:
 
 
 def gate_for(model: torch.nn.Module, ckpt_path: str | Path, datamodule) -> Gate:
-    """The checkpoint's gate: read from beside it when there, else fitted (about a minute on a CPU) and kept.
+    """The checkpoint's gate: read from beside it when there, else fitted (seconds on a CPU) and kept.
 
     A file at the gate's name that is not this checkpoint's gate is left as it is: the gate is fitted again
     and not saved over it. A folder that cannot be written to only costs the saving. A network that cannot
