@@ -202,6 +202,15 @@ def test_bad_settings_stop_with_one_line(tiny_cfg):
         with pytest.raises(FmnistError, match=message):
             serve(cfg, block=False)
 
+    # a catalogue folder needs no Fashion-MNIST, the garment gate does: the error names the way out
+    catalog = Path(tiny_cfg.ckpt_path).parent / "shop"
+    catalog.mkdir()
+    Image.new("L", (30, 30), 255).save(catalog / "blank.png")
+    Image.effect_noise((30, 30), 60).save(catalog / "noise.png")
+    no_data = ("data.root=/nonexistent", "data.search_dirs=[]", f"catalog={catalog}", "k=2", f"port={free_port()}")
+    with pytest.raises(FmnistError, match="gate=false"):
+        serve(serve_cfg(Path(tiny_cfg.ckpt_path), *no_data), block=False)
+
 
 @contextlib.contextmanager
 def served(ckpt: Path, cwd: Path, *extra: str):

@@ -189,9 +189,10 @@ def print_table(results: list[dict]) -> None:
         print(f"{name:<{width}}  {printable(row)}" + "".join(f"  ({flag})" for flag in flags))
 
 
-def _gate(model, cfg: DictConfig) -> Gate | None:
-    """The checkpoint's garment gate; None, with a note, when the network's outputs are not numbers (its rows then
-    say so). A gate that cannot be fitted (no Fashion-MNIST here) is an error that names gate=false."""
+def checkpoint_gate(model, cfg: DictConfig) -> Gate | None:
+    """The checkpoint's garment gate (`predict` and `serve`); None, with a note, when the network's outputs are not
+    numbers (its rows then say so). A gate that cannot be fitted (no Fashion-MNIST here) is an error that names
+    gate=false."""
     try:
         return gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data))
     except NotANumber as error:
@@ -199,7 +200,7 @@ def _gate(model, cfg: DictConfig) -> Gate | None:
         return None
     except FmnistError as error:
         raise FmnistError(
-            f"{error} (predict fits the checkpoint's garment gate on Fashion-MNIST the first time; "
+            f"{error} (the checkpoint's garment gate is fitted on Fashion-MNIST the first time; "
             "gate=false classifies without it)"
         ) from None
 
@@ -212,7 +213,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     output_dir = Path(cfg.output_dir)
     check_output_folder(output_dir)
     check_new_files([output_dir / name for name in OUTPUTS], cfg.overwrite)
-    gate = _gate(model, cfg) if cfg.gate else None
+    gate = checkpoint_gate(model, cfg) if cfg.gate else None
     results = predict_files(model, files, cfg.top_k, cfg.batch_size, gate)
     unsure = mark_unsure(results, cfg.min_confidence)
     print_table(results)

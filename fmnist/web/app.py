@@ -37,7 +37,6 @@ from pathlib import Path  # noqa: E402
 import anyio  # noqa: E402
 import fastapi  # noqa: E402
 import gradio as gr  # noqa: E402
-import hydra  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -53,11 +52,12 @@ from fmnist.deploy.predict import (  # noqa: E402
     NOT_A_NUMBER,
     NOT_GARMENT,
     UNSURE,
+    checkpoint_gate,
     load_image,
     to_fashion_mnist,
 )
 from fmnist.models.checkpoint import load_model  # noqa: E402
-from fmnist.models.gate import Gate, gate_for  # noqa: E402
+from fmnist.models.gate import Gate  # noqa: E402
 from fmnist.utils.checks import (  # noqa: E402
     DATA_RULES,
     SEED_RANGE,
@@ -505,7 +505,7 @@ def serve(cfg: DictConfig, block: bool = True):
     uploads, thumbnails = folder / "uploads", folder / "thumbnails"
     thumbnails.mkdir()
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # Gradio's copies of uploads and outputs: ours, so pruned by ours
-    gate = gate_for(model, cfg.ckpt_path, hydra.utils.instantiate(cfg.data)) if cfg.gate else None
+    gate = checkpoint_gate(model, cfg) if cfg.gate else None
     classifier = Classifier(
         model, catalog, device, cfg.neighbours, cfg.min_confidence, thumbnails, cfg.max_pixels, gate
     )
