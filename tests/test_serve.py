@@ -157,7 +157,7 @@ def test_classify_gives_top3_neighbours_and_one_error_line_per_bad_file(tiny_cfg
     assert lines[7] == "error: unreadable image: broken PNG file (chunk b'')"
     for i in (1, 2, 3, 4, 5, 7):  # an error line and nothing else: no result of an earlier photo beside it
         assert photos[i] is seen[i] is labels[i] is galleries[i] is verdicts[i] is None
-    assert verdicts[0] == {"not_garment": False, "unsure": verdicts[0]["unsure"]}  # no gate: no garment score
+    assert verdicts[0] == {"unsure": verdicts[0]["unsure"]}  # no gate: no garment score, no not_garment claimed
 
     # With a gate, the line and the verdict say "not a garment" apart from "unsure"; here two gates whose every
     # validation garment scored far above, or far below, anything a network gives.

@@ -62,6 +62,11 @@ OOD_OUTPUTS = ("ood.md", "ood.json", "ood.png")  # ood=true: the garment gate's 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate `cfg.ckpt_path` on `cfg.split`; return the metrics written to metrics.json."""
     check_values(cfg, RULES)
+    if cfg.ood and cfg.split == "val":  # the gate is fitted on the validation split: it is measured on the test split
+        raise FmnistError(
+            "ood=true with split=val: the garment gate is fitted on the validation split and measured on the test "
+            "split, which split=val keeps unseen. Fix: ood=true with split=test, or split=val without ood=true"
+        )
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt_path)
     ckpt = Path(cfg.ckpt_path)

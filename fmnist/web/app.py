@@ -127,7 +127,7 @@ class Result:
     seen: str | None = None  # the 28x28 image the network saw, enlarged: a PNG file
     top: dict[str, float] | None = None  # {class: probability} of the top 3
     nearest: list[tuple[str, str]] | None = None  # the nearest catalogue items: (PNG file, "Class · similarity")
-    verdict: dict | None = None  # {"not_garment": bool, "garment_score": 0..1, "unsure": bool} (no gate: no score)
+    verdict: dict | None = None  # {"unsure": bool, "not_garment": bool, "garment_score": 0..1} (no gate: unsure only)
     line: str = ""  # "**Class** (97.9%)" or "**Not a garment, ...**", flagged unsure; or "error: ..." (the rest: None)
 
     @staticmethod
@@ -352,9 +352,9 @@ class Classifier:
                 ]
                 best, share = class_name(int(top.indices[0])), float(top.values[0])
                 unsure, odd = share < self.min_confidence, bool(not_garment[n])
-                result.verdict = {"not_garment": odd, "unsure": unsure}
-                if likeness[n] is not None:
-                    result.verdict["garment_score"] = round(float(likeness[n]), 4)
+                result.verdict = {"unsure": unsure}
+                if likeness[n] is not None:  # no gate, no verdict on garment or not (as predict's rows)
+                    result.verdict |= {"not_garment": odd, "garment_score": round(float(likeness[n]), 4)}
                 result.line = (
                     f"**{NOT_GARMENT[0].upper() + NOT_GARMENT[1:]}** (garment score {float(likeness[n]):.3f}): the "
                     f"nearest class is {best} ({share:.1%})"
