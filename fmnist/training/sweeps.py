@@ -29,9 +29,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist.analysis.runs import read_json
+from fmnist.utils.config import compose_run, hydra_value
 from fmnist.utils.errors import FmnistError
 from fmnist.utils.files import open_lock, write_json, write_text
 
@@ -190,8 +191,9 @@ def test_once(data_cfg: DictConfig, run_dir: Path, label: str) -> dict | None:
         return None
     data = OmegaConf.to_container(data_cfg, resolve=True)
     data.update(eval_batch_size=1000, device_resident=False, batches_per_step=1)
-    keys = {"ckpt_path": str(ckpt), "split": "test", "output_dir": None, "overwrite": True, "device": "auto"}
-    cfg = OmegaConf.create({**keys, "ood": False, "ood_images": 1000, "data": data})  # fmnist/conf/evaluate.yaml's keys
+    cfg, _ = compose_run([f"ckpt_path={hydra_value(str(ckpt))}", "overwrite=true"], "evaluate")  # every key, defaulted
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create(data)  # the run's own data settings
     result = evaluate(cfg)
     print(f"{label}, tested once: test/acc {result['test/acc']:.4f} ({ckpt.parent / 'eval'})")
     return result
