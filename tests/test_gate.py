@@ -360,3 +360,14 @@ def test_evaluate_ood_on_the_validation_split_is_refused_not_measured_on_the_tes
     result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", "split=val", "ood=true", f"output_dir={out}", cwd=tmp_path)
     assert_one_error_line(result, "split=val", "ood=true")
     assert not out.exists() and not list(tmp_path.glob("*.gate-*"))
+
+
+@pytest.mark.slow
+def test_evaluate_ood_whose_gate_cannot_be_fitted_writes_no_report(tmp_path, trained_run, tiny_root):
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copyfile(trained_run / "checkpoints" / "last.ckpt", ckpt)
+    data = [f"data.root={tiny_root}", "data.search_dirs=[]", "data.val_fraction=0.02"]  # 8 validation images
+    out = tmp_path / "eval"
+    result = run_cli("fmnist.evaluate", f"ckpt_path={ckpt}", "ood=true", f"output_dir={out}", *data, cwd=tmp_path)
+    assert_one_error_line(result, "validation")
+    assert not out.exists() or not any(out.iterdir())  # nothing to replace with overwrite=true on the next try

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from fmnist.analysis.ood import measure_gate, ood_figure, ood_markdown
 from fmnist.analysis.reports import events_dir, write_reports
 from fmnist.models.checkpoint import load_model
-from fmnist.models.gate import gate_for
+from fmnist.models.gate import Gate, gate_for
 from fmnist.models.summary import keras_summary_markdown
 from fmnist.utils.checks import (
     DATA_RULES,
@@ -84,6 +84,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"split=val is empty: data.val_fraction={cfg.data.val_fraction} leaves no validation image. "
             "Fix: a larger data.val_fraction, or split=test"
         )
+    gate = gate_for(model, ckpt, datamodule) if cfg.ood else None  # before any report: a fit that fails writes none
     run_tensorboard = events_dir(ckpt.parent.parent / "tensorboard")
     # beside the run's event files, in a new file of its own (named by time, host, pid, then .evaluate); a run
     # that cannot be written to (someone else's) keeps its folder as it is
@@ -115,15 +116,14 @@ def evaluate(cfg: DictConfig) -> dict:
         **{f"{split}/f1/{name}": report[name]["f1-score"] for name in datamodule.class_names},
     }
     if cfg.ood:
-        metrics |= measure_ood(model, ckpt, datamodule, output_dir, cfg.ood_images)
+        metrics |= measure_ood(model, gate, ckpt, datamodule, output_dir, cfg.ood_images)
     write_json(output_dir / "metrics.json", metrics)
     print(f"wrote {output_dir}")
     return metrics
 
 
-def measure_ood(model, ckpt: Path, datamodule, output_dir: Path, images: int) -> dict:
+def measure_ood(model, gate: Gate, ckpt: Path, datamodule, output_dir: Path, images: int) -> dict:
     """The garment gate's report (ood.md, ood.json, ood.png); returns its figures for metrics.json."""
-    gate = gate_for(model, ckpt, datamodule)
     report, scores = measure_gate(model, gate, datamodule.test_set.images, datamodule.test_set.labels, images)
     title = f"{type(model).__name__} ({model.epochs_trained} epochs), {ckpt}"
     write_json(output_dir / "ood.json", {"checkpoint": str(ckpt), **report})
