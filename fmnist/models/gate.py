@@ -20,11 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import hashlib
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from tqdm import tqdm
 
 from fmnist.data import CLASS_NAMES, to_unit_float
 from fmnist.utils.errors import FmnistError, interruptible
-from fmnist.utils.files import read_bytes, write_json
+from fmnist.utils.files import file_digest, read_bytes, write_json
 
 KEEP = 0.95  # the share of validation garments the threshold keeps
 LEVELS = torch.linspace(0, 1, 1001, dtype=torch.float64)  # the validation scores' quantiles kept: every 0.1%
@@ -170,13 +168,10 @@ def fit_gate(
 def checkpoint_digest(path: Path) -> str:
     """The checkpoint file's SHA-256 (hex). A checkpoint swapped for a FIFO since it was loaded is one FmnistError,
     not a read that waits forever."""
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise FmnistError(f"{path} is no longer a regular file: it was replaced while fmnist read it")
-        digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11's, and fmnist runs on 3.10
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    try:
+        return file_digest(path)
+    except ValueError:
+        raise FmnistError(f"{path} is no longer a regular file: it was replaced while fmnist read it") from None
 
 
 def gate_path(ckpt: Path, digest: str) -> Path:

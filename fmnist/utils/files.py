@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -160,6 +161,18 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, nofollow: bool = False) 
         size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KiB"
         raise ValueError(f"is over {size}: not a file fmnist wrote")
     return data
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a regular file, read in 1 MiB blocks; a FIFO or device is one ValueError, never a
+    read that waits forever."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ValueError("is not a regular file")
+        digest = hashlib.sha256()  # hashlib.file_digest is Python 3.11's, and fmnist runs on 3.10
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_yaml(path: str | os.PathLike, max_bytes: int = 1 << 20) -> Any:

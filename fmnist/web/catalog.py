@@ -28,8 +28,9 @@ from fmnist.analysis.cluster import class_mix, cluster_scores, kmeans
 from fmnist.analysis.reports import predictions
 from fmnist.data.idx import CLASS_NAMES, RAW_FILES, raw_folder
 from fmnist.deploy.predict import list_inputs, load_image
+from fmnist.models.gate import embedding_size
 from fmnist.utils.errors import FmnistError
-from fmnist.utils.files import write_atomically
+from fmnist.utils.files import file_digest, write_atomically
 
 CACHE_FOLDER = "serve_cache"  # beside the checkpoint
 CACHE_VERSION = 1  # raised when what a cache file holds changes
@@ -98,18 +99,10 @@ def _digest(*parts: bytes | str) -> str:
     return hasher.hexdigest()[:20]
 
 
-def _file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def cache_key(ckpt_path: Path, files: list[Path], k: int, seed: int) -> str:
     """The checkpoint's bytes, every catalogue file's name and bytes (the test set: its two IDX files), k, seed."""
-    contents = [f"{p.name}\t{_file_digest(p)}" for p in files]
-    return _digest(_file_digest(ckpt_path), *contents, str(k), str(seed), str(CACHE_VERSION))
+    contents = [f"{p.name}\t{file_digest(p)}" for p in files]
+    return _digest(file_digest(ckpt_path), *contents, str(k), str(seed), str(CACHE_VERSION))
 
 
 def _checked_state(state: Any, width: int) -> dict:
@@ -188,8 +181,7 @@ def build_catalog(model, cfg: DictConfig, device: torch.device) -> Catalog:
         files = list_inputs(str(cfg.catalog))
     ckpt = Path(cfg.ckpt_path)
     cache = ckpt.parent / CACHE_FOLDER / f"catalog_{cache_key(ckpt, files, cfg.k, cfg.seed)}.pt"
-    with torch.no_grad():
-        width = int(model.embed(torch.zeros(1, 1, 28, 28)).shape[1]) if cfg.cache and cache.is_file() else 0
+    width = embedding_size(model) if cfg.cache and cache.is_file() else 0
     if width:
         try:
             state = _checked_state(torch.load(cache, map_location="cpu", weights_only=True), width)
