@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from fmnist.data.idx import CLASS_NAMES
 from fmnist.data.photos import to_fashion_mnist
 from fmnist.models.checkpoint import load_model
-from fmnist.models.gate import KEEP, Gate, NotANumber, gate_for, network_outputs
+from fmnist.models.gate import KEEP, Gate, NotANumber, gate_for, network_outputs, verdicts
 from fmnist.utils.checks import (
     DATA_RULES,
     boolean,
@@ -126,10 +126,7 @@ def predict_files(
                 row["error"] = str(error)
         if images:
             embeddings, logits = network_outputs(model, torch.stack(images), batch_size)
-            if gate is None:
-                probs, likeness, not_garment = logits.softmax(dim=1), None, None
-            else:
-                probs, likeness, not_garment = gate.judge(embeddings, logits)
+            probs, likeness, not_garment = verdicts(gate, embeddings, logits)
             top = probs.topk(min(top_k, len(CLASS_NAMES)), dim=1)
             finite = (probs.isfinite().all(dim=1) & embeddings.isfinite().all(dim=1)).tolist()
             for i, (row, ok) in enumerate(zip(read, finite, strict=True)):

@@ -93,6 +93,14 @@ class Gate:
         return self.probabilities(logits), self.garment_likeness(scores), scores < self.threshold
 
 
+def verdicts(gate: Gate | None, embeddings: torch.Tensor, logits: torch.Tensor):
+    """(probabilities, garment-likeness, not_garment flags) of a batch, as `predict` and the web page report them;
+    without a gate: plain softmax probabilities and (None, None), no verdict on garment or not."""
+    if gate is None:
+        return logits.softmax(dim=1), None, None
+    return gate.judge(embeddings, logits)
+
+
 @torch.no_grad()
 def network_outputs(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500, desc: str | None = None):
     """(embeddings (N, D), logits (N, C)) of uint8 or [0, 1] float images (N, 1, 28, 28), `batch_size` at a time."""

@@ -57,7 +57,7 @@ from fmnist.deploy.predict import (  # noqa: E402
     to_fashion_mnist,
 )
 from fmnist.models.checkpoint import load_model  # noqa: E402
-from fmnist.models.gate import Gate  # noqa: E402
+from fmnist.models.gate import Gate, verdicts  # noqa: E402
 from fmnist.utils.checks import (  # noqa: E402
     DATA_RULES,
     SEED_RANGE,
@@ -331,10 +331,7 @@ class Classifier:
             x = torch.stack(images).to(self.device)
             embeddings = self.model.embed(x)
             logits = self.model.classifier(embeddings).float().cpu()
-            if self.gate is None:
-                probs, likeness, not_garment = logits.softmax(dim=1), [None] * len(slots), [False] * len(slots)
-            else:
-                probs, likeness, not_garment = self.gate.judge(embeddings.float().cpu(), logits)
+            probs, likeness, not_garment = verdicts(self.gate, embeddings.float().cpu(), logits)
             for n, (slot, photo, image, embedding, p) in enumerate(
                 zip(slots, previews, x, embeddings, probs, strict=True)
             ):
@@ -351,9 +348,9 @@ class Classifier:
                     for i, sim in catalog.nearest(embedding.cpu(), self.neighbours)
                 ]
                 best, share = class_name(int(top.indices[0])), float(top.values[0])
-                unsure, odd = share < self.min_confidence, bool(not_garment[n])
+                unsure, odd = share < self.min_confidence, not_garment is not None and bool(not_garment[n])
                 result.verdict = {"unsure": unsure}
-                if likeness[n] is not None:  # no gate, no verdict on garment or not (as predict's rows)
+                if likeness is not None:  # no gate, no verdict on garment or not (as predict's rows)
                     result.verdict |= {"not_garment": odd, "garment_score": round(float(likeness[n]), 4)}
                 result.line = (
                     f"**{NOT_GARMENT[0].upper() + NOT_GARMENT[1:]}** (garment score {float(likeness[n]):.3f}): the "
